@@ -1,0 +1,174 @@
+// Package orchestrator composes the services of one instance into one level-triggered reconcile
+// loop: read the whole run once, let every enabled service (VPN first) compare what the
+// parameters ask for with what runs and act on the difference, publish net.services.enabled when
+// all are ready, and keep following parameter changes and scale events until the run is aborted
+// or the role is stopped, when it removes exactly what it created.
+package orchestrator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/rs/zerolog"
+
+	"github.com/cnsmo/cnsmo/params"
+	"github.com/cnsmo/cnsmo/roles/role"
+	"github.com/cnsmo/cnsmo/ssclient"
+)
+
+// Loop drives the services of one instance.
+type Loop struct {
+	Params   ssclient.Params
+	Services []role.Service // in reconcile order
+	Log      zerolog.Logger
+	// Steady is the poll interval once every service is ready (default 5 s); while converging the
+	// loop polls with a jittered backoff from MinPoll to MaxPoll (defaults 100 ms and 2 s).
+	Steady, MinPoll, MaxPoll time.Duration
+	// TeardownTimeout bounds the teardown on abort or stop (default 10 s).
+	TeardownTimeout time.Duration
+	// OnPass, when set, is called after every pass with whether all services were ready (tests).
+	OnPass func(allReady bool)
+
+	lastDisplay string
+}
+
+// ErrRunAborted is returned by Run when the run's abort flag was raised.
+var ErrRunAborted = errors.New("run aborted")
+
+func (l *Loop) defaults() {
+	if l.Steady == 0 {
+		l.Steady = 5 * time.Second
+	}
+	if l.MinPoll == 0 {
+		l.MinPoll = 100 * time.Millisecond
+	}
+	if l.MaxPoll == 0 {
+		l.MaxPoll = 2 * time.Second
+	}
+	if l.TeardownTimeout == 0 {
+		l.TeardownTimeout = 10 * time.Second
+	}
+}
+
+// Run reconciles until ctx is cancelled (then it tears down and returns ctx's error), the run is
+// aborted (teardown, ErrRunAborted), or a service reports invalid input (it aborts the run with a
+// message naming the service, instance and parameter, tears down, and returns that error).
+func (l *Loop) Run(ctx context.Context) error {
+	l.defaults()
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval, bo.MaxInterval, bo.MaxElapsedTime = l.MinPoll, l.MaxPoll, 0
+	bo.Reset()
+	me := l.Params.Instance()
+	for {
+		wait, err := l.pass(ctx, me)
+		switch {
+		case errors.Is(err, ErrRunAborted) || errors.Is(err, ssclient.ErrAborted):
+			l.Log.Warn().Err(err).Msg("run aborted: tearing down")
+			l.teardown()
+			return fmt.Errorf("%s: %w", me, ErrRunAborted)
+		case role.IsTerminal(err):
+			msg := fmt.Sprintf("cnsmo on %s: %v", me, err)
+			l.Log.Error().Err(err).Msg("invalid input: aborting the run")
+			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.TeardownTimeout)
+			if aerr := l.Params.Abort(actx, msg); aerr != nil {
+				l.Log.Error().Err(aerr).Msg("could not abort the run")
+			}
+			cancel()
+			l.teardown()
+			return err
+		case ctx.Err() != nil:
+			l.Log.Info().Msg("stopping: tearing down")
+			l.teardown()
+			return ctx.Err()
+		}
+		d := l.Steady
+		if wait {
+			d = bo.NextBackOff()
+		} else {
+			bo.Reset()
+		}
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+		case <-t.C:
+		}
+	}
+}
+
+// pass is one reconcile pass. wait reports that something is not ready yet (poll soon).
+func (l *Loop) pass(ctx context.Context, me string) (wait bool, err error) {
+	run, err := l.Params.Run(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return true, ctx.Err()
+		}
+		l.Log.Warn().Err(err).Msg("whole-run read failed; retrying")
+		return true, nil
+	}
+	if v, ok := run.Value("ss:abort"); ok && v != "" {
+		return false, ErrRunAborted
+	}
+	allReady := true
+	for _, s := range l.Services {
+		ready, err := s.Reconcile(ctx, run)
+		if err != nil {
+			if role.IsTerminal(err) || errors.Is(err, ssclient.ErrAborted) || ctx.Err() != nil {
+				return false, err
+			}
+			l.Log.Warn().Err(err).Str("service", s.Name()).Msg("reconcile failed; retrying")
+			l.display(ctx, fmt.Sprintf("cnsmo: %s: retrying after error: %v", s.Name(), err))
+			allReady = false
+			break
+		}
+		if !ready {
+			l.display(ctx, fmt.Sprintf("cnsmo: waiting for %s", s.Name()))
+			allReady = false
+			break
+		}
+	}
+	if l.OnPass != nil {
+		defer l.OnPass(allReady)
+	}
+	if !allReady {
+		return true, nil
+	}
+	if v, _ := run.Value(me + ":" + params.ServicesEnabled); v != "true" {
+		if err := l.Params.Set(ctx, params.ServicesEnabled, "true"); err != nil {
+			return true, err
+		}
+		l.Log.Info().Msg("all services ready: net.services.enabled=true")
+	}
+	l.display(ctx, "cnsmo: services ready")
+	return false, nil
+}
+
+// display shows progress in the Nuvla UI, once per change of message.
+func (l *Loop) display(ctx context.Context, msg string) {
+	if len(msg) > 300 {
+		msg = msg[:300]
+	}
+	if msg == l.lastDisplay {
+		return
+	}
+	if err := l.Params.Display(ctx, msg); err != nil {
+		l.Log.Debug().Err(err).Msg("statecustom not updated")
+		return
+	}
+	l.lastDisplay = msg
+}
+
+// teardown removes what every service created, in reverse order, under its own deadline.
+func (l *Loop) teardown() {
+	ctx, cancel := context.WithTimeout(context.Background(), l.TeardownTimeout)
+	defer cancel()
+	for i := len(l.Services) - 1; i >= 0; i-- {
+		s := l.Services[i]
+		if err := s.Teardown(ctx); err != nil {
+			l.Log.Error().Err(err).Str("service", s.Name()).Msg("teardown failed")
+		}
+	}
+}

@@ -1,0 +1,198 @@
+package orchestrator
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/cnsmo/cnsmo/roles/role"
+	"github.com/cnsmo/cnsmo/ssclient"
+)
+
+// fakeParams is an in-memory run for one instance.
+type fakeParams struct {
+	mu       sync.Mutex
+	me       string
+	vals     map[string]string
+	displays []string
+	aborted  string
+}
+
+func newFake(me string) *fakeParams { return &fakeParams{me: me, vals: map[string]string{}} }
+
+func (f *fakeParams) q(k string) string {
+	if strings.Contains(k, ":") {
+		return k
+	}
+	return f.me + ":" + k
+}
+func (f *fakeParams) Get(_ context.Context, k string) (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	v, ok := f.vals[f.q(k)]
+	if !ok {
+		return "", ssclient.ErrNotSet
+	}
+	return v, nil
+}
+func (f *fakeParams) Wait(ctx context.Context, k string) (string, error) { return f.Get(ctx, k) }
+func (f *fakeParams) Set(_ context.Context, k, v string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.vals[f.q(k)] = v
+	return nil
+}
+func (f *fakeParams) Run(context.Context) (*ssclient.Run, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	r := &ssclient.Run{Params: map[string]ssclient.Param{}}
+	for k, v := range f.vals {
+		r.Params[k] = ssclient.Param{Value: v, IsSet: v != ""}
+	}
+	return r, nil
+}
+func (f *fakeParams) Abort(_ context.Context, reason string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.aborted = reason
+	f.vals["ss:abort"] = reason
+	return nil
+}
+func (f *fakeParams) Display(_ context.Context, m string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.displays = append(f.displays, m)
+	return nil
+}
+func (f *fakeParams) Instance() string { return f.me }
+
+// fakeService becomes ready after `after` passes, or fails as told.
+type fakeService struct {
+	name      string
+	after     int
+	passes    int
+	err       error
+	torn      int
+	mu        sync.Mutex
+	sawOthers bool
+}
+
+func (s *fakeService) Name() string { return s.name }
+func (s *fakeService) Reconcile(context.Context, *ssclient.Run) (bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.passes++
+	if s.err != nil {
+		return false, s.err
+	}
+	return s.passes > s.after, nil
+}
+func (s *fakeService) Teardown(context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.torn++
+	return nil
+}
+
+func fastLoop(p ssclient.Params, svcs ...role.Service) *Loop {
+	return &Loop{Params: p, Services: svcs, Log: zerolog.Nop(), Steady: time.Millisecond, MinPoll: time.Millisecond, MaxPoll: 2 * time.Millisecond}
+}
+
+func TestLoopPublishesEnabledWhenAllReadyAndTearsDownOnStop(t *testing.T) {
+	p := newFake("app.1")
+	vpn := &fakeService{name: "vpn", after: 2}
+	fw := &fakeService{name: "fw", after: 1}
+	l := fastLoop(p, vpn, fw)
+	ctx, cancel := context.WithCancel(context.Background())
+	readyPasses := 0
+	l.OnPass = func(all bool) {
+		if all {
+			readyPasses++
+			if readyPasses == 3 {
+				cancel()
+			}
+		}
+	}
+	err := l.Run(ctx)
+	require.ErrorIs(t, err, context.Canceled)
+	v, _ := p.Get(context.Background(), "net.services.enabled")
+	assert.Equal(t, "true", v)
+	assert.Equal(t, 1, vpn.torn)
+	assert.Equal(t, 1, fw.torn)
+	// fw is reconciled only once the VPN is ready: its first pass comes after vpn's third.
+	assert.Equal(t, vpn.passes-2, fw.passes)
+	assert.Contains(t, p.displays, "cnsmo: waiting for vpn")
+	assert.Contains(t, p.displays, "cnsmo: services ready")
+}
+
+func TestLoopAbortsTheRunOnInvalidInput(t *testing.T) {
+	p := newFake("app.1")
+	fw := &fakeService{name: "fw", err: role.Terminal(errors.New("net.i2cat.cnsmo.service.fw.rules: fw.rules[0].dst_port: 70000 is out of range 1-65535"))}
+	err := fastLoop(p, fw).Run(context.Background())
+	require.Error(t, err)
+	assert.True(t, role.IsTerminal(err))
+	assert.Equal(t, "cnsmo on app.1: net.i2cat.cnsmo.service.fw.rules: fw.rules[0].dst_port: 70000 is out of range 1-65535", p.aborted)
+	assert.Equal(t, 1, fw.torn)
+	_, err = p.Get(context.Background(), "net.services.enabled")
+	assert.ErrorIs(t, err, ssclient.ErrNotSet, "never announced ready")
+}
+
+func TestLoopTearsDownWhenTheRunIsAborted(t *testing.T) {
+	p := newFake("app.1")
+	svc := &fakeService{name: "vpn"}
+	l := fastLoop(p, svc)
+	l.OnPass = func(bool) { _ = p.Set(context.Background(), "ss:abort", "app.2: something broke") }
+	err := l.Run(context.Background())
+	require.ErrorIs(t, err, ErrRunAborted)
+	assert.Equal(t, 1, svc.torn)
+}
+
+func TestLoopRetriesTransientErrors(t *testing.T) {
+	p := newFake("app.1")
+	svc := &fakeService{name: "lb", err: errors.New("haproxy -c rejected")}
+	l := fastLoop(p, svc)
+	ctx, cancel := context.WithCancel(context.Background())
+	l.OnPass = func(bool) {
+		svc.mu.Lock()
+		defer svc.mu.Unlock()
+		if svc.passes == 3 {
+			svc.err = nil
+		}
+		if svc.passes == 5 {
+			cancel()
+		}
+	}
+	require.ErrorIs(t, l.Run(ctx), context.Canceled)
+	assert.Empty(t, p.aborted)
+	v, _ := p.Get(context.Background(), "net.services.enabled")
+	assert.Equal(t, "true", v)
+}
+
+func TestParseServices(t *testing.T) {
+	for in, want := range map[string][]string{
+		`["lb","vpn"]`:      {"vpn", "lb"},
+		`["fw","fw"]`:       {"fw"},
+		`vpn, FW`:           {"vpn", "fw"},
+		`[]`:                nil,
+		`["vpn","fw","lb"]`: {"vpn", "fw", "lb"},
+	} {
+		got, err := ParseServices(in)
+		require.NoError(t, err, in)
+		assert.Equal(t, want, got, in)
+	}
+	for in, msg := range map[string]string{
+		`["vpn","dns"]`: `net.services.enable[1]: unknown service "dns" (known: vpn, fw, lb)`,
+		``:              `net.services.enable: is not set (a JSON list such as ["vpn","fw","lb"])`,
+		`["vpn"`:        `net.services.enable: not a JSON list of service names: unexpected end of JSON input`,
+	} {
+		_, err := ParseServices(in)
+		require.EqualError(t, err, msg, in)
+	}
+}

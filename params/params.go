@@ -1,0 +1,94 @@
+// Package params is the one place where every run parameter cnsmo reads or writes is named,
+// with who writes it, who reads it and its format. The README's parameter table and the
+// application definition in recipes/ are checked against this table by tests.
+package params
+
+// Integrated deployment.
+const (
+	ServicesEnable   = "net.services.enable"         // server input: JSON list of "vpn", "fw", "lb"
+	ServicesEnabled  = "net.services.enabled"        // every instance: "true" when all its services are ready
+	ServerInstanceID = "cnsmo.server.nodeinstanceid" // server output, agents' mapped input
+	CoreReady        = "net.i2cat.cnsmo.core.ready"  // server output
+	Statecustom      = "statecustom"                 // progress shown in the Nuvla UI
+	Hostname         = "hostname"                    // set by SlipStream: the VM's address
+)
+
+// VPN.
+const (
+	VPNServerInstanceID = "vpn.server.nodeinstanceid"
+	VPNServerListening  = "net.i2cat.cnsmo.service.vpn.server.listening"
+	VPNClientListening  = "net.i2cat.cnsmo.service.vpn.client.listening"
+	VPNReady            = "net.i2cat.cnsmo.service.vpn.ready"
+	VPNAddress          = "vpn.address"
+	VPNAddress6         = "vpn.address6"
+	VPNSubnet           = "vpn.subnet"
+	VPNSubnet6          = "vpn.subnet6"
+	VPNPort             = "vpn.port"
+	VPNDevice           = "vpn.device"
+	VPNEndpoint         = "vpn.server.endpoint"
+	VPNCACert           = "vpn.ca.cert"
+	VPNCRL              = "vpn.crl"
+	VPNCSR              = "vpn.csr"
+	VPNCert             = "vpn.cert"
+)
+
+// Firewall.
+const (
+	FWRules     = "net.i2cat.cnsmo.service.fw.rules"
+	FWReady     = "net.i2cat.cnsmo.service.fw.ready"
+	FWLockoutOK = "net.i2cat.cnsmo.service.fw.lockout_ok"
+)
+
+// Load balancer.
+const (
+	LBPort        = "lb.port"
+	LBMode        = "lb.mode"
+	LBNode        = "lb.node"
+	LBBackendPort = "lb.backend.port"
+	LBCheckInter  = "lb.check.inter"
+	LBReady       = "net.i2cat.cnsmo.service.lb.ready"
+	URLService    = "url.service"
+	SSURLService  = "ss:url.service"
+)
+
+// Spec documents one parameter: the README's table is checked against this list.
+type Spec struct {
+	Name   string
+	Writer string // who sets it
+	Reader string // who reads it
+	Format string
+}
+
+// Table lists every parameter cnsmo reads or writes (SlipStream's own standard parameters aside).
+var Table = []Spec{
+	{ServicesEnable, "developer (input of the CNSMO server component)", "server, agents", `JSON list of "vpn", "fw", "lb"`},
+	{ServerInstanceID, "server (its own instance name)", "agents (mapped input `cnsmo:cnsmo.server.nodeinstanceid`)", "instance name, e.g. `cnsmo.1`"},
+	{CoreReady, "server", "agents", "`true`"},
+	{ServicesEnabled, "server and every agent, when all its services are ready", "recipes (`ss-get net.services.enabled`)", "`true`"},
+	{VPNServerInstanceID, "VPN server", "VPN clients", "instance name"},
+	{VPNServerListening, "VPN server, when OpenVPN listens", "VPN clients", "`true`"},
+	{VPNEndpoint, "VPN server", "VPN clients", "`host:port/proto` of the OpenVPN server"},
+	{VPNCACert, "VPN server", "VPN clients", "PEM certificate of the VPN's CA"},
+	{VPNCRL, "VPN server", "VPN clients, operators", "PEM certificate revocation list"},
+	{VPNCSR, "VPN client (on its own instance)", "VPN server", "PEM certificate request, CN = the instance name"},
+	{VPNCert, "VPN server (on the client's instance)", "VPN client", "PEM certificate signed by the VPN's CA"},
+	{VPNClientListening, "VPN client, when the server answers through the tunnel", "VPN server", "`true`"},
+	{VPNReady, "VPN server, when every current client is connected", "agents, recipes", "`true`"},
+	{VPNAddress, "VPN server assigns, VPN client confirms once its interface has it", "application, load balancer", "IPv4 address in the overlay"},
+	{VPNAddress6, "VPN server assigns, VPN client confirms", "application", "IPv6 address in the overlay"},
+	{VPNSubnet, "developer (input of the CNSMO server component)", "VPN server", "IPv4 prefix; default 100.100.0.0/16"},
+	{VPNSubnet6, "developer (input of the CNSMO server component)", "VPN server", "IPv6 /64 prefix; default a ULA prefix"},
+	{VPNPort, "developer (input of the CNSMO server component)", "VPN server", "UDP port; default 1194"},
+	{VPNDevice, "developer (input of the CNSMO server component)", "VPN server and clients", "`tap` (default) or `tun`"},
+	{FWRules, "developer (input of each application component)", "agent", "JSON list of rules (see Firewall)"},
+	{FWLockoutOK, "developer (input of each application component)", "agent", "`true` to waive the anti-lockout rules"},
+	{FWReady, "agent, once the rules are in place", "recipes, operators", "`true`, or `false` after a failed apply"},
+	{LBPort, "developer (input of the CNSMO server component)", "server", "TCP port 1-65535"},
+	{LBMode, "developer (input of the CNSMO server component)", "server", "roundrobin, static-rr, leastconn (default), first, source, random"},
+	{LBNode, "developer (input of the CNSMO server component)", "server", "node name, comma-separated names or a JSON list"},
+	{LBBackendPort, "developer (input of the CNSMO server component)", "server", "TCP port of the backends; default lb.port"},
+	{LBCheckInter, "developer (input of the CNSMO server component)", "server", "health-check interval in ms; default 2000"},
+	{LBReady, "server, when HAProxy accepts connections and a backend is up", "recipes, operators", "`true`"},
+	{URLService, "server (load balancer)", "users", "`host:port` of the load balancer"},
+	{SSURLService, "server (load balancer)", "Nuvla UI", "`host:port` of the load balancer"},
+}

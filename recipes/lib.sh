@@ -1,0 +1,56 @@
+#!/bin/sh
+# Shared by the cnsmo recipes: install cnsmo-role and its ss-* links, start a role in the background.
+# Sourced, not run. Variables:
+#   CNSMO_ROLE_URL   where to download cnsmo-role from when it is not installed (optional)
+#   CNSMO_BIN_DIR    where cnsmo-role is or goes (default /opt/cnsmo/bin)
+#   CNSMO_STATE_DIR  the role's state, logs and pid file (default /var/lib/cnsmo)
+#   CNSMO_WAIT       seconds to wait for net.services.enabled (default 1800; 0 = forever)
+set -eu
+CNSMO_BIN_DIR=${CNSMO_BIN_DIR:-/opt/cnsmo/bin}
+CNSMO_STATE_DIR=${CNSMO_STATE_DIR:-/var/lib/cnsmo}
+CNSMO_WAIT=${CNSMO_WAIT:-1800}
+
+cnsmo_install() {
+  if [ ! -x "$CNSMO_BIN_DIR/cnsmo-role" ]; then
+    if [ -z "${CNSMO_ROLE_URL:-}" ]; then
+      echo "cnsmo: $CNSMO_BIN_DIR/cnsmo-role is missing and CNSMO_ROLE_URL is not set" >&2
+      exit 1
+    fi
+    mkdir -p "$CNSMO_BIN_DIR"
+    curl -fsSL -o "$CNSMO_BIN_DIR/cnsmo-role.tmp" "$CNSMO_ROLE_URL"
+    chmod 0755 "$CNSMO_BIN_DIR/cnsmo-role.tmp"
+    mv "$CNSMO_BIN_DIR/cnsmo-role.tmp" "$CNSMO_BIN_DIR/cnsmo-role"
+  fi
+  # ss-* tools: keep SlipStream's own when the image has them, else answer with cnsmo-role.
+  for t in ss-get ss-set ss-display ss-abort ss-random; do
+    command -v "$t" >/dev/null 2>&1 || ln -sf "$CNSMO_BIN_DIR/cnsmo-role" "$CNSMO_BIN_DIR/$t"
+  done
+  PATH="$CNSMO_BIN_DIR:$PATH"
+  export PATH
+  mkdir -p "$CNSMO_STATE_DIR"
+}
+
+# cnsmo_start ROLE: start `cnsmo-role ROLE` in the background, unless it already runs.
+cnsmo_start() {
+  role=$1
+  pidfile="$CNSMO_STATE_DIR/role.pid"
+  if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+    echo "cnsmo: $role already running (pid $(cat "$pidfile"))"
+    return 0
+  fi
+  nohup "$CNSMO_BIN_DIR/cnsmo-role" "$role" >>"$CNSMO_STATE_DIR/role.log" 2>&1 </dev/null &
+  echo "cnsmo: started $role (pid $!), log in $CNSMO_STATE_DIR/role.log"
+}
+
+# cnsmo_wait: block until this instance's network services are ready.
+cnsmo_wait() {
+  ss-display "cnsmo: waiting for network services"
+  ss-get --timeout "$CNSMO_WAIT" net.services.enabled >/dev/null
+  ss-display "cnsmo: network services ready"
+}
+
+# cnsmo_kick: make a running role reconcile now (scale events).
+cnsmo_kick() {
+  pidfile="$CNSMO_STATE_DIR/role.pid"
+  if [ -f "$pidfile" ]; then kill -HUP "$(cat "$pidfile")" 2>/dev/null || true; fi
+}

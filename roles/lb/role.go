@@ -1,0 +1,286 @@
+package lb
+
+import (
+	"bufio"
+	"context"
+	"encoding/csv"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/cnsmo/cnsmo/driver"
+	"github.com/cnsmo/cnsmo/params"
+	"github.com/cnsmo/cnsmo/roles/role"
+	"github.com/cnsmo/cnsmo/ssclient"
+)
+
+// Paths inside the function's filesystem (the container, or the VM for the exec driver).
+const (
+	ConfigPath = "/var/lib/cnsmo/lb/haproxy.cfg"
+	checkPath  = "/var/lib/cnsmo/lb/haproxy.check.cfg"
+	// FunctionName is the driver name of the HAProxy function.
+	FunctionName = "lb-haproxy"
+	// DefaultImage is the HAProxy image built by `make images`.
+	DefaultImage = "cnsmo/haproxy:latest"
+)
+
+// Role runs the load balancer on the instance whose parameters hold lb.port, lb.mode and lb.node.
+type Role struct {
+	Params ssclient.Params
+	Driver driver.Driver
+	Image  string
+	Log    zerolog.Logger
+	// UseVPN addresses backends at their vpn.address instead of their hostname.
+	UseVPN bool
+	// Dial opens a TCP connection to the local HAProxy (the runtime API and the readiness probe);
+	// nil means net.Dialer on the host's namespace.
+	Dial func(ctx context.Context, addr string) (net.Conn, error)
+
+	applied string // the configuration last applied by this process
+}
+
+// Name implements role.Service.
+func (r *Role) Name() string { return "lb" }
+
+// Reconcile validates the inputs, renders the configuration for the current backends, checks it
+// with `haproxy -c`, starts HAProxy or reloads it hitlessly when the configuration changed, and
+// sets lb.ready once HAProxy accepts connections and at least one backend is up.
+func (r *Role) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error) {
+	me := r.Params.Instance()
+	get := func(k string) string { return role.Get(run, me, k) }
+	cfg, err := ParseConfig(get, run.Nodes())
+	if err != nil {
+		return false, role.Terminal(err)
+	}
+	backends := r.backends(run, cfg)
+	conf := Render(cfg, backends)
+
+	st, err := r.Driver.Status(ctx, FunctionName)
+	if err != nil {
+		return false, fmt.Errorf("lb: status of haproxy: %w", err)
+	}
+	if conf != r.applied || st.State != driver.StateRunning {
+		if err := r.check(ctx, conf); err != nil {
+			// The old configuration keeps serving; say why in the UI and the logs.
+			r.Log.Error().Err(err).Str("service", "lb").Msg("rendered configuration rejected; keeping the running one")
+			_ = r.Params.Display(ctx, "lb: configuration rejected by haproxy -c, old one kept: "+firstLine(err.Error()))
+			return false, err
+		}
+		if err := r.apply(ctx, conf, st); err != nil {
+			return false, err
+		}
+		r.Log.Info().Str("service", "lb").Int("backends", len(backends)).Msg("haproxy configuration applied")
+	}
+
+	up, err := r.backendsUp(ctx, cfg)
+	if err != nil || up == 0 {
+		r.Log.Debug().Err(err).Int("up", up).Str("service", "lb").Msg("load balancer not ready yet")
+		return false, nil
+	}
+	if err := r.probe(ctx, cfg.Port); err != nil {
+		return false, nil
+	}
+	for _, kv := range [][2]string{
+		{params.URLService, urlService(run, me, cfg.Port)},
+		{params.SSURLService, urlService(run, me, cfg.Port)},
+		{params.LBReady, "true"},
+	} {
+		if role.Get(run, keyInstance(kv[0], me), strings.TrimPrefix(kv[0], "ss:")) == kv[1] {
+			continue
+		}
+		if err := r.Params.Set(ctx, kv[0], kv[1]); err != nil {
+			return false, fmt.Errorf("lb: set %s: %w", kv[0], err)
+		}
+	}
+	return true, nil
+}
+
+// keyInstance tells under which group a key lives in a whole-run read.
+func keyInstance(key, me string) string {
+	if strings.HasPrefix(key, "ss:") {
+		return "ss"
+	}
+	return me
+}
+
+func urlService(run *ssclient.Run, me string, port int) string {
+	host := role.Get(run, me, params.Hostname)
+	if host == "" {
+		host = "localhost"
+	}
+	return net.JoinHostPort(host, strconv.Itoa(port))
+}
+
+// backends lists every current instance of the configured nodes with a usable address.
+func (r *Role) backends(run *ssclient.Run, cfg Config) []Backend {
+	key := params.Hostname
+	if r.UseVPN {
+		key = params.VPNAddress
+	}
+	var out []Backend
+	for _, node := range cfg.Nodes {
+		for _, inst := range run.Instances(node) {
+			a, err := netip.ParseAddr(strings.TrimSpace(role.Get(run, inst, key)))
+			if err != nil {
+				continue // no address yet: it joins on a later pass
+			}
+			out = append(out, Backend{Instance: inst, Addr: a})
+		}
+	}
+	return out
+}
+
+func (r *Role) image() string {
+	if r.Image != "" {
+		return r.Image
+	}
+	return DefaultImage
+}
+
+// check runs `haproxy -c` on conf as a one-shot function.
+func (r *Role) check(ctx context.Context, conf string) error {
+	res, err := r.Driver.Run(ctx, driver.Spec{
+		Name:    "lb-haproxy-check",
+		Service: "lb",
+		Image:   r.image(),
+		Cmd:     []string{"haproxy", "-c", "-q", "-f", checkPath},
+		Files:   []driver.File{{Path: checkPath, Mode: 0o644, Data: []byte(conf)}},
+	}, nil)
+	if err != nil {
+		return fmt.Errorf("lb: haproxy -c: %w", err)
+	}
+	if res.ExitCode != 0 {
+		return fmt.Errorf("lb: haproxy -c rejected the configuration (exit %d): %s", res.ExitCode,
+			strings.TrimSpace(string(res.Stderr)+" "+string(res.Stdout)))
+	}
+	return nil
+}
+
+// apply starts HAProxy with conf, or hands conf to the running master and reloads it (SIGUSR2):
+// in master-worker mode the new worker takes over the listening sockets, so no connection drops.
+func (r *Role) apply(ctx context.Context, conf string, st driver.Status) error {
+	file := driver.File{Path: ConfigPath, Mode: 0o644, Data: []byte(conf)}
+	if st.State == driver.StateRunning {
+		if err := r.Driver.PutFiles(ctx, FunctionName, []driver.File{file}); err != nil {
+			return fmt.Errorf("lb: write haproxy.cfg: %w", err)
+		}
+		if err := r.Driver.Signal(ctx, FunctionName, syscall.SIGUSR2); err != nil {
+			return fmt.Errorf("lb: reload haproxy: %w", err)
+		}
+		r.applied = conf
+		return nil
+	}
+	if err := r.Driver.Start(ctx, driver.Spec{
+		Name:    FunctionName,
+		Service: "lb",
+		Image:   r.image(),
+		Cmd:     []string{"haproxy", "-W", "-db", "-f", ConfigPath},
+		Files:   []driver.File{file},
+	}); err != nil {
+		return fmt.Errorf("lb: start haproxy: %w", err)
+	}
+	r.applied = conf
+	return nil
+}
+
+func (r *Role) dial(ctx context.Context, addr string) (net.Conn, error) {
+	if r.Dial != nil {
+		return r.Dial(ctx, addr)
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", addr)
+}
+
+// probe checks that HAProxy accepts connections on its front port.
+func (r *Role) probe(ctx context.Context, port int) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	c, err := r.dial(ctx, net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	if err != nil {
+		return err
+	}
+	return c.Close()
+}
+
+// backendsUp asks HAProxy's runtime API how many servers of the backend are UP.
+func (r *Role) backendsUp(ctx context.Context, cfg Config) (int, error) {
+	out, err := r.runtimeAPI(ctx, cfg.StatsPort, "show stat")
+	if err != nil {
+		return 0, err
+	}
+	return countUp(out)
+}
+
+func (r *Role) runtimeAPI(ctx context.Context, port int, cmd string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	c, err := r.dial(ctx, net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	if err != nil {
+		return "", fmt.Errorf("lb: runtime API: %w", err)
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = c.SetDeadline(dl)
+	}
+	if _, err := io.WriteString(c, cmd+"\n"); err != nil {
+		return "", fmt.Errorf("lb: runtime API: %w", err)
+	}
+	b, err := io.ReadAll(bufio.NewReader(c))
+	if err != nil && !errors.Is(err, io.EOF) {
+		return "", fmt.Errorf("lb: runtime API: %w", err)
+	}
+	return string(b), nil
+}
+
+// countUp counts the servers of backend cnsmo_backends whose status is UP in `show stat` CSV.
+func countUp(stat string) (int, error) {
+	stat = strings.TrimPrefix(stat, "# ")
+	rd := csv.NewReader(strings.NewReader(stat))
+	rd.FieldsPerRecord = -1
+	recs, err := rd.ReadAll()
+	if err != nil {
+		return 0, fmt.Errorf("lb: parse show stat: %w", err)
+	}
+	if len(recs) == 0 {
+		return 0, errors.New("lb: empty show stat")
+	}
+	col := map[string]int{}
+	for i, h := range recs[0] {
+		col[h] = i
+	}
+	px, sv, status := col["pxname"], col["svname"], col["status"]
+	n := 0
+	for _, rec := range recs[1:] {
+		if len(rec) <= status || rec[px] != "cnsmo_backends" || rec[sv] == "BACKEND" || rec[sv] == "FRONTEND" {
+			continue
+		}
+		if strings.HasPrefix(rec[status], "UP") {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// Teardown removes the HAProxy function and its files.
+func (r *Role) Teardown(ctx context.Context) error {
+	r.applied = ""
+	if err := r.Driver.Remove(ctx, FunctionName); err != nil && !errors.Is(err, driver.ErrNotFound) {
+		return fmt.Errorf("lb: remove haproxy: %w", err)
+	}
+	return nil
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i]
+	}
+	return s
+}
