@@ -31,6 +31,8 @@ type Loop struct {
 	TeardownTimeout time.Duration
 	// OnPass, when set, is called after every pass with whether all services were ready (tests).
 	OnPass func(allReady bool)
+	// Kick, when set, makes the loop start a pass at once (SIGHUP from the onvmadd/onvmremove hooks).
+	Kick <-chan struct{}
 
 	lastDisplay string
 }
@@ -94,6 +96,9 @@ func (l *Loop) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			t.Stop()
+		case <-l.Kick:
+			t.Stop()
+			bo.Reset()
 		case <-t.C:
 		}
 	}

@@ -47,6 +47,11 @@ type Role struct {
 	applied string // the configuration last applied by this process
 }
 
+// New returns the load balancer of the instance described by env (the CNSMO server).
+func New(env role.Env) *Role {
+	return &Role{Params: env.Params, Driver: env.Driver, Log: env.Log, UseVPN: env.UseVPN}
+}
+
 // Name implements role.Service.
 func (r *Role) Name() string { return "lb" }
 
