@@ -3,10 +3,12 @@
 # Sourced, not run. Variables:
 #   CNSMO_ROLE_URL   where to download cnsmo-role from when it is not installed (optional)
 #   CNSMO_BIN_DIR    where cnsmo-role is or goes (default /opt/cnsmo/bin)
+#   CNSMO_LINK_DIR   where the ss-* links go when the image has no SlipStream client (default /usr/local/bin)
 #   CNSMO_STATE_DIR  the role's state, logs and pid file (default /var/lib/cnsmo)
 #   CNSMO_WAIT       seconds to wait for net.services.enabled (default 1800; 0 = forever)
 set -eu
 CNSMO_BIN_DIR=${CNSMO_BIN_DIR:-/opt/cnsmo/bin}
+CNSMO_LINK_DIR=${CNSMO_LINK_DIR:-/usr/local/bin}
 CNSMO_STATE_DIR=${CNSMO_STATE_DIR:-/var/lib/cnsmo}
 CNSMO_WAIT=${CNSMO_WAIT:-1800}
 
@@ -22,10 +24,11 @@ cnsmo_install() {
     mv "$CNSMO_BIN_DIR/cnsmo-role.tmp" "$CNSMO_BIN_DIR/cnsmo-role"
   fi
   # ss-* tools: keep SlipStream's own when the image has them, else answer with cnsmo-role.
+  mkdir -p "$CNSMO_LINK_DIR"
   for t in ss-get ss-set ss-display ss-abort ss-random; do
-    command -v "$t" >/dev/null 2>&1 || ln -sf "$CNSMO_BIN_DIR/cnsmo-role" "$CNSMO_BIN_DIR/$t"
+    command -v "$t" >/dev/null 2>&1 || ln -sf "$CNSMO_BIN_DIR/cnsmo-role" "$CNSMO_LINK_DIR/$t"
   done
-  PATH="$CNSMO_BIN_DIR:$PATH"
+  PATH="$CNSMO_LINK_DIR:$CNSMO_BIN_DIR:$PATH"
   export PATH
   mkdir -p "$CNSMO_STATE_DIR"
 }
@@ -38,7 +41,7 @@ cnsmo_start() {
     echo "cnsmo: $role already running (pid $(cat "$pidfile"))"
     return 0
   fi
-  nohup "$CNSMO_BIN_DIR/cnsmo-role" "$role" >>"$CNSMO_STATE_DIR/role.log" 2>&1 </dev/null &
+  nohup "$CNSMO_BIN_DIR/cnsmo-role" "$role" --state-dir "$CNSMO_STATE_DIR" >>"$CNSMO_STATE_DIR/role.log" 2>&1 </dev/null &
   echo "cnsmo: started $role (pid $!), log in $CNSMO_STATE_DIR/role.log"
 }
 

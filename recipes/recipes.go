@@ -1,0 +1,11 @@
+// Package recipes holds the SlipStream deployment scripts of an application with CNSMO and the
+// application definition that declares every parameter they use. They are embedded so that the
+// end-to-end tests and the demo run exactly these files on the simulated VMs.
+package recipes
+
+import "embed"
+
+// FS holds the recipes (*.sh) and the application definition (application.json).
+//
+//go:embed *.sh application.json
+var FS embed.FS
