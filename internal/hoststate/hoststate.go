@@ -1,0 +1,112 @@
+// Package hoststate snapshots what a test, the demo or a role could leave behind on a host (or in
+// a simulated VM): iptables and ip6tables rules, network links and namespaces, containers. Two
+// snapshots are compared to prove that teardown left things exactly as they were.
+package hoststate
+
+import (
+	"context"
+	"fmt"
+	"os/exec"
+	"regexp"
+	"sort"
+	"strings"
+)
+
+// Runner runs a command and returns its stdout (the host, or a VM through the testbed).
+type Runner func(ctx context.Context, argv ...string) (string, error)
+
+// Host runs commands on this machine.
+func Host(ctx context.Context, argv ...string) (string, error) {
+	out, err := exec.CommandContext(ctx, argv[0], argv[1:]...).Output()
+	return string(out), err
+}
+
+// Snapshot is a normalized view of the host's network state, one section per source.
+type Snapshot map[string]string
+
+var counters = regexp.MustCompile(`\[\d+:\d+\]`)
+
+// Take snapshots iptables-save, ip6tables-save, links, namespaces and (when docker is true)
+// every container. Counters and comments that change by themselves are removed.
+func Take(ctx context.Context, run Runner, docker bool) (Snapshot, error) {
+	s := Snapshot{}
+	cmds := map[string][]string{
+		"iptables":  {"iptables-save"},
+		"ip6tables": {"ip6tables-save"},
+		"links":     {"ip", "-o", "link", "show"},
+		"netns":     {"ip", "netns", "list"},
+	}
+	if docker {
+		cmds["containers"] = []string{"docker", "ps", "-a", "--format", "{{.Names}} {{.Image}}"}
+	}
+	for name, argv := range cmds {
+		out, err := run(ctx, argv...)
+		if err != nil {
+			return nil, fmt.Errorf("hoststate: %s: %w", strings.Join(argv, " "), err)
+		}
+		s[name] = normalize(name, out)
+	}
+	return s, nil
+}
+
+func normalize(kind, out string) string {
+	var lines []string
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, "#") || strings.TrimSpace(l) == "" {
+			continue
+		}
+		switch kind {
+		case "iptables", "ip6tables":
+			l = counters.ReplaceAllString(l, "")
+		case "links":
+			// "3: eth0@if4: <...> mtu ... state UP ..." -> name and flags only; link counters vary.
+			f := strings.Fields(l)
+			if len(f) >= 3 {
+				l = strings.TrimSuffix(f[1], ":") + " " + f[2]
+			}
+		}
+		lines = append(lines, l)
+	}
+	if kind != "iptables" && kind != "ip6tables" {
+		sort.Strings(lines) // rule order matters; other lists are sets
+	}
+	return strings.Join(lines, "\n")
+}
+
+// Diff describes what differs between two snapshots ("" when equal).
+func Diff(before, after Snapshot) string {
+	var b strings.Builder
+	keys := make([]string, 0, len(before))
+	for k := range before {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if before[k] == after[k] {
+			continue
+		}
+		bl, al := set(before[k]), set(after[k])
+		for l := range al {
+			if !bl[l] {
+				fmt.Fprintf(&b, "%s: + %s\n", k, l)
+			}
+		}
+		for l := range bl {
+			if !al[l] {
+				fmt.Fprintf(&b, "%s: - %s\n", k, l)
+			}
+		}
+		if bl2, al2 := len(bl), len(al); bl2 == al2 && b.Len() == 0 {
+			fmt.Fprintf(&b, "%s: same lines, different order\n", k)
+		}
+	}
+	return b.String()
+}
+
+func set(s string) map[string]bool {
+	m := map[string]bool{}
+	for _, l := range strings.Split(s, "\n") {
+		m[l] = true
+	}
+	return m
+}
