@@ -290,10 +290,11 @@ func (r *run) abortOrReset(message, nodename string) {
 		r.setPlain("ss:recovery.mode", "false")
 		return
 	}
+	wasSet := global.set
 	if nodeAbort != nil {
 		nodeAbort.value, nodeAbort.set = message, true
 	}
-	if !global.set {
+	if !wasSet {
 		global.value, global.set = message, true
 		if r.state() == StateProvisioning {
 			r.setPlain("ss:recovery.mode", "true")
