@@ -324,6 +324,9 @@ func isAbortKey(key string) bool {
 // rule (any valid state may be set).
 func (r *run) put(key, value string, admin bool) error {
 	switch {
+	case isAbortKey(key) && admin && value == "":
+		r.del(key) // the test's hand clears the abort flags
+		return nil
 	case isAbortKey(key):
 		if r.params[key].set {
 			return nil // an abort message is kept: the first reason wins

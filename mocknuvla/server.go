@@ -255,7 +255,8 @@ func (s *Server) Params(uuid string) (map[string]ParamValue, error) {
 }
 
 // SetParam sets a parameter like a PUT with ignoreabort (mapping applied, abort keys raise
-// ss:abort; "" un-sets); ss:state accepts any valid state. An unknown key is an error (the
+// ss:abort; "" un-sets, and for an abort key clears the abort flags as a DELETE does);
+// ss:state accepts any valid state. An unknown key is an error (the
 // run is not aborted: this is the test's hand, not a VM's).
 func (s *Server) SetParam(uuid, key, value string) error {
 	s.mu.Lock()
