@@ -590,6 +590,18 @@ func TestWholeRunXMLAndJSON(t *testing.T) {
 	assert.Equal(t, "Global", groups["ss:state"])
 	assert.Equal(t, "web", groups["web:ids"])
 
+	// A character XML 1.0 cannot carry is replaced in the XML (the document stays parseable);
+	// the single-key GET and the JSON form keep it.
+	f.mustSet("web.1:ready", "a\x1bb")
+	var x2 xmlRun
+	require.NoError(t, xml.Unmarshal([]byte(f.do("GET", "", "").body), &x2))
+	for _, e := range x2.Entries {
+		if e.Key == "web.1:ready" {
+			assert.Equal(t, "a\uFFFDb", e.Param.Value)
+		}
+	}
+	assert.Equal(t, "a\x1bb", f.do("GET", "web.1:ready", "").body)
+
 	r = f.do("GET", "", "", "Accept", "application/json")
 	require.Equal(t, http.StatusOK, r.code)
 	var j mocknuvla.RunJSON
@@ -598,6 +610,7 @@ func TestWholeRunXMLAndJSON(t *testing.T) {
 	assert.Equal(t, "demo", j.Name)
 	assert.True(t, j.Mutable)
 	assert.Equal(t, val, j.RuntimeParameters["web.2:ready"].Value)
+	assert.Equal(t, "a\x1bb", j.RuntimeParameters["web.1:ready"].Value)
 	assert.Len(t, j.RuntimeParameters, len(all))
 }
 
