@@ -232,17 +232,10 @@ func (s *Server) newAdminMux() *http.ServeMux {
 		writeJSON(w, http.StatusCreated, map[string]any{"instances": names})
 	})
 	m.HandleFunc("DELETE /admin/runs/{uuid}/nodes/{node}", func(w http.ResponseWriter, r *http.Request) {
-		var ids []int
-		for _, f := range strings.Split(r.URL.Query().Get("ids"), ",") {
-			if f = strings.TrimSpace(f); f == "" {
-				continue
-			}
-			id, err := strconv.Atoi(f)
-			if err != nil {
-				adminError(w, http.StatusBadRequest, "ids: not an integer: "+f)
-				return
-			}
-			ids = append(ids, id)
+		ids, err := parseIDs(r.URL.Query().Get("ids"))
+		if err != nil {
+			adminError(w, http.StatusBadRequest, "ids: not an integer: "+err.Error())
+			return
 		}
 		if err := s.ScaleDown(r.PathValue("uuid"), r.PathValue("node"), ids); err != nil {
 			adminErr(w, err)

@@ -272,16 +272,9 @@ func (s *Server) serveNode(w http.ResponseWriter, r *http.Request, uuid, nodeNam
 			break
 		}
 		idsOnly = strings.TrimSpace(form.Get("delete-ids-only")) == "true"
-		for _, f := range strings.Split(form.Get("ids"), ",") {
-			if f = strings.TrimSpace(f); f == "" {
-				continue
-			}
-			id, err := strconv.Atoi(f)
-			if err != nil {
-				writeError(w, r, http.StatusBadRequest, "Invalid instance name: "+nodeName+"."+f)
-				return
-			}
-			ids = append(ids, id)
+		if ids, err = parseIDs(form.Get("ids")); err != nil {
+			writeError(w, r, http.StatusBadRequest, "Invalid instance name: "+nodeName+"."+err.Error())
+			return
 		}
 	default:
 		w.Header().Set("Allow", "GET, POST, DELETE")
@@ -336,6 +329,22 @@ func (s *Server) serveNode(w http.ResponseWriter, r *http.Request, uuid, nodeNam
 		}
 		w.WriteHeader(http.StatusNoContent)
 	}
+}
+
+// parseIDs reads "1, 2,3" (empty fields skipped); the error is the field that is no integer.
+func parseIDs(s string) ([]int, error) {
+	var ids []int
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		id, err := strconv.Atoi(f)
+		if err != nil {
+			return nil, errors.New(f)
+		}
+		ids = append(ids, id)
+	}
+	return ids, nil
 }
 
 // serveRun is /run/{uuid}: GET the whole run (XML, or JSON on request), DELETE terminates it.

@@ -10,6 +10,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"maps"
 	"net/http"
 	"strings"
 	"sync"
@@ -421,22 +422,14 @@ func (s *Server) GetFaults(uuid string) (Faults, error) {
 func (s *Server) Counters() map[string]int64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make(map[string]int64, len(s.counters))
-	for k, v := range s.counters {
-		out[k] = v
-	}
-	return out
+	return maps.Clone(s.counters)
 }
 
 // FaultCounters returns how many answers were replaced by each fault: "5xx", "drop", "latency".
 func (s *Server) FaultCounters() map[string]int64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make(map[string]int64, len(s.faultCnt))
-	for k, v := range s.faultCnt {
-		out[k] = v
-	}
-	return out
+	return maps.Clone(s.faultCnt)
 }
 
 // ResetCounters zeroes the request and fault counters.
