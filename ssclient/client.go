@@ -1,0 +1,522 @@
+package ssclient
+
+import (
+	"context"
+	"encoding/json"
+	"encoding/xml"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/go-resty/resty/v2"
+	"github.com/rs/zerolog"
+)
+
+// CookieName is the session cookie of SlipStream.
+const CookieName = "com.sixsq.slipstream.cookie"
+
+// StatusError is an unexpected HTTP answer; it unwraps to the typed error of its status.
+type StatusError struct {
+	Method, Path string
+	Code         int
+	Body         string
+	kind         error
+}
+
+func (e *StatusError) Error() string {
+	detail := strings.TrimSpace(e.Body)
+	if i := strings.IndexByte(detail, '\n'); i >= 0 { // text bodies are "412 - Precondition Failed\ndetail"
+		detail = strings.TrimSpace(detail[i+1:])
+	}
+	return fmt.Sprintf("%s %s: %d %s", e.Method, e.Path, e.Code, detail)
+}
+
+// Unwrap returns the typed error (ErrNotSet, ErrAborted, ...) or nil.
+func (e *StatusError) Unwrap() error { return e.kind }
+
+// session is shared by a Client and its IgnoreAbort copy.
+type session struct {
+	mu     sync.Mutex
+	cookie string
+}
+
+// Client speaks the legacy run API for one instance of one run. It implements Params.
+type Client struct {
+	cfg         Config
+	http        *resty.Client
+	log         zerolog.Logger
+	minPoll     time.Duration
+	maxPoll     time.Duration
+	retryMax    time.Duration
+	ignoreAbort bool
+	sess        *session
+}
+
+// Option configures New.
+type Option func(*Client)
+
+// WithLogger sets the logger (values are never logged, only keys and statuses).
+func WithLogger(l zerolog.Logger) Option { return func(c *Client) { c.log = l } }
+
+// WithPoll sets the wait backoff: from min, growing with jitter to max (capped at 5 s).
+func WithPoll(min, max time.Duration) Option {
+	return func(c *Client) { c.minPoll, c.maxPoll = min, max }
+}
+
+// WithRetry bounds the retries of one request on 5xx, 429 and connection errors.
+func WithRetry(maxElapsed time.Duration) Option { return func(c *Client) { c.retryMax = maxElapsed } }
+
+// WithHTTPClient uses hc for every request (tests, custom transports).
+func WithHTTPClient(hc *http.Client) Option {
+	return func(c *Client) { c.http = resty.NewWithClient(hc) }
+}
+
+// New returns a client for cfg.
+func New(cfg Config, opts ...Option) (*Client, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	c := &Client{cfg: cfg, log: zerolog.Nop(), minPoll: 100 * time.Millisecond, maxPoll: 2 * time.Second,
+		retryMax: 2 * time.Minute, sess: &session{}}
+	for _, o := range opts {
+		o(c)
+	}
+	if c.http == nil {
+		c.http = resty.New().SetTimeout(30 * time.Second)
+	}
+	c.http.SetBaseURL(strings.TrimRight(cfg.ServiceURL, "/"))
+	// Redirects are not part of this API; a 3xx is an error to report, not to follow.
+	c.http.SetRedirectPolicy(resty.NoRedirectPolicy())
+	if c.maxPoll > 5*time.Second {
+		c.maxPoll = 5 * time.Second
+	}
+	if c.minPoll <= 0 || c.minPoll > c.maxPoll {
+		c.minPoll = min(100*time.Millisecond, c.maxPoll)
+	}
+	return c, nil
+}
+
+// IgnoreAbort returns a client whose requests pass ?ignoreabort=true (it shares the session).
+func (c *Client) IgnoreAbort() *Client {
+	cp := *c
+	cp.ignoreAbort = true
+	return &cp
+}
+
+// Instance is this VM's node instance name.
+func (c *Client) Instance() string { return c.cfg.NodeInstance }
+
+// Qualify qualifies key for this instance (see the package function Qualify).
+func (c *Client) Qualify(key string) string { return Qualify(c.cfg.NodeInstance, key) }
+
+func (c *Client) runPath(rest string) string {
+	p := "/run/" + c.cfg.RunUUID
+	if rest != "" {
+		p += "/" + rest
+	}
+	if c.ignoreAbort {
+		p += "?ignoreabort=true"
+	}
+	return p
+}
+
+type request struct {
+	method string
+	path   string
+	body   string
+	form   url.Values
+	accept string
+	key    string // for error messages
+}
+
+// do sends one request: logging in when needed, re-logging once on 401/403, and retrying
+// idempotent requests with jittered backoff on 5xx, 429 and connection errors.
+func (c *Client) do(ctx context.Context, rq request) (int, string, error) {
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval, bo.MaxInterval, bo.MaxElapsedTime = 200*time.Millisecond, 5*time.Second, c.retryMax
+	retry := rq.method != http.MethodPost
+	relogged := false
+	for {
+		code, body, err := c.send(ctx, rq)
+		if err == nil && (code == http.StatusUnauthorized || code == http.StatusForbidden) && !relogged && c.hasCredentials() {
+			relogged = true
+			c.sess.mu.Lock()
+			c.sess.cookie = ""
+			c.sess.mu.Unlock()
+			continue
+		}
+		var se *StatusError
+		if errors.Is(err, ErrUnauthorized) || (errors.As(err, &se) && se.Code < 500 && se.Code != http.StatusTooManyRequests) {
+			return 0, "", fmt.Errorf("%s %s: %w", rq.method, rq.key, err) // a refused login: retrying cannot help
+		}
+		transient := err != nil || code >= 500 || code == http.StatusTooManyRequests
+		if !transient {
+			return code, body, nil
+		}
+		if ctx.Err() != nil {
+			return 0, "", fmt.Errorf("%s %s: %w (%v)", rq.method, rq.key, ErrTimeout, ctx.Err())
+		}
+		if !retry {
+			if err != nil {
+				return 0, "", fmt.Errorf("%s %s: %w", rq.method, rq.key, err)
+			}
+			return code, body, nil
+		}
+		d := bo.NextBackOff()
+		if d == backoff.Stop {
+			if err != nil {
+				return 0, "", fmt.Errorf("%s %s: giving up after %s: %w", rq.method, rq.key, c.retryMax, err)
+			}
+			return code, body, nil
+		}
+		c.log.Debug().Str("key", rq.key).Int("status", code).AnErr("cause", err).Dur("retry_in", d).Msg("transient failure; retrying")
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return 0, "", fmt.Errorf("%s %s: %w (%v)", rq.method, rq.key, ErrTimeout, ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+func (c *Client) hasCredentials() bool {
+	return (c.cfg.APIKey != "" && c.cfg.APISecret != "") || (c.cfg.Username != "" && c.cfg.Password != "")
+}
+
+func (c *Client) send(ctx context.Context, rq request) (int, string, error) {
+	cookie, err := c.cookie(ctx)
+	if err != nil {
+		return 0, "", err
+	}
+	r := c.http.R().SetContext(ctx).SetHeader("Accept", "text/plain")
+	if rq.accept != "" {
+		r.SetHeader("Accept", rq.accept)
+	}
+	if c.cfg.CacheKey != "" {
+		r.SetHeader("ss-cache-key", c.cfg.CacheKey)
+	}
+	if cookie != "" {
+		// Sent by hand: the server marks the cookie Secure, and a cookie jar would not send it
+		// over plain http (as the Python client, we ignore the flag).
+		r.SetHeader("Cookie", CookieName+"="+cookie)
+	}
+	switch {
+	case rq.form != nil:
+		r.SetFormDataFromValues(rq.form)
+	case rq.method == http.MethodPut || rq.method == http.MethodPost:
+		r.SetHeader("Content-Type", "text/plain; charset=utf-8").SetBody(rq.body)
+	}
+	res, err := r.Execute(rq.method, rq.path)
+	if err != nil {
+		return 0, "", err
+	}
+	return res.StatusCode(), res.String(), nil
+}
+
+// cookie returns the session cookie, logging in first when there is none.
+func (c *Client) cookie(ctx context.Context) (string, error) {
+	if !c.hasCredentials() {
+		return "", nil
+	}
+	c.sess.mu.Lock()
+	defer c.sess.mu.Unlock()
+	if c.sess.cookie != "" {
+		return c.sess.cookie, nil
+	}
+	tmpl := map[string]string{"href": "session-template/api-key", "key": c.cfg.APIKey, "secret": c.cfg.APISecret}
+	if c.cfg.APIKey == "" {
+		tmpl = map[string]string{"href": "session-template/internal", "username": c.cfg.Username, "password": c.cfg.Password}
+	}
+	body, _ := json.Marshal(map[string]any{"sessionTemplate": tmpl})
+	res, err := c.http.R().SetContext(ctx).SetHeader("Content-Type", "application/json").
+		SetHeader("Accept", "application/json").SetBody(body).Post("/api/session")
+	if err != nil {
+		return "", fmt.Errorf("login: %w", err)
+	}
+	if res.StatusCode() == http.StatusUnauthorized || res.StatusCode() == http.StatusForbidden {
+		return "", fmt.Errorf("login: %w (%d)", ErrUnauthorized, res.StatusCode())
+	}
+	if res.StatusCode() >= 300 {
+		return "", &StatusError{Method: "POST", Path: "/api/session", Code: res.StatusCode(), Body: res.String()}
+	}
+	for _, ck := range res.Cookies() {
+		if ck.Name == CookieName {
+			c.sess.cookie = ck.Value
+			c.log.Debug().Msg("logged in")
+			return ck.Value, nil
+		}
+	}
+	return "", fmt.Errorf("login: %w: no %s cookie in the answer", ErrUnauthorized, CookieName)
+}
+
+// check maps a status to nil or a typed error.
+func check(rq request, code int, body string, ok ...int) error {
+	for _, o := range ok {
+		if code == o {
+			return nil
+		}
+	}
+	e := &StatusError{Method: rq.method, Path: rq.key, Code: code, Body: body}
+	switch {
+	case code == http.StatusPreconditionFailed:
+		e.kind = ErrNotSet
+	case code == http.StatusConflict && strings.Contains(body, "Abort flag raised"):
+		e.kind = ErrAborted
+	case code == http.StatusConflict:
+		e.kind = ErrConflict
+	case code == http.StatusNotFound:
+		e.kind = ErrUnknownKey
+	case code == http.StatusBadRequest && len(rq.body) > MaxValueLen:
+		e.kind = ErrTooLong
+	case code == http.StatusUnauthorized || code == http.StatusForbidden:
+		e.kind = ErrUnauthorized
+	}
+	return e
+}
+
+// Get reads key once. Values are stripped of surrounding whitespace and quotes, as the
+// reference client does.
+func (c *Client) Get(ctx context.Context, key string) (string, error) {
+	q := c.Qualify(key)
+	rq := request{method: http.MethodGet, path: c.runPath(q), key: q}
+	code, body, err := c.do(ctx, rq)
+	if err != nil {
+		return "", err
+	}
+	if err := check(rq, code, body, http.StatusOK); err != nil {
+		return "", err
+	}
+	return strings.Trim(body, " \t\r\n\"'"), nil
+}
+
+// Wait blocks until key is set, polling with jittered backoff from the poll minimum to its cap.
+func (c *Client) Wait(ctx context.Context, key string) (string, error) {
+	bo := c.pollBackoff()
+	for {
+		v, err := c.Get(ctx, key)
+		if !errors.Is(err, ErrNotSet) {
+			return v, err
+		}
+		if err := sleep(ctx, bo.NextBackOff()); err != nil {
+			return "", fmt.Errorf("waiting for %s: %w", c.Qualify(key), err)
+		}
+	}
+}
+
+func (c *Client) pollBackoff() *backoff.ExponentialBackOff {
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval, bo.MaxInterval, bo.MaxElapsedTime, bo.Multiplier = c.minPoll, c.maxPoll, 0, 1.5
+	bo.Reset()
+	return bo
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return fmt.Errorf("%w (%v)", ErrTimeout, ctx.Err())
+	case <-t.C:
+		return nil
+	}
+}
+
+// Set writes value; an empty value un-sets the key. Values over 4096 characters are refused
+// before anything is sent.
+func (c *Client) Set(ctx context.Context, key, value string) error {
+	q := c.Qualify(key)
+	if n := len([]rune(value)); n > MaxValueLen {
+		return fmt.Errorf("set %s: %w (%d characters)", q, ErrTooLong, n)
+	}
+	rq := request{method: http.MethodPut, path: c.runPath(q), body: value, key: q}
+	code, body, err := c.do(ctx, rq)
+	if err != nil {
+		return err
+	}
+	return check(rq, code, body, http.StatusOK, http.StatusNoContent)
+}
+
+// Unset un-sets key (an empty PUT).
+func (c *Client) Unset(ctx context.Context, key string) error { return c.Set(ctx, key, "") }
+
+// Display sets this instance's statecustom (progress in the Nuvla UI).
+func (c *Client) Display(ctx context.Context, msg string) error {
+	if r := []rune(msg); len(r) > MaxValueLen {
+		msg = string(r[:MaxValueLen])
+	}
+	return c.Set(ctx, "statecustom", msg)
+}
+
+// Abort raises this instance's abort flag (the server copies it to ss:abort) with a reason.
+func (c *Client) Abort(ctx context.Context, reason string) error {
+	if reason == "" {
+		reason = "aborted by " + c.cfg.NodeInstance
+	}
+	if r := []rune(reason); len(r) > MaxValueLen {
+		reason = string(r[:MaxValueLen-14]) + "\n(truncated)\n"
+	}
+	return c.IgnoreAbort().Set(ctx, "abort", reason)
+}
+
+// CancelAbort clears the abort flags of this instance and of the run.
+func (c *Client) CancelAbort(ctx context.Context) error {
+	ia := c.IgnoreAbort()
+	for _, k := range []string{c.Qualify("abort"), "ss:abort"} {
+		rq := request{method: http.MethodDelete, path: ia.runPath(k), key: k}
+		code, body, err := ia.do(ctx, rq)
+		if err != nil {
+			return err
+		}
+		if err := check(rq, code, body, http.StatusOK, http.StatusNoContent); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Run reads the whole run (every instance's parameters) in one request.
+func (c *Client) Run(ctx context.Context) (*Run, error) {
+	rq := request{method: http.MethodGet, path: c.runPath(""), key: "run " + c.cfg.RunUUID, accept: "application/xml"}
+	code, body, err := c.do(ctx, rq)
+	if err != nil {
+		return nil, err
+	}
+	if err := check(rq, code, body, http.StatusOK); err != nil {
+		return nil, err
+	}
+	return ParseRunXML([]byte(body))
+}
+
+type xmlRun struct {
+	UUID    string `xml:"uuid,attr"`
+	State   string `xml:"state,attr"`
+	Entries []struct {
+		Key   string `xml:"string"`
+		Param struct {
+			Key   string `xml:"key,attr"`
+			IsSet string `xml:"isSet,attr"`
+			Value string `xml:",chardata"`
+		} `xml:"runtimeParameter"`
+	} `xml:"runtimeParameters>entry"`
+}
+
+// ParseRunXML parses the XML of GET /run/{uuid}.
+func ParseRunXML(b []byte) (*Run, error) {
+	var x xmlRun
+	if err := xml.Unmarshal(b, &x); err != nil {
+		return nil, fmt.Errorf("parse run: %w", err)
+	}
+	r := &Run{UUID: x.UUID, State: x.State, Params: make(map[string]Param, len(x.Entries))}
+	for _, e := range x.Entries {
+		k := e.Param.Key
+		if k == "" {
+			k = e.Key
+		}
+		set, _ := strconv.ParseBool(e.Param.IsSet)
+		r.Params[k] = Param{Value: e.Param.Value, IsSet: set}
+	}
+	if r.State == "" {
+		r.State, _ = r.Value("ss:state")
+	}
+	return r, nil
+}
+
+// WaitRun polls the whole run (one request per poll) until cond holds.
+func (c *Client) WaitRun(ctx context.Context, cond func(*Run) bool) (*Run, error) {
+	bo := c.pollBackoff()
+	for {
+		r, err := c.Run(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if v, ok := r.Value("ss:abort"); ok && v != "" && !c.ignoreAbort {
+			return r, fmt.Errorf("%w: %s", ErrAborted, v)
+		}
+		if cond(r) {
+			return r, nil
+		}
+		if err := sleep(ctx, bo.NextBackOff()); err != nil {
+			return r, err
+		}
+	}
+}
+
+// WaitAll is the barrier: it waits until key is set on every instance (and, when match is not
+// nil, match accepts its value), reading the whole run once per poll. It returns the values.
+func (c *Client) WaitAll(ctx context.Context, key string, instances []string, match func(string) bool) (map[string]string, error) {
+	out := map[string]string{}
+	_, err := c.WaitRun(ctx, func(r *Run) bool {
+		for _, in := range instances {
+			v, ok := r.Value(in + ":" + key)
+			if !ok || (match != nil && !match(v)) {
+				return false
+			}
+			out[in] = v
+		}
+		return true
+	})
+	if err != nil {
+		return nil, fmt.Errorf("barrier %s on %d instances: %w", key, len(instances), err)
+	}
+	return out, nil
+}
+
+// ScaleUp adds n instances of node; it returns their names.
+func (c *Client) ScaleUp(ctx context.Context, node string, n int) ([]string, error) {
+	rq := request{method: http.MethodPost, path: c.runPath(node), form: url.Values{"n": {strconv.Itoa(n)}}, key: node}
+	code, body, err := c.do(ctx, rq)
+	if err != nil {
+		return nil, err
+	}
+	if err := check(rq, code, body, http.StatusCreated, http.StatusOK); err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, s := range strings.Split(strings.TrimSpace(body), ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			names = append(names, s)
+		}
+	}
+	return names, nil
+}
+
+// ScaleDown removes instances of node by id (idsOnly: only remove them from <node>:ids).
+func (c *Client) ScaleDown(ctx context.Context, node string, ids []int, idsOnly bool) error {
+	s := make([]string, len(ids))
+	for i, id := range ids {
+		s[i] = strconv.Itoa(id)
+	}
+	form := url.Values{"ids": {strings.Join(s, ",")}}
+	if idsOnly {
+		form.Set("delete-ids-only", "true")
+	}
+	rq := request{method: http.MethodDelete, path: c.runPath(node), form: form, key: node}
+	code, body, err := c.do(ctx, rq)
+	if err != nil {
+		return err
+	}
+	return check(rq, code, body, http.StatusNoContent, http.StatusOK)
+}
+
+// Complete marks this instance's current state complete; it returns the run's state.
+func (c *Client) Complete(ctx context.Context) (string, error) {
+	k := c.cfg.NodeInstance + ":complete"
+	rq := request{method: http.MethodPost, path: c.runPath(k), body: "reset", key: k}
+	code, body, err := c.do(ctx, rq)
+	if err != nil {
+		return "", err
+	}
+	if err := check(rq, code, body, http.StatusOK, http.StatusCreated, http.StatusNoContent); err != nil {
+		return "", err
+	}
+	return strings.TrimSpace(body), nil
+}
+
+var _ Params = (*Client)(nil)
