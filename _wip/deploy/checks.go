@@ -1,0 +1,100 @@
+package deploy
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+
+	"github.com/cnsmo/cnsmo/params"
+	"github.com/cnsmo/cnsmo/testbed"
+)
+
+// Ping is one cell of a ping matrix.
+type Ping struct {
+	From, To, Addr string
+	OK             bool
+}
+
+// PingMatrix pings every instance's overlay address (vpn.address, or vpn.address6 when v6) from
+// every other instance's VM, one ICMP echo each with a 2 s deadline.
+func (d *Deployment) PingMatrix(ctx context.Context, instances []string, v6 bool) []Ping {
+	key := params.VPNAddress
+	if v6 {
+		key = params.VPNAddress6
+	}
+	var out []Ping
+	for _, from := range instances {
+		for _, to := range instances {
+			if from == to {
+				continue
+			}
+			addr := d.Param(to + ":" + key)
+			p := Ping{From: from, To: to, Addr: addr}
+			if addr != "" {
+				_, _, err := d.VMOf(from).Exec(ctx, "ping", "-n", "-c", "1", "-W", "2", addr)
+				p.OK = err == nil
+			}
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// ServeName starts, on vm, a tiny HTTP server on each port answering its own name (socat, one
+// process per connection). The processes end with the VM.
+func ServeName(ctx context.Context, vm *testbed.VM, name string, ports ...int) error {
+	for _, p := range ports {
+		reply := fmt.Sprintf(`printf 'HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n%s\n'`, name)
+		if _, err := vm.Start(ctx, nil, "socat", "TCP-LISTEN:"+strconv.Itoa(p)+",fork,reuseaddr", "SYSTEM:"+reply); err != nil {
+			return fmt.Errorf("serve %s:%d: %w", vm.Name, p, err)
+		}
+	}
+	for _, p := range ports {
+		if err := waitListening(ctx, vm, p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func waitListening(ctx context.Context, vm *testbed.VM, port int) error {
+	for i := 0; i < 100; i++ {
+		out, _, _ := vm.Exec(ctx, "sh", "-c", "ss -Htln 'sport = :"+strconv.Itoa(port)+"'")
+		if strings.TrimSpace(out) != "" {
+			return nil
+		}
+		if _, _, err := vm.Exec(ctx, "sleep", "0.05"); err != nil {
+			return err
+		}
+	}
+	return fmt.Errorf("%s: nothing listens on %d", vm.Name, port)
+}
+
+// Get fetches http://addr:port/ from vm with a 2 s limit: the body, or an error when the
+// connection was refused, dropped or timed out.
+func Get(ctx context.Context, vm *testbed.VM, addr string, port int) (string, error) {
+	out, errOut, err := vm.Exec(ctx, "curl", "-sS", "--max-time", "2", "http://"+net.JoinHostPort(addr, strconv.Itoa(port))+"/")
+	if err != nil {
+		return "", fmt.Errorf("%s -> %s:%d: %s", vm.Name, addr, port, strings.TrimSpace(errOut))
+	}
+	return strings.TrimSpace(out), nil
+}
+
+// Distribution sends n requests (bounded, 2 s each) from vm to addr:port and counts the answers
+// by body; failures are counted under "".
+func Distribution(ctx context.Context, vm *testbed.VM, addr string, port, n int) (map[string]int, error) {
+	url := "http://" + net.JoinHostPort(addr, strconv.Itoa(port)) + "/"
+	script := fmt.Sprintf(`i=0; while [ $i -lt %d ]; do curl -s --max-time 2 %s || echo; i=$((i+1)); done`, n, url)
+	out, errOut, err := vm.Exec(ctx, "sh", "-c", script)
+	if err != nil {
+		return nil, fmt.Errorf("load from %s: %w: %s", vm.Name, err, errOut)
+	}
+	counts := map[string]int{}
+	lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
+	for _, l := range lines {
+		counts[strings.TrimSpace(l)]++
+	}
+	return counts, nil
+}

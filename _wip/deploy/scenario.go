@@ -1,0 +1,302 @@
+package deploy
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/cnsmo/cnsmo/mocknuvla"
+	"github.com/cnsmo/cnsmo/params"
+	"github.com/cnsmo/cnsmo/recipes"
+	"github.com/cnsmo/cnsmo/testbed"
+)
+
+// Test and demo addresses: the overlay lives inside the VMs' namespaces only, in the
+// benchmarking range (IPv4) and the documentation range (IPv6), never a private range.
+const (
+	TestSubnet  = "198.19.200.0/24"
+	TestSubnet6 = "2001:db8:c5e0::/64"
+	WebPort     = 8080 // allowed by the demo's rules, balanced by the LB
+	BlockedPort = 8081 // dropped by the demo's rules
+)
+
+// FullClouds is the testbed of the full scenario: the CNSMO server in one cloud, three
+// application VMs in two others, and a spare VM that joins on scale-out.
+var FullClouds = []testbed.CloudSpec{
+	{Name: "cloud-a", VMs: []string{"cnsmo1"}},
+	{Name: "cloud-b", VMs: []string{"web1", "web4"}},
+	{Name: "cloud-c", VMs: []string{"web2", "web3"}},
+}
+
+// FullPlacement places the run's instances on FullClouds' VMs.
+var FullPlacement = map[string]string{"cnsmo.1": "cnsmo1", "web.1": "web1", "web.2": "web2", "web.3": "web3"}
+
+// AppDefinition loads recipes/application.json with the test subnets set.
+func AppDefinition() (*mocknuvla.Deployment, error) {
+	b, err := recipes.FS.ReadFile("application.json")
+	if err != nil {
+		return nil, err
+	}
+	def, err := mocknuvla.ParseDeployment(b)
+	if err != nil {
+		return nil, err
+	}
+	for _, kv := range [][3]string{
+		{"cnsmo", params.VPNSubnet, TestSubnet},
+		{"cnsmo", params.VPNSubnet6, TestSubnet6},
+		{"cnsmo", params.LBMode, "roundrobin"},
+		{"cnsmo", params.LBPort, fmt.Sprint(WebPort)},
+		{"cnsmo", params.LBCheckInter, "500"},
+	} {
+		if err := def.SetValue(kv[0], kv[1], kv[2]); err != nil {
+			return nil, err
+		}
+	}
+	return def, nil
+}
+
+// FWCheck is one firewall expectation and what was seen.
+type FWCheck struct {
+	From, To string
+	Port     int
+	Allowed  bool // expected
+	Got      bool // reached
+	Detail   string
+}
+
+// Report is what the full scenario observed.
+type Report struct {
+	Enabled   time.Duration // from the roles' start to every net.services.enabled
+	Addresses map[string][2]string
+	Pings     []Ping
+	Pings6    []Ping
+	FW        []FWCheck
+	LB        map[string]int
+	LBURL     string
+	Joined    string        // instance added by scale-out
+	JoinTime  time.Duration // from its start to its net.services.enabled
+	JoinPings []Ping
+	JoinLB    map[string]int
+	Failures  []string
+}
+
+func (r *Report) fail(format string, args ...any) { r.Failures = append(r.Failures, fmt.Sprintf(format, args...)) }
+
+// Pass reports whether every check passed.
+func (r *Report) Pass() bool { return len(r.Failures) == 0 }
+
+// RunFull deploys the server and three agents with VPN, FW and LB through the recipes, checks
+// the services, scales out one VM and checks it joined. It returns the report; an error means the
+// scenario could not run to the end (the report says how far it got).
+func RunFull(ctx context.Context, tb *testbed.Testbed, driver string, progress io.Writer) (*Report, *Deployment, error) {
+	r := &Report{Addresses: map[string][2]string{}}
+	def, err := AppDefinition()
+	if err != nil {
+		return r, nil, err
+	}
+	d, err := Start(ctx, tb, Config{Definition: def, Placement: FullPlacement, Driver: driver, Progress: progress})
+	if err != nil {
+		return r, nil, err
+	}
+	webs := []string{"web.1", "web.2", "web.3"}
+	all := append([]string{"cnsmo.1"}, webs...)
+	for _, w := range append(webs, "web.4") {
+		vm := tb.VM(strings.ReplaceAll(w, ".", ""))
+		if err := ServeName(ctx, vm, w, WebPort, BlockedPort); err != nil {
+			return r, d, err
+		}
+	}
+	start := time.Now()
+	for _, in := range all {
+		if err := d.Launch(ctx, in); err != nil {
+			return r, d, err
+		}
+	}
+	wctx, cancel := context.WithTimeout(ctx, 4*time.Minute)
+	err = d.WaitEnabled(wctx, all...)
+	cancel()
+	if err != nil {
+		return r, d, err
+	}
+	r.Enabled = time.Since(start)
+	fmt.Fprintf(progress, "net.services.enabled on all %d VMs after %s\n", len(all), r.Enabled.Round(time.Millisecond))
+
+	for _, in := range all {
+		r.Addresses[in] = [2]string{d.Param(in + ":" + params.VPNAddress), d.Param(in + ":" + params.VPNAddress6)}
+	}
+	r.Pings = d.PingMatrix(ctx, all, false)
+	r.Pings6 = d.PingMatrix(ctx, all, true)
+	for _, p := range append(append([]Ping{}, r.Pings...), r.Pings6...) {
+		if !p.OK {
+			r.fail("vpn: %s cannot ping %s at %q", p.From, p.To, p.Addr)
+		}
+	}
+
+	server := d.VMOf("cnsmo.1")
+	for _, w := range webs {
+		for _, port := range []int{WebPort, BlockedPort} {
+			c := FWCheck{From: "cnsmo.1", To: w, Port: port, Allowed: port == WebPort}
+			body, err := Get(ctx, server, d.VMOf(w).PublicAddr, port)
+			c.Got = err == nil && body == w
+			if err != nil {
+				c.Detail = err.Error()
+			}
+			if c.Got != c.Allowed {
+				r.fail("fw: %s -> %s:%d reached=%v, want %v (%s)", c.From, c.To, port, c.Got, c.Allowed, c.Detail)
+			}
+			r.FW = append(r.FW, c)
+		}
+	}
+
+	r.LBURL = d.Param("ss:" + "url.service")
+	client := d.VMOf("web.1")
+	r.LB, err = Distribution(ctx, client, server.PublicAddr, WebPort, 300)
+	if err != nil {
+		return r, d, err
+	}
+	for _, w := range webs {
+		if n := r.LB[w]; n < 90 || n > 110 {
+			r.fail("lb: %s got %d of 300 requests, want 100±10 (roundrobin)", w, n)
+		}
+	}
+
+	// Scale out: a fourth VM joins the run.
+	names, err := d.Mock.ScaleUp(d.Run.UUID, "web", 1)
+	if err != nil {
+		return r, d, fmt.Errorf("scale up: %w", err)
+	}
+	r.Joined = names[0]
+	if err := d.Adopt(ctx, r.Joined, "web4"); err != nil {
+		return r, d, err
+	}
+	jstart := time.Now()
+	if err := d.Launch(ctx, r.Joined); err != nil {
+		return r, d, err
+	}
+	for _, in := range all {
+		if _, err := d.Recipe(ctx, in, "onvmadd.sh", "SLIPSTREAM_SCALING_NODE=web", "SLIPSTREAM_SCALING_VMS="+r.Joined, "SLIPSTREAM_SCALING_ACTION=vm_add"); err != nil {
+			return r, d, err
+		}
+	}
+	wctx, cancel = context.WithTimeout(ctx, 3*time.Minute)
+	err = d.WaitEnabled(wctx, r.Joined)
+	cancel()
+	if err != nil {
+		return r, d, err
+	}
+	r.JoinTime = time.Since(jstart)
+	fmt.Fprintf(progress, "%s joined after %s\n", r.Joined, r.JoinTime.Round(time.Millisecond))
+	r.Addresses[r.Joined] = [2]string{d.Param(r.Joined + ":" + params.VPNAddress), d.Param(r.Joined + ":" + params.VPNAddress6)}
+	for _, p := range d.PingMatrix(ctx, append(all, r.Joined), false) {
+		if p.From == r.Joined || p.To == r.Joined {
+			r.JoinPings = append(r.JoinPings, p)
+			if !p.OK {
+				r.fail("scale-out: %s cannot ping %s at %q", p.From, p.To, p.Addr)
+			}
+		}
+	}
+	// The load balancer follows: poll (bounded) until the new backend receives requests.
+	for i := 0; i < 20; i++ {
+		r.JoinLB, err = Distribution(ctx, client, server.PublicAddr, WebPort, 40)
+		if err != nil || r.JoinLB[r.Joined] > 0 {
+			break
+		}
+	}
+	if r.JoinLB[r.Joined] == 0 {
+		r.fail("scale-out: the load balancer never sent a request to %s", r.Joined)
+	}
+	return r, d, nil
+}
+
+// Print writes the human report of the demo.
+func (r *Report) Print(w io.Writer) {
+	fmt.Fprintf(w, "\n== VPN addresses\n")
+	var ins []string
+	for k := range r.Addresses {
+		ins = append(ins, k)
+	}
+	sort.Strings(ins)
+	for _, in := range ins {
+		fmt.Fprintf(w, "  %-8s %-16s %s\n", in, r.Addresses[in][0], r.Addresses[in][1])
+	}
+	printMatrix(w, "== ping matrix (IPv4 overlay)", ins, r.Pings)
+	printMatrix(w, "== ping matrix (IPv6 overlay)", ins, r.Pings6)
+	fmt.Fprintf(w, "\n== firewall (rule: drop tcp %d from anywhere)\n", BlockedPort)
+	for _, c := range r.FW {
+		verdict := "ok  "
+		if c.Got != c.Allowed {
+			verdict = "FAIL"
+		}
+		fmt.Fprintf(w, "  %s %s -> %s:%d  expected %-7s got %s\n", verdict, c.From, c.To, c.Port, word(c.Allowed), word(c.Got))
+	}
+	fmt.Fprintf(w, "\n== load balancer %s: 300 requests, roundrobin\n", r.LBURL)
+	printCounts(w, r.LB)
+	if r.Joined != "" {
+		fmt.Fprintf(w, "\n== scale out: %s joined in %s (%s)\n", r.Joined, r.JoinTime.Round(time.Millisecond), r.Addresses[r.Joined][0])
+		ok := 0
+		for _, p := range r.JoinPings {
+			if p.OK {
+				ok++
+			}
+		}
+		fmt.Fprintf(w, "  pings to/from %s: %d/%d ok; load balancer, 40 requests:\n", r.Joined, ok, len(r.JoinPings))
+		printCounts(w, r.JoinLB)
+	}
+	fmt.Fprintf(w, "\n== time to net.services.enabled (server + 3 agents): %s\n", r.Enabled.Round(time.Millisecond))
+}
+
+func word(b bool) string {
+	if b {
+		return "allowed"
+	}
+	return "blocked"
+}
+
+func printMatrix(w io.Writer, title string, ins []string, pings []Ping) {
+	if len(pings) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\n%s (row pings column)\n  %-8s", title, "")
+	for _, c := range ins {
+		fmt.Fprintf(w, " %-8s", c)
+	}
+	fmt.Fprintln(w)
+	cell := map[[2]string]bool{}
+	seen := map[[2]string]bool{}
+	for _, p := range pings {
+		cell[[2]string{p.From, p.To}] = p.OK
+		seen[[2]string{p.From, p.To}] = true
+	}
+	for _, r := range ins {
+		fmt.Fprintf(w, "  %-8s", r)
+		for _, c := range ins {
+			s := "-"
+			if seen[[2]string{r, c}] {
+				s = "FAIL"
+				if cell[[2]string{r, c}] {
+					s = "ok"
+				}
+			}
+			fmt.Fprintf(w, " %-8s", s)
+		}
+		fmt.Fprintln(w)
+	}
+}
+
+func printCounts(w io.Writer, m map[string]int) {
+	var keys []string
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		name := k
+		if name == "" {
+			name = "(failed)"
+		}
+		fmt.Fprintf(w, "  %-10s %4d %s\n", name, m[k], strings.Repeat("#", m[k]/5))
+	}
+}

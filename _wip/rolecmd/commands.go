@@ -1,0 +1,91 @@
+// Package rolecmd holds the role subcommands of cnsmo-role: server, agent, stop and doctor.
+package rolecmd
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/cnsmo/cnsmo/internal/logx"
+)
+
+// Commands returns the role subcommands, added to cnsmo-role's root command.
+func Commands() []*cobra.Command {
+	return []*cobra.Command{roleCmd(true), roleCmd(false), stopCmd(), doctorCmd()}
+}
+
+func defaultDriver() string {
+	if d := os.Getenv("CNSMO_DRIVER"); d != "" {
+		return d
+	}
+	return "docker"
+}
+
+func defaultStateDir() string {
+	if d := os.Getenv("CNSMO_STATE_DIR"); d != "" {
+		return d
+	}
+	return "/var/lib/cnsmo"
+}
+
+func roleCmd(server bool) *cobra.Command {
+	opts := Options{Server: server}
+	name, short := "agent", "Run the CNSMO agent of an application VM (VPN client, firewall)"
+	if server {
+		name, short = "server", "Run the CNSMO server (VPN server, load balancer) on the CNSMO server VM"
+	}
+	c := &cobra.Command{
+		Use:   name,
+		Short: short,
+		Long: short + `.
+
+Reads the SlipStream context (slipstream.context or SLIPSTREAM_* variables), learns the enabled
+services from net.services.enable, and reconciles them until the run is aborted or the role is
+stopped (SIGTERM, SIGINT, cnsmo-role stop); then it removes what it created. SIGHUP makes it
+reconcile at once (the onvmadd/onvmremove hooks send it).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if opts.Driver != "docker" && opts.Driver != "exec" {
+				return fmt.Errorf("--driver: %q is not docker or exec", opts.Driver)
+			}
+			log := logx.FromCommand(cmd)
+			return Run(cmd.Context(), opts, log)
+		},
+	}
+	c.Flags().StringVar(&opts.Driver, "driver", defaultDriver(), "runtime of the network functions: docker or exec (env CNSMO_DRIVER)")
+	c.Flags().StringVar(&opts.StateDir, "state-dir", defaultStateDir(), "persistent state, pid file and lock (env CNSMO_STATE_DIR)")
+	c.Flags().StringVar(&opts.Services, "services", "", "override net.services.enable with this list (testing one service)")
+	return c
+}
+
+func stopCmd() *cobra.Command {
+	stateDir := defaultStateDir()
+	timeout := 15 * time.Second
+	c := &cobra.Command{
+		Use:   "stop",
+		Short: "Stop the role running on this VM; it removes what it created",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return Stop(cmd.Context(), stateDir, timeout)
+		},
+	}
+	c.Flags().StringVar(&stateDir, "state-dir", stateDir, "state dir of the role to stop (env CNSMO_STATE_DIR)")
+	c.Flags().DurationVar(&timeout, "timeout", timeout, "how long to wait for the role's teardown")
+	return c
+}
+
+func doctorCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "doctor",
+		Short: "Report what this host supports: Docker, NET_ADMIN and /dev/net/tun in a container, iptables backends, IPv6",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := context.WithTimeout(cmd.Context(), time.Minute)
+			defer cancel()
+			return doctor(ctx, cmd.OutOrStdout())
+		},
+	}
+}
