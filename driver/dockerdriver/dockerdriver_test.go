@@ -41,7 +41,7 @@ func TestSuite(t *testing.T) {
 }
 
 // In the testbed a function joins the simulated VM's network namespace (container:<vm>): it
-// sees the VM's interfaces, not the host's.
+// sees the VM's addresses, not the host's.
 func TestFunctionJoinsTheVMNamespace(t *testing.T) {
 	testutil.RequireDocker(t)
 	testutil.RequireImage(t, image)
@@ -50,21 +50,21 @@ func TestFunctionJoinsTheVMNamespace(t *testing.T) {
 	vm := newDriver(t, vmOwner, dockerdriver.WithNetwork("none"))
 	t.Cleanup(func() { _ = vm.Cleanup(context.Background()) })
 	if err := vm.Start(ctx, driver.Spec{Name: "vm", Service: "test", Image: image, CapAdd: []string{"NET_ADMIN"},
-		Cmd: []string{"sh", "-c", "ip link add cnsmo-probe0 type dummy && exec sleep 300"}}); err != nil {
+		Cmd: []string{"sh", "-c", "ip addr add 198.18.255.77/32 dev lo && exec sleep 300"}}); err != nil {
 		t.Fatal(err)
 	}
 	fn := newDriver(t, driver.Owner{Run: "netns-test", Instance: "fn"}, dockerdriver.WithNetwork("container:"+vm.ContainerName("vm")))
 	t.Cleanup(func() { _ = fn.Cleanup(context.Background()) })
 	var links string
 	for i := 0; i < 100; i++ { // the VM creates its interface right after it starts
-		res, err := fn.Run(ctx, driver.Spec{Name: "links", Service: "test", Image: image, Cmd: []string{"ip", "-o", "link"}}, nil)
+		res, err := fn.Run(ctx, driver.Spec{Name: "links", Service: "test", Image: image, Cmd: []string{"ip", "-o", "addr"}}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		links = string(res.Stdout)
-		if strings.Contains(links, "cnsmo-probe0") {
+		if strings.Contains(links, "198.18.255.77") {
 			return
 		}
 	}
-	t.Fatalf("the function does not see the VM's interface; its links:\n%s", links)
+	t.Fatalf("the function does not see the VM's address; its addresses:\n%s", links)
 }
