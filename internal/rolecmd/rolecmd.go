@@ -4,9 +4,14 @@
 package rolecmd
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/cnsmo/cnsmo/internal/probe"
 )
 
 // Commands returns the role subcommands.
@@ -25,5 +30,19 @@ func Commands() []*cobra.Command {
 			},
 		})
 	}
-	return out
+	return append(out, &cobra.Command{
+		Use:   "doctor",
+		Short: "Report what this host supports: Docker, NET_ADMIN and /dev/net/tun in a container, iptables backends, IPv6",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := context.WithTimeout(cmd.Context(), time.Minute)
+			defer cancel()
+			r := probe.Probe(ctx)
+			r.Print(cmd.OutOrStdout())
+			if !r.OK() {
+				return errors.New("doctor: some capabilities are missing (see MISS above)")
+			}
+			return nil
+		},
+	})
 }
