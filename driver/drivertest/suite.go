@@ -100,7 +100,7 @@ func Run(t *testing.T, cfg Config) {
 	t.Run("files and signals", func(t *testing.T) {
 		spec := driver.Spec{Name: "files", Service: "test", Image: cfg.Image,
 			Files: []driver.File{{Path: "/tmp/cnsmo-suite-" + owner.Instance + "/conf", Mode: 0o600, Data: []byte("v1")}},
-			Cmd: []string{"sh", "-c", "trap 'cat /tmp/cnsmo-suite-" + owner.Instance + "/conf; echo' HUP; echo ready; while :; do sleep 0.1; done"}}
+			Cmd:   []string{"sh", "-c", "trap 'cat /tmp/cnsmo-suite-" + owner.Instance + "/conf; echo' HUP; echo ready; while :; do sleep 0.1; done"}}
 		require.NoError(t, d.Start(ctx, spec))
 		eventually(t, "ready", func() bool { l, _ := d.Logs(ctx, "files"); return strings.Contains(l, "ready") })
 		require.NoError(t, d.PutFiles(ctx, "files", []driver.File{{Path: spec.Files[0].Path, Mode: 0o600, Data: []byte("v2")}}))
