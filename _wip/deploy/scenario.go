@@ -83,7 +83,9 @@ type Report struct {
 	Failures  []string
 }
 
-func (r *Report) fail(format string, args ...any) { r.Failures = append(r.Failures, fmt.Sprintf(format, args...)) }
+func (r *Report) fail(format string, args ...any) {
+	r.Failures = append(r.Failures, fmt.Sprintf(format, args...))
+}
 
 // Pass reports whether every check passed.
 func (r *Report) Pass() bool { return len(r.Failures) == 0 }
