@@ -40,8 +40,10 @@ lint:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$unformatted" ]; then echo "gofmt: $$unformatted"; exit 1; fi
 	$(GO) vet ./...
 
-# Removes what a killed test or demo left behind: containers labelled by cnsmo (functions and probes).
-clean-testbed:
+# Removes what a killed test or demo left behind: the testbed's VMs, routers and host links, and
+# every container labelled by cnsmo's drivers.
+clean-testbed: build
+	$(BIN)/cnsmo-testbed clean
 	@ids=$$(docker ps -aq --filter label=cnsmo.owner=cnsmo); if [ -n "$$ids" ]; then docker rm -f $$ids >/dev/null; fi; echo "clean-testbed: done"
 
 clean:
