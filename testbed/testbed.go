@@ -69,11 +69,11 @@ type Testbed struct {
 
 // VM is one simulated VM.
 type VM struct {
-	Name, Cloud, Container   string
-	PrivateAddr, PublicAddr  string
-	tb                       *Testbed
-	cloud, index             int
-	routerIf                 string // its veth end inside the cloud router
+	Name, Cloud, Container  string
+	PrivateAddr, PublicAddr string
+	tb                      *Testbed
+	cloud, index            int
+	routerIf                string // its veth end inside the cloud router
 }
 
 func (tb *Testbed) name(parts ...string) string {
