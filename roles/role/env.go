@@ -18,4 +18,5 @@ type Env struct {
 	StateDir string // persistent dir for this service on this VM (VPN CA and keys live here), 0700
 	UseVPN   bool   // "vpn" is in net.services.enable
 	Exec     bool   // the exec driver is used (functions are host processes, not containers)
+	Endpoint string // the Nuvla service URL (the firewall keeps the path to it open)
 }

@@ -1,0 +1,256 @@
+// Package fw is the firewall service: the rules of net.i2cat.cnsmo.service.fw.rules, validated
+// as a whole, rendered by a pure function into iptables-restore input that touches only cnsmo's
+// own chains (CNSMO-INPUT, CNSMO-OUTPUT, jumped to from INPUT and OUTPUT), applied atomically in
+// one restore call per family through the runtime driver, and verified by reading them back.
+package fw
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/cnsmo/cnsmo/params"
+	"github.com/cnsmo/cnsmo/ssclient"
+)
+
+// Rule is one validated rule.
+type Rule struct {
+	DenyAll  bool   // {"policy":"denyall"}: drop everything not allowed before it
+	Dir      string // "in" or "out"
+	Proto    string // "tcp", "udp", "icmp" or "" (all)
+	DstPorts string // "N" or "N:M" ("" = any)
+	SrcPorts string
+	Range    netip.Prefix // zero = any address, both families
+	MatchSrc bool         // Range matches the source (else the destination)
+	Action   string       // ACCEPT, DROP or REJECT
+}
+
+// Family reports which families the rule applies to.
+func (r Rule) Family() (v4, v6 bool) {
+	if !r.Range.IsValid() {
+		return true, true
+	}
+	return r.Range.Addr().Is4(), r.Range.Addr().Is6()
+}
+
+var knownFields = map[string]bool{"direction": true, "protocol": true, "dst_port": true, "src_port": true,
+	"ip_range": true, "action": true, "dst_src": true, "policy": true, "description": true}
+
+// ParseRules validates the whole list; on the first invalid field it returns an error naming
+// the parameter, the rule index and the field, e.g.
+// `net.i2cat.cnsmo.service.fw.rules[3].dst_port: 70000 is out of range 1-65535`.
+func ParseRules(value string) ([]Rule, error) {
+	value = strings.TrimSpace(value)
+	if value == "" {
+		return nil, nil
+	}
+	if n := len([]rune(value)); n > ssclient.MaxValueLen {
+		return nil, fmt.Errorf("%s: value is %d characters, over the %d limit", params.FWRules, n, ssclient.MaxValueLen)
+	}
+	var raw []map[string]json.RawMessage
+	dec := json.NewDecoder(bytes.NewReader([]byte(value)))
+	if err := dec.Decode(&raw); err != nil {
+		return nil, fmt.Errorf("%s: not a JSON list of rule objects: %v", params.FWRules, err)
+	}
+	if dec.More() {
+		return nil, fmt.Errorf("%s: text after the JSON list", params.FWRules)
+	}
+	rules := make([]Rule, 0, len(raw))
+	for i, m := range raw {
+		r, err := parseRule(m)
+		if err != nil {
+			return nil, fmt.Errorf("%s[%d].%w", params.FWRules, i, err)
+		}
+		rules = append(rules, r)
+	}
+	return rules, nil
+}
+
+type fieldError struct {
+	field, msg string
+}
+
+func (e *fieldError) Error() string { return e.field + ": " + e.msg }
+
+func ferr(field, format string, args ...any) error {
+	return &fieldError{field: field, msg: fmt.Sprintf(format, args...)}
+}
+
+func parseRule(m map[string]json.RawMessage) (Rule, error) {
+	var keys []string
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if !knownFields[k] {
+			return Rule{}, ferr(k, "unknown field (known: direction, protocol, dst_port, src_port, ip_range, dst_src, action, policy)")
+		}
+	}
+	str := func(k string) (string, bool, error) {
+		v, ok := m[k]
+		if !ok {
+			return "", false, nil
+		}
+		var s string
+		if err := json.Unmarshal(v, &s); err != nil {
+			return "", true, ferr(k, "must be a string, not %s", string(v))
+		}
+		return strings.TrimSpace(s), true, nil
+	}
+	if _, ok := m["policy"]; ok {
+		p, _, err := str("policy")
+		if err != nil {
+			return Rule{}, err
+		}
+		if strings.ToLower(p) != "denyall" {
+			return Rule{}, ferr("policy", "%q is not a policy (known: denyall)", p)
+		}
+		if len(m) > 1 && !(len(m) == 2 && m["description"] != nil) {
+			return Rule{}, ferr("policy", "a policy rule has no other fields")
+		}
+		return Rule{DenyAll: true}, nil
+	}
+	var r Rule
+	dir, ok, err := str("direction")
+	if err != nil {
+		return r, err
+	}
+	switch strings.ToLower(dir) {
+	case "in", "input", "ingress":
+		r.Dir = "in"
+	case "out", "output", "egress":
+		r.Dir = "out"
+	default:
+		if !ok {
+			return r, ferr("direction", "is required (in or out)")
+		}
+		return r, ferr("direction", "%q is not in or out", dir)
+	}
+	proto, _, err := str("protocol")
+	if err != nil {
+		return r, err
+	}
+	switch p := strings.ToLower(proto); p {
+	case "tcp", "udp", "icmp":
+		r.Proto = p
+	case "", "all", "any":
+	default:
+		return r, ferr("protocol", "%q is not tcp, udp, icmp or all", proto)
+	}
+	for _, f := range []struct {
+		name string
+		dst  *string
+	}{{"dst_port", &r.DstPorts}, {"src_port", &r.SrcPorts}} {
+		v, ok := m[f.name]
+		if !ok {
+			continue
+		}
+		ports, err := parsePorts(f.name, v)
+		if err != nil {
+			return r, err
+		}
+		if ports != "" && r.Proto != "tcp" && r.Proto != "udp" {
+			return r, ferr(f.name, "ports need protocol tcp or udp, not %q", proto)
+		}
+		*f.dst = ports
+	}
+	rng, _, err := str("ip_range")
+	if err != nil {
+		return r, err
+	}
+	if rng != "" {
+		p, err := netip.ParsePrefix(rng)
+		if err != nil {
+			a, aerr := netip.ParseAddr(rng)
+			if aerr != nil {
+				return r, ferr("ip_range", "%q is not an IPv4 or IPv6 address or CIDR range", rng)
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		r.Range = p.Masked()
+	}
+	r.MatchSrc = r.Dir == "in"
+	ds, ok, err := str("dst_src")
+	if err != nil {
+		return r, err
+	}
+	if ok {
+		switch strings.ToLower(ds) {
+		case "src":
+			r.MatchSrc = true
+		case "dst":
+			r.MatchSrc = false
+		default:
+			return r, ferr("dst_src", "%q is not src or dst", ds)
+		}
+	}
+	act, ok, err := str("action")
+	if err != nil {
+		return r, err
+	}
+	switch strings.ToLower(act) {
+	case "accept", "acpt", "allow":
+		r.Action = "ACCEPT"
+	case "drop", "deny":
+		r.Action = "DROP"
+	case "reject":
+		r.Action = "REJECT"
+	default:
+		if !ok {
+			return r, ferr("action", "is required (accept, acpt, drop or reject)")
+		}
+		return r, ferr("action", "%q is not accept, acpt, drop or reject", act)
+	}
+	return r, nil
+}
+
+// parsePorts accepts "N", "N:M" (also "N-M") or a JSON number, each in 1-65535, N <= M.
+func parsePorts(field string, v json.RawMessage) (string, error) {
+	var s string
+	if err := json.Unmarshal(v, &s); err != nil {
+		var n json.Number
+		if err := json.Unmarshal(v, &n); err != nil {
+			return "", ferr(field, "must be a port number or a string \"N\" or \"N:M\", not %s", string(v))
+		}
+		s = n.String()
+	}
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return "", nil
+	}
+	lo, hi, isRange := strings.Cut(strings.ReplaceAll(s, "-", ":"), ":")
+	a, err := port(field, lo)
+	if err != nil {
+		return "", err
+	}
+	if !isRange {
+		return strconv.Itoa(a), nil
+	}
+	b, err := port(field, hi)
+	if err != nil {
+		return "", err
+	}
+	if a > b {
+		return "", ferr(field, "range %d:%d is reversed", a, b)
+	}
+	if a == b {
+		return strconv.Itoa(a), nil
+	}
+	return fmt.Sprintf("%d:%d", a, b), nil
+}
+
+func port(field, s string) (int, error) {
+	n, err := strconv.Atoi(strings.TrimSpace(s))
+	if err != nil {
+		return 0, ferr(field, "%q is not a port number", s)
+	}
+	if n < 1 || n > 65535 {
+		return 0, ferr(field, "%d is out of range 1-65535", n)
+	}
+	return n, nil
+}

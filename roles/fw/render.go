@@ -1,0 +1,144 @@
+package fw
+
+import (
+	"fmt"
+	"strings"
+)
+
+// Chains owned by cnsmo.
+const (
+	ChainIn  = "CNSMO-INPUT"
+	ChainOut = "CNSMO-OUTPUT"
+)
+
+// Options shape the rendered rules.
+type Options struct {
+	// NoAntiLockout drops the management-plane rules (net.i2cat.cnsmo.service.fw.lockout_ok=true).
+	NoAntiLockout bool
+	// VPNPort is the OpenVPN UDP port kept open when the VPN is on (0 = none).
+	VPNPort int
+	// Endpoint is the Nuvla endpoint ("host:port" with host an IP) kept reachable (empty = none).
+	EndpointIP   string
+	EndpointPort int
+}
+
+// Render returns the chain rules of one family (v6 false: iptables, true: ip6tables) exactly as
+// `iptables -S <chain>` prints them, so the readback compares line by line. Pure.
+func Render(rules []Rule, opts Options, v6 bool) []string {
+	in := []string{"-N " + ChainIn}
+	out := []string{"-N " + ChainOut}
+	if !opts.NoAntiLockout {
+		in = append(in, "-A "+ChainIn+" -i lo -j ACCEPT",
+			"-A "+ChainIn+" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+			"-A "+ChainIn+" -p tcp -m tcp --dport 22 -j ACCEPT")
+		out = append(out, "-A "+ChainOut+" -o lo -j ACCEPT",
+			"-A "+ChainOut+" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
+		if opts.VPNPort > 0 {
+			in = append(in, fmt.Sprintf("-A %s -p udp -m udp --dport %d -j ACCEPT", ChainIn, opts.VPNPort))
+			out = append(out, fmt.Sprintf("-A %s -p udp -m udp --dport %d -j ACCEPT", ChainOut, opts.VPNPort))
+		}
+		if opts.EndpointIP != "" && strings.Contains(opts.EndpointIP, ":") == v6 {
+			mask := "/32"
+			if v6 {
+				mask = "/128"
+			}
+			out = append(out, fmt.Sprintf("-A %s -d %s%s -p tcp -m tcp --dport %d -j ACCEPT", ChainOut, opts.EndpointIP, mask, opts.EndpointPort))
+		}
+	}
+	for _, r := range rules {
+		if r.DenyAll {
+			in = append(in, "-A "+ChainIn+" -j DROP")
+			out = append(out, "-A "+ChainOut+" -j DROP")
+			continue
+		}
+		has4, has6 := r.Family()
+		if (v6 && !has6) || (!v6 && !has4) {
+			continue
+		}
+		chain := ChainIn
+		if r.Dir == "out" {
+			chain = ChainOut
+		}
+		var b strings.Builder
+		b.WriteString("-A " + chain)
+		if r.Range.IsValid() && r.Range.Bits() > 0 {
+			if r.MatchSrc {
+				b.WriteString(" -s " + r.Range.String())
+			} else {
+				b.WriteString(" -d " + r.Range.String())
+			}
+		}
+		switch r.Proto {
+		case "tcp", "udp":
+			b.WriteString(" -p " + r.Proto)
+			if r.SrcPorts != "" || r.DstPorts != "" {
+				b.WriteString(" -m " + r.Proto)
+			}
+			if r.SrcPorts != "" {
+				b.WriteString(" --sport " + r.SrcPorts)
+			}
+			if r.DstPorts != "" {
+				b.WriteString(" --dport " + r.DstPorts)
+			}
+		case "icmp":
+			if v6 {
+				b.WriteString(" -p ipv6-icmp")
+			} else {
+				b.WriteString(" -p icmp")
+			}
+		}
+		b.WriteString(" -j " + r.Action)
+		if r.Action == "REJECT" {
+			if v6 {
+				b.WriteString(" --reject-with icmp6-port-unreachable")
+			} else {
+				b.WriteString(" --reject-with icmp-port-unreachable")
+			}
+		}
+		if chain == ChainIn {
+			in = append(in, b.String())
+		} else {
+			out = append(out, b.String())
+		}
+	}
+	return append(in, out...)
+}
+
+// RestoreInput is the iptables-restore --noflush input that replaces cnsmo's chains with rules
+// in one transaction: declaring the chains flushes them (or creates them), and the jumps from
+// INPUT and OUTPUT are inserted only when absent (haveJumps says which exist).
+func RestoreInput(rules []string, haveJumpIn, haveJumpOut bool) string {
+	var b strings.Builder
+	b.WriteString("*filter\n:" + ChainIn + " - [0:0]\n:" + ChainOut + " - [0:0]\n")
+	for _, r := range rules {
+		if strings.HasPrefix(r, "-N ") {
+			continue
+		}
+		b.WriteString(r + "\n")
+	}
+	if !haveJumpIn {
+		b.WriteString("-I INPUT 1 -j " + ChainIn + "\n")
+	}
+	if !haveJumpOut {
+		b.WriteString("-I OUTPUT 1 -j " + ChainOut + "\n")
+	}
+	b.WriteString("COMMIT\n")
+	return b.String()
+}
+
+// TeardownInput removes the jumps that exist and then cnsmo's chains (which must exist).
+func TeardownInput(jumpsIn, jumpsOut int, chainsExist bool) string {
+	var b strings.Builder
+	b.WriteString("*filter\n")
+	for i := 0; i < jumpsIn; i++ {
+		b.WriteString("-D INPUT -j " + ChainIn + "\n")
+	}
+	for i := 0; i < jumpsOut; i++ {
+		b.WriteString("-D OUTPUT -j " + ChainOut + "\n")
+	}
+	if chainsExist {
+		b.WriteString("-F " + ChainIn + "\n-F " + ChainOut + "\n-X " + ChainIn + "\n-X " + ChainOut + "\n")
+	}
+	b.WriteString("COMMIT\n")
+	return b.String()
+}
