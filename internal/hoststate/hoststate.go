@@ -69,6 +69,8 @@ func normalize(kind, out string) string {
 	}
 	if kind != "iptables" && kind != "ip6tables" {
 		sort.Strings(lines) // rule order matters; other lists are sets
+	} else {
+		lines = dropEmptyTables(lines)
 	}
 	return strings.Join(lines, "\n")
 }
@@ -110,3 +112,33 @@ func set(s string) map[string]bool {
 	}
 	return m
 }
+
+// dropEmptyTables removes table blocks that hold nothing but built-in chains with an ACCEPT
+// policy: with the nf_tables backend, iptables-restore creates such a table in a namespace that
+// had none, and an empty accepting table filters exactly as no table at all.
+func dropEmptyTables(lines []string) []string {
+	var out, block []string
+	empty := true
+	for _, l := range lines {
+		switch {
+		case strings.HasPrefix(l, "*"):
+			block, empty = []string{l}, true
+		case l == "COMMIT" && block != nil:
+			if !empty {
+				out = append(out, append(block, l)...)
+			}
+			block = nil
+		case block != nil:
+			block = append(block, l)
+			f := strings.Fields(l)
+			if !(strings.HasPrefix(l, ":") && len(f) >= 2 && f[1] == "ACCEPT" && builtin[strings.TrimPrefix(f[0], ":")]) {
+				empty = false
+			}
+		default:
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+var builtin = map[string]bool{"INPUT": true, "FORWARD": true, "OUTPUT": true, "PREROUTING": true, "POSTROUTING": true}

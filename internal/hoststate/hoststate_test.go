@@ -16,13 +16,13 @@ func fake(outputs map[string]string) Runner {
 
 func TestDiffIgnoresCountersAndFindsLeftovers(t *testing.T) {
 	before := map[string]string{
-		"iptables-save":   "# Generated\n*filter\n:INPUT ACCEPT [10:200]\nCOMMIT\n",
+		"iptables-save":   "# Generated\n*filter\n:INPUT ACCEPT [10:200]\n-A INPUT -i lo -j ACCEPT\nCOMMIT\n",
 		"ip6tables-save":  "",
 		"ip -o link show": "1: lo: <LOOPBACK,UP> mtu 65536 qdisc noqueue state UNKNOWN\n",
 		"ip netns list":   "",
 	}
 	after := map[string]string{
-		"iptables-save":   "# Generated later\n*filter\n:INPUT ACCEPT [99:9999]\n:CNSMO-INPUT - [0:0]\nCOMMIT\n",
+		"iptables-save":   "# Generated later\n*filter\n:INPUT ACCEPT [99:9999]\n:CNSMO-INPUT - [0:0]\n-A INPUT -i lo -j ACCEPT\nCOMMIT\n",
 		"ip6tables-save":  "",
 		"ip -o link show": "1: lo: <LOOPBACK,UP> mtu 65536 qdisc noqueue state UNKNOWN\n",
 		"ip netns list":   "",
@@ -34,4 +34,17 @@ func TestDiffIgnoresCountersAndFindsLeftovers(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "iptables: + :CNSMO-INPUT - \n", Diff(b, a))
 	require.Empty(t, Diff(b, b))
+}
+
+func TestEmptyAcceptingTableEqualsNoTable(t *testing.T) {
+	ctx := context.Background()
+	none := map[string]string{"iptables-save": "", "ip6tables-save": "", "ip -o link show": "", "ip netns list": ""}
+	empty := map[string]string{"iptables-save": "", "ip6tables-save": "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n",
+		"ip -o link show": "", "ip netns list": ""}
+	dropping := map[string]string{"iptables-save": "", "ip6tables-save": "*filter\n:INPUT DROP [0:0]\nCOMMIT\n", "ip -o link show": "", "ip netns list": ""}
+	a, _ := Take(ctx, fake(none), false)
+	b, _ := Take(ctx, fake(empty), false)
+	c, _ := Take(ctx, fake(dropping), false)
+	require.Empty(t, Diff(a, b))
+	require.NotEmpty(t, Diff(a, c), "a table that filters is a difference")
 }

@@ -1,35 +1,22 @@
-// Package rolecmd holds the role subcommands of cnsmo-role. In this version the services are
-// not built in yet: server, agent and stop say so and exit non-zero (see _wip/rolecmd for the
-// integrated roles in progress).
+// Package rolecmd holds the role subcommands of cnsmo-role: server, agent, stop and doctor.
 package rolecmd
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/cnsmo/cnsmo/internal/cli"
 	"github.com/cnsmo/cnsmo/internal/probe"
 )
 
 // Commands returns the role subcommands.
 func Commands() []*cobra.Command {
-	var out []*cobra.Command
-	for _, c := range []struct{ name, short string }{
-		{"server", "Run the CNSMO server (VPN server, load balancer) on the CNSMO server VM"},
-		{"agent", "Run the CNSMO agent of an application VM (VPN client, firewall)"},
-		{"stop", "Stop the role running on this VM; it removes what it created"},
-	} {
-		name := c.name
-		out = append(out, &cobra.Command{
-			Use: name, Short: c.short + " (not implemented yet)",
-			RunE: func(*cobra.Command, []string) error {
-				return fmt.Errorf("cnsmo-role %s: not implemented yet in this version", name)
-			},
-		})
-	}
+	out := []*cobra.Command{roleCmd(true), roleCmd(false), stopCmd()}
 	return append(out, &cobra.Command{
 		Use:   "doctor",
 		Short: "Report what this host supports: Docker, NET_ADMIN and /dev/net/tun in a container, iptables backends, IPv6",
@@ -45,4 +32,67 @@ func Commands() []*cobra.Command {
 			return nil
 		},
 	})
+}
+
+func defaultDriver() string {
+	if d := os.Getenv("CNSMO_DRIVER"); d != "" {
+		return d
+	}
+	return "docker"
+}
+
+func defaultStateDir() string {
+	if d := os.Getenv("CNSMO_STATE_DIR"); d != "" {
+		return d
+	}
+	return "/var/lib/cnsmo"
+}
+
+func roleCmd(server bool) *cobra.Command {
+	opts := Options{Server: server}
+	name, short := "agent", "Run the CNSMO agent of an application VM (VPN client, firewall)"
+	if server {
+		name, short = "server", "Run the CNSMO server (VPN server, load balancer) on the CNSMO server VM"
+	}
+	c := &cobra.Command{
+		Use:   name,
+		Short: short,
+		Long: short + `.
+
+Reads the SlipStream context (slipstream.context or SLIPSTREAM_* variables), learns the enabled
+services from net.services.enable, and reconciles them until the run is aborted or the role is
+stopped (SIGTERM, SIGINT, cnsmo-role stop); then it removes what it created. SIGHUP makes it
+reconcile at once (the onvmadd/onvmremove hooks send it).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if opts.Driver != "docker" && opts.Driver != "exec" {
+				return fmt.Errorf("--driver: %q is not docker or exec", opts.Driver)
+			}
+			log, err := cli.Logger(cmd)
+			if err != nil {
+				return err
+			}
+			return Run(cmd.Context(), opts, log)
+		},
+	}
+	c.Flags().StringVar(&opts.Driver, "driver", defaultDriver(), "runtime of the network functions: docker or exec (env CNSMO_DRIVER)")
+	c.Flags().StringVar(&opts.StateDir, "state-dir", defaultStateDir(), "persistent state, pid file and lock (env CNSMO_STATE_DIR)")
+	c.Flags().StringVar(&opts.Services, "services", "", "override net.services.enable with this list (testing one service)")
+	return c
+}
+
+func stopCmd() *cobra.Command {
+	stateDir := defaultStateDir()
+	timeout := 15 * time.Second
+	c := &cobra.Command{
+		Use:   "stop",
+		Short: "Stop the role running on this VM; it removes what it created",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return Stop(cmd.Context(), stateDir, timeout)
+		},
+	}
+	c.Flags().StringVar(&stateDir, "state-dir", stateDir, "state dir of the role to stop (env CNSMO_STATE_DIR)")
+	c.Flags().DurationVar(&timeout, "timeout", timeout, "how long to wait for the role's teardown")
+	return c
 }

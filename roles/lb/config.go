@@ -145,7 +145,7 @@ func Render(cfg Config, backends []Backend) string {
 	w("global")
 	w("    master-worker")
 	w("    stats socket ipv4@127.0.0.1:%d level admin expose-fd listeners", cfg.StatsPort)
-	w("    maxconn 20000")
+	w("    maxconn 4096")
 	w("")
 	w("defaults")
 	w("    mode tcp")

@@ -45,9 +45,12 @@ func (d *Deployment) PingMatrix(ctx context.Context, instances []string, v6 bool
 // ServeName starts, on vm, a tiny HTTP server on each port answering its own name (socat, one
 // process per connection). The processes end with the VM.
 func ServeName(ctx context.Context, vm *testbed.VM, name string, ports ...int) error {
+	resp := "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: " + strconv.Itoa(len(name)+1) + "\r\n\r\n" + name + "\n"
+	if err := vm.WriteFile(ctx, "/srv/cnsmo-name.http", []byte(resp), 0o644); err != nil {
+		return err
+	}
 	for _, p := range ports {
-		reply := fmt.Sprintf(`printf 'HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n%s\n'`, name)
-		if _, err := vm.Start(ctx, nil, "socat", "TCP-LISTEN:"+strconv.Itoa(p)+",fork,reuseaddr", "SYSTEM:"+reply); err != nil {
+		if _, err := vm.Start(ctx, nil, "socat", "TCP-LISTEN:"+strconv.Itoa(p)+",fork,reuseaddr", "EXEC:cat /srv/cnsmo-name.http"); err != nil {
 			return fmt.Errorf("serve %s:%d: %w", vm.Name, p, err)
 		}
 	}

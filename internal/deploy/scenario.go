@@ -45,6 +45,7 @@ func AppDefinition() (*mocknuvla.Deployment, error) {
 		return nil, err
 	}
 	for _, kv := range [][3]string{
+		{"cnsmo", params.ServicesEnable, Services},
 		{"cnsmo", params.VPNSubnet, TestSubnet},
 		{"cnsmo", params.VPNSubnet6, TestSubnet6},
 		{"cnsmo", params.LBMode, "roundrobin"},
@@ -57,6 +58,12 @@ func AppDefinition() (*mocknuvla.Deployment, error) {
 	}
 	return def, nil
 }
+
+// Services are the services the scenarios enable: the VPN is not in this version yet.
+const Services = `["fw","lb"]`
+
+// VPN reports whether the scenarios enable the VPN.
+func VPN() bool { return strings.Contains(Services, "vpn") }
 
 // FWCheck is one firewall expectation and what was seen.
 type FWCheck struct {
@@ -129,11 +136,13 @@ func RunFull(ctx context.Context, tb *testbed.Testbed, driver string, progress i
 	for _, in := range all {
 		r.Addresses[in] = [2]string{d.Param(in + ":" + params.VPNAddress), d.Param(in + ":" + params.VPNAddress6)}
 	}
-	r.Pings = d.PingMatrix(ctx, all, false)
-	r.Pings6 = d.PingMatrix(ctx, all, true)
-	for _, p := range append(append([]Ping{}, r.Pings...), r.Pings6...) {
-		if !p.OK {
-			r.fail("vpn: %s cannot ping %s at %q", p.From, p.To, p.Addr)
+	if VPN() {
+		r.Pings = d.PingMatrix(ctx, all, false)
+		r.Pings6 = d.PingMatrix(ctx, all, true)
+		for _, p := range append(append([]Ping{}, r.Pings...), r.Pings6...) {
+			if !p.OK {
+				r.fail("vpn: %s cannot ping %s at %q", p.From, p.To, p.Addr)
+			}
 		}
 	}
 
@@ -193,6 +202,9 @@ func RunFull(ctx context.Context, tb *testbed.Testbed, driver string, progress i
 	fmt.Fprintf(progress, "%s joined after %s\n", r.Joined, r.JoinTime.Round(time.Millisecond))
 	r.Addresses[r.Joined] = [2]string{d.Param(r.Joined + ":" + params.VPNAddress), d.Param(r.Joined + ":" + params.VPNAddress6)}
 	for _, p := range d.PingMatrix(ctx, append(all, r.Joined), false) {
+		if !VPN() {
+			break
+		}
 		if p.From == r.Joined || p.To == r.Joined {
 			r.JoinPings = append(r.JoinPings, p)
 			if !p.OK {
@@ -215,7 +227,11 @@ func RunFull(ctx context.Context, tb *testbed.Testbed, driver string, progress i
 
 // Print writes the human report of the demo.
 func (r *Report) Print(w io.Writer) {
-	fmt.Fprintf(w, "\n== VPN addresses\n")
+	if !VPN() {
+		fmt.Fprintf(w, "\n== VPN: not in this version (services %s)\n", Services)
+	} else {
+		fmt.Fprintf(w, "\n== VPN addresses\n")
+	}
 	var ins []string
 	for k := range r.Addresses {
 		ins = append(ins, k)

@@ -1,0 +1,258 @@
+package rolecmd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/cnsmo/cnsmo/driver"
+	"github.com/cnsmo/cnsmo/driver/dockerdriver"
+	"github.com/cnsmo/cnsmo/driver/execdriver"
+	"github.com/cnsmo/cnsmo/orchestrator"
+	"github.com/cnsmo/cnsmo/params"
+	"github.com/cnsmo/cnsmo/roles/fw"
+	"github.com/cnsmo/cnsmo/roles/lb"
+	"github.com/cnsmo/cnsmo/roles/role"
+	"github.com/cnsmo/cnsmo/ssclient"
+)
+
+// Options configure `cnsmo-role server` and `cnsmo-role agent`.
+type Options struct {
+	Server   bool   // the CNSMO server VM (VPN server, load balancer) instead of an application VM
+	Driver   string // "docker" or "exec"
+	StateDir string // persistent state, pid file and lock of the role on this VM
+	Services string // overrides net.services.enable (testing a single service); "" reads the parameter
+}
+
+// errAlreadyRunning is returned when another role holds the state dir's lock.
+var errAlreadyRunning = errors.New("another cnsmo-role runs with this state dir")
+
+// Run is the whole life of one role: connect, learn the enabled services, reconcile until the
+// run is aborted or the role is stopped (SIGTERM, SIGINT, `cnsmo-role stop`), then tear down.
+func Run(ctx context.Context, opts Options, log zerolog.Logger) error {
+	cfg, err := ssclient.LoadConfig()
+	if err != nil {
+		return err
+	}
+	client, err := ssclient.New(cfg, ssclient.WithLogger(log))
+	if err != nil {
+		return err
+	}
+	me := client.Instance()
+	roleName := "agent"
+	if opts.Server {
+		roleName = "server"
+	}
+	log = log.With().Str("run", cfg.RunUUID).Str("instance", me).Str("role", roleName).Logger()
+
+	if err := os.MkdirAll(opts.StateDir, 0o700); err != nil {
+		return fmt.Errorf("state dir %s: %w", opts.StateDir, err)
+	}
+	unlock, err := lockStateDir(opts.StateDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	pidFile := filepath.Join(opts.StateDir, "role.pid")
+	if err := os.WriteFile(pidFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+		return fmt.Errorf("pid file: %w", err)
+	}
+	defer os.Remove(pidFile)
+
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	kick := make(chan struct{}, 1)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				select {
+				case kick <- struct{}{}:
+				default:
+				}
+			}
+		}
+	}()
+
+	_ = client.Display(ctx, "cnsmo: "+roleName+" starting")
+	services, err := enabledServices(ctx, client, opts, log)
+	if err != nil {
+		return err
+	}
+	if has(services, "vpn") {
+		// The VPN service is not built into this version: say so where the developer looks.
+		err := fmt.Errorf("%s: service \"vpn\" is not available in this version of cnsmo-role (available: fw, lb)", params.ServicesEnable)
+		_ = client.Abort(context.WithoutCancel(ctx), "cnsmo on "+me+": "+err.Error())
+		return err
+	}
+	drv, err := newDriver(ctx, opts.Driver, driver.Owner{Run: cfg.RunUUID, Instance: me}, opts.StateDir)
+	if err != nil {
+		return err
+	}
+	env := func(service string) role.Env {
+		dir := filepath.Join(opts.StateDir, service)
+		return role.Env{
+			Params: client, Driver: drv, Instance: me, StateDir: dir,
+			Log:    log.With().Str("service", service).Logger(),
+			UseVPN: has(services, "vpn"), Exec: opts.Driver == "exec", Endpoint: cfg.ServiceURL,
+		}
+	}
+	var list []role.Service
+	if opts.Server {
+		list = append(list, &orchestrator.Core{Params: client})
+		if has(services, "lb") {
+			list = append(list, lb.New(env("lb")))
+		}
+	} else {
+		if has(services, "fw") {
+			list = append(list, fw.New(env("fw")))
+		}
+	}
+	for _, s := range list {
+		if s.Name() == "core" {
+			continue
+		}
+		if err := os.MkdirAll(filepath.Join(opts.StateDir, s.Name()), 0o700); err != nil {
+			return fmt.Errorf("state dir: %w", err)
+		}
+	}
+	log.Info().Strs("services", services).Msg("reconciling")
+	loop := &orchestrator.Loop{Params: client, Services: list, Log: log, Kick: kick}
+	err = loop.Run(ctx)
+	if errors.Is(err, context.Canceled) {
+		log.Info().Msg("stopped; everything this role created is removed")
+		return nil
+	}
+	return err
+}
+
+// enabledServices reads net.services.enable: the server's own input, or, on an agent, the
+// server's (found through the mapped input cnsmo.server.nodeinstanceid). An invalid list aborts
+// the run with a message naming the parameter.
+func enabledServices(ctx context.Context, c *ssclient.Client, opts Options, log zerolog.Logger) ([]string, error) {
+	raw := opts.Services
+	key := params.ServicesEnable
+	if raw == "" {
+		if !opts.Server {
+			_ = c.Display(ctx, "cnsmo: waiting for the CNSMO server")
+			server, err := c.Wait(ctx, params.ServerInstanceID)
+			if err != nil {
+				return nil, fmt.Errorf("waiting for %s: %w", params.ServerInstanceID, err)
+			}
+			key = server + ":" + params.ServicesEnable
+		}
+		v, err := c.Wait(ctx, key)
+		if err != nil {
+			return nil, fmt.Errorf("reading %s: %w", key, err)
+		}
+		raw = v
+	}
+	services, err := orchestrator.ParseServices(raw)
+	if err != nil {
+		msg := fmt.Sprintf("cnsmo on %s: %v", c.Instance(), err)
+		log.Error().Err(err).Msg("invalid service list: aborting the run")
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		if aerr := c.Abort(actx, msg); aerr != nil {
+			log.Error().Err(aerr).Msg("could not abort the run")
+		}
+		return nil, err
+	}
+	return services, nil
+}
+
+// lockStateDir makes sure one role at a time uses a state dir.
+func lockStateDir(dir string) (func(), error) {
+	f, err := os.OpenFile(filepath.Join(dir, "role.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("lock: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%w (%s): stop it first with `cnsmo-role stop`", errAlreadyRunning, dir)
+	}
+	return func() { f.Close() }, nil
+}
+
+// Stop asks the role running with stateDir to stop, and waits until it has torn down.
+func Stop(ctx context.Context, stateDir string, timeout time.Duration) error {
+	b, err := os.ReadFile(filepath.Join(stateDir, "role.pid"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil // nothing runs
+	}
+	if err != nil {
+		return err
+	}
+	pid, err := strconv.Atoi(string(trimSpace(b)))
+	if err != nil {
+		return fmt.Errorf("pid file %s: %w", filepath.Join(stateDir, "role.pid"), err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+		if errors.Is(err, syscall.ESRCH) {
+			return nil
+		}
+		return fmt.Errorf("signal pid %d: %w", pid, err)
+	}
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		// Done when the role removed its pid file after its teardown, or is gone (a zombie
+		// whose parent does not reap it counts as gone).
+		if _, err := os.Stat(filepath.Join(stateDir, "role.pid")); errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) || zombie(pid) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("pid %d still runs %s after SIGTERM", pid, timeout)
+}
+
+func trimSpace(b []byte) []byte {
+	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == ' ') {
+		b = b[:len(b)-1]
+	}
+	return b
+}
+
+func has(list []string, s string) bool { return slices.Contains(list, s) }
+
+// newDriver returns the runtime of the network functions.
+func newDriver(_ context.Context, kind string, owner driver.Owner, stateDir string) (driver.Driver, error) {
+	switch kind {
+	case "docker":
+		return dockerdriver.New(owner)
+	case "exec":
+		return execdriver.New(owner, filepath.Join(stateDir, "exec"))
+	}
+	return nil, fmt.Errorf("--driver: %q is not docker or exec", kind)
+}
+
+func zombie(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return true
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i >= 0 && len(s) > i+2 && s[i+2] == 'Z'
+}
