@@ -6,6 +6,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN="$PWD/bin"
+export CNSMO_BIN="$BIN"
 work=$(mktemp -d /tmp/cnsmo-demo.XXXXXX)
 mock_pid=""
 cleanup() {

@@ -238,7 +238,9 @@ func (r *Report) Print(w io.Writer) {
 	}
 	sort.Strings(ins)
 	for _, in := range ins {
-		fmt.Fprintf(w, "  %-8s %-16s %s\n", in, r.Addresses[in][0], r.Addresses[in][1])
+		if VPN() {
+			fmt.Fprintf(w, "  %-8s %-16s %s\n", in, r.Addresses[in][0], r.Addresses[in][1])
+		}
 	}
 	printMatrix(w, "== ping matrix (IPv4 overlay)", ins, r.Pings)
 	printMatrix(w, "== ping matrix (IPv6 overlay)", ins, r.Pings6)
@@ -253,14 +255,17 @@ func (r *Report) Print(w io.Writer) {
 	fmt.Fprintf(w, "\n== load balancer %s: 300 requests, roundrobin\n", r.LBURL)
 	printCounts(w, r.LB)
 	if r.Joined != "" {
-		fmt.Fprintf(w, "\n== scale out: %s joined in %s (%s)\n", r.Joined, r.JoinTime.Round(time.Millisecond), r.Addresses[r.Joined][0])
+		fmt.Fprintf(w, "\n== scale out: %s joined in %s\n", r.Joined, r.JoinTime.Round(time.Millisecond))
 		ok := 0
 		for _, p := range r.JoinPings {
 			if p.OK {
 				ok++
 			}
 		}
-		fmt.Fprintf(w, "  pings to/from %s: %d/%d ok; load balancer, 40 requests:\n", r.Joined, ok, len(r.JoinPings))
+		if VPN() {
+			fmt.Fprintf(w, "  pings to/from %s: %d/%d ok\n", r.Joined, ok, len(r.JoinPings))
+		}
+		fmt.Fprintf(w, "  load balancer, 40 requests:\n")
 		printCounts(w, r.JoinLB)
 	}
 	fmt.Fprintf(w, "\n== time to net.services.enabled (server + 3 agents): %s\n", r.Enabled.Round(time.Millisecond))
