@@ -2,6 +2,7 @@ package testbed_test
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/http"
 	"strings"
@@ -20,6 +21,16 @@ import (
 func reach(ctx context.Context, vm *testbed.VM, addr string) bool {
 	_, _, err := vm.Exec(ctx, "ping", "-n", "-c", "1", "-W", "1", addr)
 	return err == nil
+}
+
+// reachSoon allows a link that just came up a few pings (neighbour discovery, carrier).
+func reachSoon(ctx context.Context, vm *testbed.VM, addr string) bool {
+	for i := 0; i < 5; i++ {
+		if reach(ctx, vm, addr) {
+			return true
+		}
+	}
+	return false
 }
 
 func TestThreeVMsInTwoClouds(t *testing.T) {
@@ -73,12 +84,12 @@ func TestThreeVMsInTwoClouds(t *testing.T) {
 	require.NoError(t, b1.Cut(ctx))
 	require.False(t, reach(ctx, a1, b1.PublicAddr), "cut off")
 	require.NoError(t, b1.Reconnect(ctx))
-	require.True(t, reach(ctx, a1, b1.PublicAddr), "reconnected")
+	require.True(t, reachSoon(ctx, a1, b1.PublicAddr), "reconnected")
 
 	require.NoError(t, a2.Stop(ctx))
 	require.False(t, reach(ctx, a1, a2.PrivateAddr), "stopped")
 	require.NoError(t, a2.Restart(ctx))
-	require.True(t, reach(ctx, b1, a2.PublicAddr), "restarted with the same addresses")
+	require.True(t, reachSoon(ctx, b1, a2.PublicAddr), "restarted with the same addresses")
 
 	// The Docker driver puts a function in the VM's namespace: it sees the VM's address.
 	d, err := dockerdriver.New(driver.Owner{Run: "tb-test", Instance: "b1"}, dockerdriver.WithNetwork("container:"+b1.Container))
@@ -94,5 +105,8 @@ func TestThreeVMsInTwoClouds(t *testing.T) {
 	closed = true
 	after, err := hoststate.Take(ctx, hoststate.Host, true)
 	require.NoError(t, err)
-	require.Empty(t, hoststate.Diff(before, after))
+	// Other packages' testbeds may run meanwhile: compare the host's rules, and the links and
+	// containers of this testbed's slot.
+	mine := fmt.Sprintf("tb%d", tb.Slot())
+	require.Empty(t, hoststate.Diff(before.Keep(mine, "links", "containers"), after.Keep(mine, "links", "containers")))
 }

@@ -142,3 +142,22 @@ func dropEmptyTables(lines []string) []string {
 }
 
 var builtin = map[string]bool{"INPUT": true, "FORWARD": true, "OUTPUT": true, "PREROUTING": true, "POSTROUTING": true}
+
+// Keep returns a copy where the given sections keep only the lines containing substr: a test
+// that runs beside others compares only what is its own.
+func (s Snapshot) Keep(substr string, sections ...string) Snapshot {
+	out := Snapshot{}
+	for k, v := range s {
+		out[k] = v
+	}
+	for _, sec := range sections {
+		var kept []string
+		for _, l := range strings.Split(s[sec], "\n") {
+			if strings.Contains(l, substr) {
+				kept = append(kept, l)
+			}
+		}
+		out[sec] = strings.Join(kept, "\n")
+	}
+	return out
+}

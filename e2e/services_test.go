@@ -1,0 +1,161 @@
+package e2e
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/cnsmo/cnsmo/internal/deploy"
+	"github.com/cnsmo/cnsmo/internal/testutil"
+	"github.com/cnsmo/cnsmo/params"
+	"github.com/cnsmo/cnsmo/testbed"
+)
+
+// start deploys the application definition (with overrides) on the full scenario's VMs and
+// launches every role; it returns once every instance is enabled, or the error.
+func start(t *testing.T, tb *testbed.Testbed, drv string, overrides [][3]string, wait bool) (*deploy.Deployment, error) {
+	t.Helper()
+	ctx := context.Background()
+	def, err := deploy.AppDefinition()
+	require.NoError(t, err)
+	for _, o := range overrides {
+		require.NoError(t, def.SetValue(o[0], o[1], o[2]))
+	}
+	d, err := deploy.Start(ctx, tb, deploy.Config{Definition: def, Placement: deploy.FullPlacement, Driver: drv})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = d.Stop(context.Background()); d.Close(context.Background()) })
+	for _, w := range []string{"web.1", "web.2", "web.3"} {
+		require.NoError(t, deploy.ServeName(ctx, d.VMOf(w), w, deploy.WebPort, deploy.BlockedPort))
+	}
+	for _, in := range []string{"cnsmo.1", "web.1", "web.2", "web.3"} {
+		require.NoError(t, d.Launch(ctx, in))
+	}
+	if !wait {
+		return d, nil
+	}
+	wctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	return d, d.WaitEnabled(wctx, "cnsmo.1", "web.1", "web.2", "web.3")
+}
+
+// Bad inputs: each aborts the run with a message naming the parameter, and nothing is applied.
+func TestBadInputsAbortTheRun(t *testing.T) {
+	requireBin(t)
+	testutil.RequireImage(t, "cnsmo/fw:latest")
+	tb := testbed.New(t, testbed.Options{Clouds: deploy.FullClouds})
+	for _, c := range []struct {
+		name      string
+		overrides [][3]string
+		want      string
+	}{
+		{"unknown service", [][3]string{{"cnsmo", params.ServicesEnable, `["fw","dns"]`}}, `net.services.enable[1]: unknown service "dns" (known: vpn, fw, lb)`},
+		{"invalid rules", [][3]string{{"web", params.FWRules, `[{"direction":"in","protocol":"tcp","dst_port":"8081","action":"drop"},{"direction":"in","protocol":"tcp","dst_port":"70000","action":"drop"}]`}},
+			params.FWRules + "[1].dst_port: 70000 is out of range 1-65535"},
+		{"invalid lb.mode", [][3]string{{"cnsmo", params.LBMode, "fastest"}}, "lb.mode"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ctx := context.Background()
+			before := map[string]string{}
+			for _, vm := range tb.VMs() {
+				out, _, err := vm.Exec(ctx, "iptables-save")
+				require.NoError(t, err)
+				before[vm.Name] = out
+			}
+			d, err := start(t, tb, "docker", c.overrides, true)
+			require.ErrorIs(t, err, deploy.ErrAborted)
+			require.Contains(t, d.Param("ss:abort"), c.want)
+			require.NoError(t, d.Stop(ctx))
+			for _, vm := range tb.VMs() {
+				out, _, err := vm.Exec(ctx, "iptables-save")
+				require.NoError(t, err)
+				require.NotContains(t, out, "CNSMO-", "no rule applied on %s", vm.Name)
+			}
+		})
+	}
+}
+
+// The seed's Appendix B, automated, with both drivers: drop 8081, then the parameter changes at
+// run time to drop 8080 instead and the result flips.
+func TestFirewallLiveUpdate(t *testing.T) {
+	for _, drv := range []string{"docker", "exec"} {
+		t.Run(drv, func(t *testing.T) {
+			requireBin(t)
+			testutil.RequireImage(t, "cnsmo/fw:latest")
+			tb := testbed.New(t, testbed.Options{Clouds: deploy.FullClouds})
+			ctx := context.Background()
+			d, err := start(t, tb, drv, [][3]string{{"cnsmo", params.ServicesEnable, `["fw"]`}}, true)
+			require.NoError(t, err)
+			client := d.VMOf("cnsmo.1")
+			for _, w := range []string{"web.1", "web.2"} {
+				_, err := deploy.Get(ctx, client, d.VMOf(w).PublicAddr, deploy.WebPort)
+				require.NoError(t, err, "8080 allowed on %s", w)
+				_, err = deploy.Get(ctx, client, d.VMOf(w).PublicAddr, deploy.BlockedPort)
+				require.Error(t, err, "8081 dropped on %s", w)
+			}
+			require.NoError(t, d.Mock.SetParam(d.Run.UUID, "web.1:"+params.FWRules,
+				`[{"direction":"in","protocol":"tcp","dst_port":"8080","ip_range":"0.0.0.0/0","action":"drop"}]`))
+			flipped := false
+			for i := 0; i < 100 && !flipped; i++ { // the agent polls; each probe takes up to 2 s
+				_, e1 := deploy.Get(ctx, client, d.VMOf("web.1").PublicAddr, deploy.BlockedPort)
+				flipped = e1 == nil
+			}
+			require.True(t, flipped, "8081 opened after the change")
+			_, err = deploy.Get(ctx, client, d.VMOf("web.1").PublicAddr, deploy.WebPort)
+			require.Error(t, err, "8080 dropped after the change")
+			_, err = deploy.Get(ctx, client, d.VMOf("web.2").PublicAddr, deploy.BlockedPort)
+			require.Error(t, err, "web.2's rules did not change")
+		})
+	}
+}
+
+// The load balancer follows the backends: a stopped backend VM is taken out by the health
+// checks (no failed request afterwards), scale-in removes a backend.
+func TestLoadBalancerFollowsBackends(t *testing.T) {
+	requireBin(t)
+	testutil.RequireImage(t, "cnsmo/haproxy:latest")
+	tb := testbed.New(t, testbed.Options{Clouds: deploy.FullClouds})
+	ctx := context.Background()
+	d, err := start(t, tb, "docker", [][3]string{{"cnsmo", params.ServicesEnable, `["lb"]`}}, true)
+	require.NoError(t, err)
+	server, client := d.VMOf("cnsmo.1"), d.VMOf("web.1")
+	counts, err := deploy.Distribution(ctx, client, server.PublicAddr, deploy.WebPort, 300)
+	require.NoError(t, err)
+	for _, w := range []string{"web.1", "web.2", "web.3"} {
+		require.InDelta(t, 100, counts[w], 10, "roundrobin share of %s: %v", w, counts)
+	}
+	require.Equal(t, "true", d.Param("cnsmo.1:"+params.LBReady))
+	require.Equal(t, server.PublicAddr+":8080", d.Param("ss:url.service"))
+
+	// Stop web.3's VM: after the health checks (inter 500 ms, fall 2) no request fails.
+	require.NoError(t, d.VMOf("web.3").Stop(ctx))
+	var last map[string]int
+	for i := 0; i < 30; i++ {
+		last, err = deploy.Distribution(ctx, client, server.PublicAddr, deploy.WebPort, 20)
+		require.NoError(t, err)
+		if last["web.3"] == 0 && last[""] == 0 {
+			break
+		}
+	}
+	after, err := deploy.Distribution(ctx, client, server.PublicAddr, deploy.WebPort, 100)
+	require.NoError(t, err)
+	require.Zero(t, after[""], "no request fails once the backend is marked down: %v", after)
+	require.Zero(t, after["web.3"])
+
+	// Scale in web.2: it stops receiving requests.
+	require.NoError(t, d.Mock.ScaleDown(d.Run.UUID, "web", []int{2}))
+	_, err = d.Recipe(ctx, "cnsmo.1", "onvmremove.sh", "SLIPSTREAM_SCALING_NODE=web", "SLIPSTREAM_SCALING_VMS=web.2")
+	require.NoError(t, err)
+	for i := 0; i < 30; i++ {
+		last, err = deploy.Distribution(ctx, client, server.PublicAddr, deploy.WebPort, 20)
+		require.NoError(t, err)
+		if last["web.2"] == 0 {
+			break
+		}
+	}
+	require.Zero(t, last["web.2"], "scaled-in backend gets no traffic: %v", last)
+	steady, err := deploy.Distribution(ctx, client, server.PublicAddr, deploy.WebPort, 40)
+	require.NoError(t, err)
+	require.Equal(t, map[string]int{"web.1": 40}, steady, "after the reload every request reaches the remaining backend")
+}
