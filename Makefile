@@ -33,7 +33,7 @@ demo: deps images build
 
 bench: deps images build
 	rm -f bench/results.json bench/pairs.json
-	CNSMO_BENCH=1 CNSMO_BENCH_IMAGES=1 CNSMO_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 60m -run '^TestBench' ./...
+	CNSMO_BENCH=1 CNSMO_BENCH_IMAGES=1 CNSMO_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -p 1 -timeout 60m -run '^TestBench' ./...
 	$(GO) run ./bench/tabulate -dir bench -out BENCHMARKS.md
 
 lint:

@@ -61,7 +61,7 @@ func TestBenchLB(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("web.1\n")) })} //nolint:errcheck
-	go srv.Serve(ln)                                                                                                                   //nolint:errcheck
+	go srv.Serve(ln)                                                                                                            //nolint:errcheck
 	defer srv.Close()
 	backendPort := ln.Addr().(*net.TCPAddr).Port
 
