@@ -23,6 +23,7 @@ images: deps
 # instead of a skip, so CI cannot pass by skipping.
 test: deps images build
 	CNSMO_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	$(GO) test -run '^$$' -fuzz FuzzParseRules -fuzztime 10s ./roles/fw
 
 # Unit tests only (no root, Docker or packages needed).
 test-unit:

@@ -85,6 +85,10 @@ func TestFirewallLiveUpdate(t *testing.T) {
 			testutil.RequireImage(t, "cnsmo/fw:latest")
 			tb := testbed.New(t, testbed.Options{Clouds: deploy.FullClouds})
 			ctx := context.Background()
+			before := map[string]string{}
+			for _, vm := range tb.VMs() {
+				before[vm.Name] = vmState(t, ctx, vm)["iptables"] + vmState(t, ctx, vm)["ip6tables"]
+			}
 			d, err := start(t, tb, drv, [][3]string{{"cnsmo", params.ServicesEnable, `["fw"]`}}, true)
 			require.NoError(t, err)
 			client := d.VMOf("cnsmo.1")
@@ -106,6 +110,12 @@ func TestFirewallLiveUpdate(t *testing.T) {
 			require.Error(t, err, "8080 dropped after the change")
 			_, err = deploy.Get(ctx, client, d.VMOf("web.2").PublicAddr, deploy.BlockedPort)
 			require.Error(t, err, "web.2's rules did not change")
+
+			// Teardown: every VM's iptables-save and ip6tables-save as before.
+			require.NoError(t, d.Stop(ctx))
+			for _, vm := range tb.VMs() {
+				require.Equal(t, before[vm.Name], vmState(t, ctx, vm)["iptables"]+vmState(t, ctx, vm)["ip6tables"], "tables of %s after teardown", vm.Name)
+			}
 		})
 	}
 }
