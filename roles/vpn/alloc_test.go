@@ -1,0 +1,112 @@
+package vpn
+
+import (
+	"errors"
+	"net/netip"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func prefixes(t *testing.T, s4, s6 string) (netip.Prefix, netip.Prefix) {
+	t.Helper()
+	v4, v6, err := ParsePrefixes(s4, s6)
+	require.NoError(t, err)
+	return v4, v6
+}
+
+func TestAllocatorStableAcrossRestartAndFreedForReuse(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state", "addresses.json")
+	v4, v6 := prefixes(t, "198.18.0.0/15", "2001:db8::/64")
+	a, err := OpenAllocator(path, v4, v6)
+	require.NoError(t, err)
+	assert.Equal(t, "198.18.0.1", a.Server().V4.String())
+	assert.Equal(t, "2001:db8::1", a.Server().V6.String())
+
+	w1, err := a.Assign("web.1")
+	require.NoError(t, err)
+	w2, err := a.Assign("web.2")
+	require.NoError(t, err)
+	w3, err := a.Assign("web.3")
+	require.NoError(t, err)
+	assert.Equal(t, "198.18.0.2", w1.V4.String())
+	assert.Equal(t, "2001:db8::2", w1.V6.String())
+	assert.Equal(t, "198.18.0.3", w2.V4.String())
+	assert.Equal(t, "198.18.0.4", w3.V4.String())
+	again, err := a.Assign("web.1")
+	require.NoError(t, err)
+	assert.Equal(t, w1, again, "an instance keeps its address")
+
+	// A restart reads the same assignments back.
+	b, err := OpenAllocator(path, v4, v6)
+	require.NoError(t, err)
+	for in, want := range map[string]Assignment{"web.1": w1, "web.2": w2, "web.3": w3} {
+		got, ok := b.Get(in)
+		require.True(t, ok, in)
+		assert.Equal(t, want, got, in)
+	}
+
+	// Free web.2: the next new instance gets its address (lowest free first), also after a restart.
+	require.NoError(t, b.Free("web.2"))
+	require.NoError(t, b.Free("nobody"))
+	_, ok := b.Get("web.2")
+	assert.False(t, ok)
+	c, err := OpenAllocator(path, v4, v6)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"web.1", "web.3"}, c.Members())
+	w4, err := c.Assign("web.4")
+	require.NoError(t, err)
+	assert.Equal(t, w2.V4, w4.V4)
+	assert.Equal(t, w2.V6, w4.V6)
+	w5, err := c.Assign("web.5")
+	require.NoError(t, err)
+	assert.Equal(t, "198.18.0.5", w5.V4.String())
+}
+
+func TestAllocatorSubnetChangeRefused(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "addresses.json")
+	v4, v6 := prefixes(t, "198.19.200.0/24", "2001:db8:c5e0::/64")
+	a, err := OpenAllocator(path, v4, v6)
+	require.NoError(t, err)
+	_, err = a.Assign("web.1")
+	require.NoError(t, err)
+	o4, o6 := prefixes(t, "198.19.201.0/24", "2001:db8:c5e0::/64")
+	_, err = OpenAllocator(path, o4, o6)
+	assert.True(t, errors.Is(err, ErrSubnetChanged), "%v", err)
+	// Once empty, another prefix is fine.
+	require.NoError(t, a.Free("web.1"))
+	_, err = OpenAllocator(path, o4, o6)
+	require.NoError(t, err)
+}
+
+func TestAllocatorFull(t *testing.T) {
+	v4, v6 := prefixes(t, "198.18.7.0/29", "2001:db8:7::/64")
+	a, err := OpenAllocator(filepath.Join(t.TempDir(), "a.json"), v4, v6)
+	require.NoError(t, err)
+	for i := 0; i < 5; i++ { // .2 .. .6 (.1 is the server, .7 broadcast)
+		as, err := a.Assign("n." + string(rune('a'+i)))
+		require.NoError(t, err)
+		assert.Equal(t, i+2, as.Index)
+	}
+	_, err = a.Assign("n.z")
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "full")
+}
+
+func TestParsePrefixes(t *testing.T) {
+	v4, v6, err := ParsePrefixes("", "")
+	require.NoError(t, err)
+	assert.Equal(t, DefaultSubnet, v4.String())
+	assert.Equal(t, DefaultSubnet6, v6.String())
+	assert.True(t, netip.MustParsePrefix("100.64.0.0/10").Contains(v4.Addr()), "default IPv4 is in 100.64.0.0/10")
+	assert.True(t, netip.MustParsePrefix("fc00::/7").Contains(v6.Addr()), "default IPv6 is a ULA")
+	for _, bad := range [][2]string{
+		{"10.0.0.1/24", ""}, {"nonsense", ""}, {"2001:db8::/64", ""}, {"198.18.0.0/30", ""}, {"198.0.0.0/7", ""},
+		{"", "198.18.0.0/16"}, {"", "2001:db8::1/64"}, {"", "2001:db8::/32"}, {"", "2001:db8::/126"},
+	} {
+		_, _, err := ParsePrefixes(bad[0], bad[1])
+		assert.Error(t, err, "%q", bad)
+	}
+}

@@ -1,0 +1,239 @@
+package vpn
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path"
+	"path/filepath"
+
+	"github.com/cnsmo/cnsmo/driver"
+	"github.com/cnsmo/cnsmo/params"
+	"github.com/cnsmo/cnsmo/roles/role"
+	"github.com/cnsmo/cnsmo/roles/vpn/pki"
+	"github.com/cnsmo/cnsmo/ssclient"
+)
+
+// PingFunc reports whether addr answers one ICMP echo through the namespace of the functions.
+type PingFunc func(ctx context.Context, addr netip.Addr) (bool, error)
+
+// Client is the VPN client service of an application VM.
+type Client struct {
+	env   role.Env
+	Image string
+	Dir   string
+	// RemoveKey makes Teardown delete the client's key too (by default it stays in the state
+	// dir: a restarted role presents the same key and gets the same certificate back).
+	RemoveKey bool
+	Addrs     AddrsFunc
+	DelLink   DelLinkFunc
+	// Ping checks that the server answers through the tunnel; default: `ping -c1 -W1` as a
+	// one-shot function of the driver (in the OpenVPN image, or the host's ping with exec).
+	Ping PingFunc
+
+	key       *ecdsa.PrivateKey
+	keyPEM    []byte
+	csrPEM    []byte
+	confirmed string // hash of the spec whose tunnel was confirmed and published
+}
+
+// NewClient returns the VPN client service of the instance described by env.
+func NewClient(env role.Env) role.Service { return newClient(env) }
+
+func newClient(env role.Env) *Client {
+	return &Client{env: env, Image: DefaultImage, Dir: DefaultClientDir}
+}
+
+// Name implements role.Service.
+func (c *Client) Name() string { return "vpn" }
+
+func (c *Client) ping(ctx context.Context, addr netip.Addr) (bool, error) {
+	if c.Ping != nil {
+		return c.Ping(ctx, addr)
+	}
+	cmd := []string{"ping", "-c1", "-W1"}
+	if addr.Is6() {
+		cmd = append(cmd, "-6")
+	}
+	res, err := c.env.Driver.Run(ctx, driver.Spec{Name: "vpn-ping", Service: "vpn", Image: c.Image, Cmd: append(cmd, addr.String())}, nil)
+	if err != nil {
+		return false, fmt.Errorf("vpn: ping %s: %w", addr, err)
+	}
+	return res.ExitCode == 0, nil
+}
+
+// loadKey loads or creates the client's key and its CSR (both kept in the state dir; the CSR is
+// kept too so the published text stays the same across restarts).
+func (c *Client) loadKey() error {
+	if c.key != nil {
+		return nil
+	}
+	if err := os.MkdirAll(c.env.StateDir, 0o700); err != nil {
+		return fmt.Errorf("vpn: state dir: %w", err)
+	}
+	key, keyPEM, csr, err := pki.LoadOrCreateClientKey(filepath.Join(c.env.StateDir, "client.key"), c.env.Instance)
+	if err != nil {
+		return err
+	}
+	csrPath := filepath.Join(c.env.StateDir, "client.csr")
+	if old, err := os.ReadFile(csrPath); err == nil {
+		if r, err := pki.CheckCSR(old, c.env.Instance); err == nil && key.PublicKey.Equal(r.PublicKey) {
+			csr = old
+		}
+	}
+	if err := pki.WriteFileAtomic(csrPath, csr, 0o644); err != nil {
+		return err
+	}
+	c.key, c.keyPEM, c.csrPEM = key, keyPEM, csr
+	return nil
+}
+
+// Reconcile publishes the client's CSR, waits for its certificate, the CA and the server's
+// endpoint, runs the OpenVPN client, and reports ready (publishing vpn.address, vpn.address6
+// and client.listening) once its device has its addresses and the server answers through the
+// tunnel.
+func (c *Client) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error) {
+	me := c.env.Instance
+	if err := c.loadKey(); err != nil {
+		return false, err
+	}
+	if pub := role.Get(run, me, params.VPNCSR); pub == "" || !sameKeyCSR(pub, c.key, me) {
+		if err := c.env.Params.Set(ctx, params.VPNCSR, string(c.csrPEM)); err != nil {
+			return false, fmt.Errorf("vpn: publish %s: %w", params.VPNCSR, err)
+		}
+		c.env.Log.Info().Msg("vpn: certificate request published")
+	}
+	srv := role.Get(run, me, params.ServerInstanceID)
+	if srv == "" {
+		return false, nil
+	}
+	if v := role.Get(run, srv, params.VPNServerInstanceID); v != "" {
+		srv = v
+	} else {
+		return false, nil // the VPN server has not published itself yet
+	}
+	caPEM := role.Get(run, srv, params.VPNCACert)
+	endpoint := role.Get(run, srv, params.VPNEndpoint)
+	certPEM := role.Get(run, me, params.VPNCert)
+	if caPEM == "" || endpoint == "" || certPEM == "" {
+		return false, nil
+	}
+	if _, err := pki.VerifyClientCert([]byte(certPEM), []byte(caPEM), me, &c.key.PublicKey); err != nil {
+		// A certificate for an older key, or not yet re-signed: wait for the server.
+		c.env.Log.Debug().Err(err).Msg("vpn: waiting for a certificate for this key")
+		return false, nil
+	}
+	in, err := ParseInputs(func(k string) string { return role.Get(run, srv, k) })
+	if err != nil {
+		return false, nil // the server aborts the run with the message
+	}
+	host, port, err := ParseEndpoint(endpoint)
+	if err != nil {
+		return false, fmt.Errorf("vpn: %s: %w", srv, err)
+	}
+	cfg := ClientConfig{Dir: c.Dir, Device: in.Device, Host: host, Port: port}
+	spec := driver.Spec{
+		Name: ClientFunction, Service: "vpn", Image: c.Image,
+		Cmd:    []string{"openvpn", "--config", cfg.ConfigPath()},
+		CapAdd: []string{"NET_ADMIN"}, Devices: []string{"/dev/net/tun"},
+		Files: []driver.File{
+			{Path: cfg.ConfigPath(), Mode: 0o644, Data: []byte(RenderClient(cfg))},
+			{Path: path.Join(cfg.Dir, "ca.crt"), Mode: 0o644, Data: []byte(caPEM)},
+			{Path: path.Join(cfg.Dir, "client.crt"), Mode: 0o644, Data: []byte(certPEM)},
+			{Path: path.Join(cfg.Dir, "client.key"), Mode: 0o600, Data: c.keyPEM},
+		},
+	}
+	hash := driver.Hash(spec)
+	st, err := c.env.Driver.Status(ctx, ClientFunction)
+	if err != nil {
+		return false, fmt.Errorf("vpn: status of %s: %w", ClientFunction, err)
+	}
+	if st.State == driver.StateRunning && c.confirmed == hash {
+		return true, nil
+	}
+	if err := c.env.Driver.Start(ctx, spec); err != nil {
+		return false, fmt.Errorf("vpn: start openvpn client: %w", err)
+	}
+	if c.confirmed != "" && c.confirmed != hash || st.State != driver.StateRunning {
+		c.env.Log.Info().Str("server", endpoint).Str("device", in.Device).Msg("vpn: openvpn client (re)started")
+	}
+	c.confirmed = ""
+
+	// Readiness: the device has the addresses the server pushed, and the server answers.
+	addrs := c.Addrs
+	if addrs == nil {
+		addrs = defaultAddrs
+	}
+	have, err := addrs(ctx, Device)
+	if err != nil {
+		return false, err
+	}
+	v4, v6 := pick(have)
+	srv4, err4 := netip.ParseAddr(role.Get(run, srv, params.VPNAddress))
+	srv6, err6 := netip.ParseAddr(role.Get(run, srv, params.VPNAddress6))
+	if !v4.IsValid() || err4 != nil || !v4.Contains(srv4) {
+		return false, nil
+	}
+	if ok, err := c.ping(ctx, srv4); err != nil || !ok {
+		return false, err
+	}
+	addr6 := ""
+	if v6.IsValid() && err6 == nil && v6.Contains(srv6) {
+		if ok, err := c.ping(ctx, srv6); err != nil || !ok {
+			return false, err
+		}
+		addr6 = v6.Addr().String()
+	}
+	for _, kv := range [][2]string{
+		{params.VPNAddress, v4.Addr().String()},
+		{params.VPNAddress6, addr6},
+		{params.VPNClientListening, "true"},
+	} {
+		if kv[1] == "" || role.Get(run, me, kv[0]) == kv[1] {
+			continue
+		}
+		if err := c.env.Params.Set(ctx, kv[0], kv[1]); err != nil {
+			return false, fmt.Errorf("vpn: set %s: %w", kv[0], err)
+		}
+	}
+	c.env.Log.Info().Str("address", v4.Addr().String()).Str("address6", addr6).Msg("vpn: tunnel up, server answers")
+	c.confirmed = hash
+	return true, nil
+}
+
+func sameKeyCSR(csrPEM string, key *ecdsa.PrivateKey, instance string) bool {
+	r, err := pki.CheckCSR([]byte(csrPEM), instance)
+	return err == nil && key.PublicKey.Equal(r.PublicKey)
+}
+
+// Teardown removes the OpenVPN client, its device and its files; the key stays in the state
+// dir unless RemoveKey is set.
+func (c *Client) Teardown(ctx context.Context) error {
+	del := c.DelLink
+	if del == nil {
+		del = defaultDelLink
+	}
+	var errs []error
+	if err := c.env.Driver.Remove(ctx, ClientFunction); err != nil && !errors.Is(err, driver.ErrNotFound) {
+		errs = append(errs, fmt.Errorf("vpn: remove %s: %w", ClientFunction, err))
+	}
+	if err := del(ctx, Device); err != nil {
+		errs = append(errs, err)
+	}
+	if c.env.Exec {
+		_ = os.Remove(c.Dir)
+	}
+	if c.RemoveKey && c.env.StateDir != "" {
+		for _, f := range []string{"client.key", "client.csr"} {
+			if err := os.Remove(filepath.Join(c.env.StateDir, f)); err != nil && !errors.Is(err, os.ErrNotExist) {
+				errs = append(errs, err)
+			}
+		}
+		c.key = nil
+	}
+	c.confirmed = ""
+	return errors.Join(errs...)
+}

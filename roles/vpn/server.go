@@ -1,0 +1,518 @@
+// Package vpn is the multi-cloud VPN: an OpenVPN 2.6 hub on the CNSMO server VM and one client
+// on every application VM, with client-to-client routing. No private key leaves its VM: the
+// server's CA (package pki) signs the certificate request each client publishes in its own
+// vpn.csr, and only if its subject is that instance. Each member gets a stable address (IPv4 and
+// IPv6, same host index) from the overlay prefixes; scale-in revokes the removed instance's
+// certificate (CRL re-read by OpenVPN on every connection), closes its connection and frees its
+// address for the next new client.
+//
+// Parameters (names in package params):
+//
+//	server instance: vpn.server.nodeinstanceid, vpn.ca.cert, vpn.crl, vpn.server.endpoint
+//	                 (host:port/udp), vpn.address, vpn.address6 (its own overlay addresses),
+//	                 net.i2cat.cnsmo.service.vpn.server.listening, net.i2cat.cnsmo.service.vpn.ready;
+//	                 inputs vpn.subnet, vpn.subnet6, vpn.port, vpn.device.
+//	client instance: vpn.csr (the client), vpn.cert (the server), and, once the tunnel answers,
+//	                 vpn.address, vpn.address6, net.i2cat.cnsmo.service.vpn.client.listening (the
+//	                 client, with the addresses its device really has).
+//
+// Every instance of every node of the run other than the server is a client.
+package vpn
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/cnsmo/cnsmo/driver"
+	"github.com/cnsmo/cnsmo/params"
+	"github.com/cnsmo/cnsmo/roles/role"
+	"github.com/cnsmo/cnsmo/roles/vpn/pki"
+	"github.com/cnsmo/cnsmo/ssclient"
+)
+
+// Defaults of the function.
+const (
+	DefaultImage     = "cnsmo/openvpn:latest"
+	ServerFunction   = "vpn-server"
+	ClientFunction   = "vpn-client"
+	DefaultServerDir = "/var/lib/cnsmo/vpn/server" // in the function's filesystem (the VM's with exec)
+	DefaultClientDir = "/var/lib/cnsmo/vpn/client"
+)
+
+// Server is the VPN server service of the CNSMO server VM.
+type Server struct {
+	env role.Env
+	// Image of the OpenVPN function (Docker driver); Dir is where its files go.
+	Image string
+	Dir   string
+	// MgmtPort is the management interface's port on 127.0.0.1.
+	MgmtPort int
+	// RemoveCA makes Teardown delete the CA, the issued certificates and the address
+	// assignments too. By default they stay in the state dir, so that a restarted role (or a
+	// re-deployment on the same VM) keeps the same CA and addresses.
+	RemoveCA bool
+	// Hooks for the namespace the function runs in (defaults: this process's namespace).
+	Dial    DialFunc
+	Addrs   AddrsFunc
+	DelLink DelLinkFunc
+
+	ca      *pki.CA
+	alloc   *Allocator
+	pw      string
+	specKey string            // driver.Hash of the spec last started
+	written map[string]string // files put into the running function: path -> content
+}
+
+// NewServer returns the VPN server service of the instance described by env.
+func NewServer(env role.Env) role.Service { return newServer(env) }
+
+func newServer(env role.Env) *Server {
+	return &Server{env: env, Image: DefaultImage, Dir: DefaultServerDir, MgmtPort: DefaultMgmtPort}
+}
+
+// Name implements role.Service.
+func (s *Server) Name() string { return "vpn" }
+
+// Inputs are the server's validated inputs.
+type Inputs struct {
+	Device string
+	Port   int
+	V4, V6 netip.Prefix
+}
+
+// ParseInputs validates vpn.device, vpn.port, vpn.subnet and vpn.subnet6 as read by get.
+func ParseInputs(get func(string) string) (Inputs, error) {
+	in := Inputs{Device: strings.ToLower(strings.TrimSpace(get(params.VPNDevice))), Port: DefaultPort}
+	if in.Device == "" {
+		in.Device = DefaultDevice
+	}
+	if in.Device != "tap" && in.Device != "tun" {
+		return in, fmt.Errorf("%s: %q is not tap or tun", params.VPNDevice, get(params.VPNDevice))
+	}
+	if p := strings.TrimSpace(get(params.VPNPort)); p != "" {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 1 || n > 65535 {
+			return in, fmt.Errorf("%s: %q is not a port 1-65535", params.VPNPort, p)
+		}
+		in.Port = n
+	}
+	var err error
+	in.V4, in.V6, err = ParsePrefixes(strings.TrimSpace(get(params.VPNSubnet)), strings.TrimSpace(get(params.VPNSubnet6)))
+	return in, err
+}
+
+func (s *Server) hooks() (DialFunc, AddrsFunc, DelLinkFunc) {
+	d, a, l := s.Dial, s.Addrs, s.DelLink
+	if d == nil {
+		d = defaultDial
+	}
+	if a == nil {
+		a = defaultAddrs
+	}
+	if l == nil {
+		l = defaultDelLink
+	}
+	return d, a, l
+}
+
+func (s *Server) config(in Inputs) ServerConfig {
+	return ServerConfig{Dir: s.Dir, Device: in.Device, Port: in.Port, V4: in.V4, V6: in.V6, Server: s.alloc.Server(), MgmtPort: s.MgmtPort}
+}
+
+// open loads (or creates) the CA, the allocator, the management password and the seed CRL.
+func (s *Server) open(in Inputs) error {
+	if err := os.MkdirAll(s.env.StateDir, 0o700); err != nil {
+		return fmt.Errorf("vpn: state dir: %w", err)
+	}
+	if s.ca == nil {
+		ca, err := pki.LoadOrCreateCA(filepath.Join(s.env.StateDir, "ca"))
+		if err != nil {
+			return err
+		}
+		if err := ca.RefreshCRL(); err != nil {
+			return err
+		}
+		s.ca = ca
+	}
+	if s.alloc == nil || func() bool { v4, v6 := s.alloc.Prefixes(); return v4 != in.V4 || v6 != in.V6 }() {
+		a, err := OpenAllocator(filepath.Join(s.env.StateDir, "addresses.json"), in.V4, in.V6)
+		if err != nil {
+			if errors.Is(err, ErrSubnetChanged) {
+				return role.Terminal(fmt.Errorf("%s/%s: %w", params.VPNSubnet, params.VPNSubnet6, err))
+			}
+			return err
+		}
+		s.alloc = a
+	}
+	if s.pw == "" {
+		p := filepath.Join(s.env.StateDir, "mgmt.pw")
+		b, err := os.ReadFile(p)
+		if errors.Is(err, os.ErrNotExist) {
+			r := make([]byte, 24)
+			if _, err := rand.Read(r); err != nil {
+				return fmt.Errorf("vpn: management password: %w", err)
+			}
+			b = []byte(hex.EncodeToString(r))
+			if err := pki.WriteFileAtomic(p, b, 0o600); err != nil {
+				return err
+			}
+		} else if err != nil {
+			return fmt.Errorf("vpn: management password: %w", err)
+		}
+		s.pw = strings.TrimSpace(string(b))
+	}
+	return nil
+}
+
+// seedCRL is the CRL the function starts with: fixed at the first start so that the start spec
+// (and the driver's hash of it) does not change with each revocation, which would restart the
+// server and drop every client. The current CRL is put over it right after the start.
+func (s *Server) seedCRL() ([]byte, error) {
+	p := filepath.Join(s.env.StateDir, "seed-crl.pem")
+	b, err := os.ReadFile(p)
+	if err == nil {
+		return b, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("vpn: %w", err)
+	}
+	b, err = s.ca.CRLPEM()
+	if err != nil {
+		return nil, err
+	}
+	return b, pki.WriteFileAtomic(p, b, 0o600)
+}
+
+func (s *Server) spec(cfg ServerConfig) (driver.Spec, error) {
+	crt, key, err := s.ca.ServerPair()
+	if err != nil {
+		return driver.Spec{}, err
+	}
+	seed, err := s.seedCRL()
+	if err != nil {
+		return driver.Spec{}, err
+	}
+	return driver.Spec{
+		Name: ServerFunction, Service: "vpn", Image: s.Image,
+		Cmd:    []string{"openvpn", "--config", cfg.ConfigPath()},
+		CapAdd: []string{"NET_ADMIN"}, Devices: []string{"/dev/net/tun"},
+		Files: []driver.File{
+			{Path: cfg.ConfigPath(), Mode: 0o644, Data: []byte(RenderServer(cfg))},
+			{Path: path.Join(cfg.Dir, "ca.crt"), Mode: 0o644, Data: s.ca.CertPEM()},
+			{Path: path.Join(cfg.Dir, "server.crt"), Mode: 0o644, Data: crt},
+			{Path: path.Join(cfg.Dir, "server.key"), Mode: 0o600, Data: key},
+			{Path: cfg.MgmtPasswordPath(), Mode: 0o600, Data: []byte(s.pw + "\n")},
+			{Path: cfg.CRLPath(), Mode: 0o644, Data: seed},
+			{Path: path.Join(cfg.CCDDir(), ".keep"), Mode: 0o644, Data: []byte("# client-config-dir of the cnsmo VPN\n")},
+		},
+	}, nil
+}
+
+// clients returns the current instances of the run other than the server, sorted.
+func clients(run *ssclient.Run, me string) []string {
+	var out []string
+	for _, n := range run.Nodes() {
+		for _, in := range run.Instances(n) {
+			if in != me {
+				out = append(out, in)
+			}
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// gone reports whether instance has left the run: scaled in (scale.state removing/removed/gone)
+// or no parameter of it is left. An instance merely missing from one read is not gone.
+func gone(run *ssclient.Run, instance string) bool {
+	switch role.Get(run, instance, "scale.state") {
+	case "removing", "removed", "gone":
+		return true
+	}
+	prefix := instance + ":"
+	for k := range run.Params {
+		if strings.HasPrefix(k, prefix) {
+			return false
+		}
+	}
+	return true
+}
+
+// Endpoint formats the server's endpoint as published in vpn.server.endpoint.
+func Endpoint(host string, port int) string {
+	return net.JoinHostPort(host, strconv.Itoa(port)) + "/udp"
+}
+
+// ParseEndpoint parses vpn.server.endpoint ("host:port/udp").
+func ParseEndpoint(v string) (host string, port int, err error) {
+	hp, proto, _ := strings.Cut(strings.TrimSpace(v), "/")
+	if proto != "" && proto != "udp" {
+		return "", 0, fmt.Errorf("%s: %q: only udp is supported", params.VPNEndpoint, v)
+	}
+	h, p, err := net.SplitHostPort(hp)
+	if err != nil {
+		return "", 0, fmt.Errorf("%s: %q: %w", params.VPNEndpoint, v, err)
+	}
+	port, err = strconv.Atoi(p)
+	if err != nil || port < 1 || port > 65535 || h == "" {
+		return "", 0, fmt.Errorf("%s: %q: bad host or port", params.VPNEndpoint, v)
+	}
+	return h, port, nil
+}
+
+// Reconcile brings the server to what the run asks for: OpenVPN running with the CA and server
+// certificate, a certificate and a fixed address for every current client that published a
+// valid request, revocation of the instances that left, and the parameters published. It
+// reports ready when OpenVPN listens and every current client is connected.
+func (s *Server) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error) {
+	me := s.env.Instance
+	get := func(k string) string { return role.Get(run, me, k) }
+	in, err := ParseInputs(get)
+	if err != nil {
+		return false, role.Terminal(err)
+	}
+	host := strings.TrimSpace(get(params.Hostname))
+	if host == "" {
+		s.env.Log.Debug().Msg("vpn: waiting for this VM's hostname parameter")
+		return false, nil
+	}
+	if err := s.open(in); err != nil {
+		return false, err
+	}
+	dial, addrs, _ := s.hooks()
+	cfg := s.config(in)
+	spec, err := s.spec(cfg)
+	if err != nil {
+		return false, err
+	}
+
+	// The function: started (or left alone when it runs with this spec).
+	st, err := s.env.Driver.Status(ctx, ServerFunction)
+	if err != nil {
+		return false, fmt.Errorf("vpn: status of %s: %w", ServerFunction, err)
+	}
+	if h := driver.Hash(spec); st.State != driver.StateRunning || h != s.specKey {
+		if err := s.env.Driver.Start(ctx, spec); err != nil {
+			return false, fmt.Errorf("vpn: start openvpn server: %w", err)
+		}
+		if st.State != driver.StateRunning || s.specKey != "" {
+			s.env.Log.Info().Str("device", in.Device).Int("port", in.Port).Str("subnet", in.V4.String()).Str("subnet6", in.V6.String()).Msg("vpn: openvpn server started")
+		}
+		s.specKey, s.written = h, map[string]string{}
+	}
+
+	// Clients: sign, assign, configure. Scale-in: revoke, disable, free.
+	var problems []error
+	files := map[string]string{}
+	current := clients(run, me)
+	isCurrent := map[string]bool{}
+	var toKill []string
+	for _, c := range current {
+		isCurrent[c] = true
+		csr := role.Get(run, c, params.VPNCSR)
+		if csr == "" {
+			continue
+		}
+		cert, err := s.ca.Sign([]byte(csr), c)
+		if err != nil {
+			s.env.Log.Error().Err(err).Str("client", c).Msg("vpn: certificate request refused")
+			problems = append(problems, fmt.Errorf("%s:%s: %w", c, params.VPNCSR, err))
+			continue
+		}
+		as, err := s.alloc.Assign(c)
+		if err != nil {
+			problems = append(problems, err)
+			continue
+		}
+		files[path.Join(cfg.CCDDir(), c)] = RenderCCD(cfg, as)
+		if !pki.SamePEM([]byte(role.Get(run, c, params.VPNCert)), cert) {
+			if err := s.env.Params.Set(ctx, c+":"+params.VPNCert, string(cert)); err != nil {
+				return false, fmt.Errorf("vpn: publish %s:%s: %w", c, params.VPNCert, err)
+			}
+			s.env.Log.Info().Str("client", c).Str("address", as.V4.String()).Str("address6", as.V6.String()).Msg("vpn: certificate issued")
+		}
+	}
+	leaving := map[string]bool{}
+	for _, c := range append(s.ca.Active(), s.alloc.Members()...) {
+		if !isCurrent[c] && gone(run, c) {
+			leaving[c] = true
+		}
+	}
+	for c := range leaving {
+		revoked, err := s.ca.RevokeInstance(c)
+		if err != nil {
+			return false, err
+		}
+		files[path.Join(cfg.CCDDir(), c)] = RenderCCDDisabled()
+		toKill = append(toKill, c)
+		if revoked {
+			s.env.Log.Info().Str("client", c).Msg("vpn: instance left the run: certificate revoked")
+		}
+	}
+	crl, err := s.ca.CRLPEM()
+	if err != nil {
+		return false, err
+	}
+	files[cfg.CRLPath()] = string(crl)
+	// Revoked instances of earlier passes keep their disabled ccd file (a fresh container has
+	// none, and ccd-exclusive refuses them then anyway).
+	if err := s.putFiles(ctx, files); err != nil {
+		return false, err
+	}
+
+	// Management interface: the server listens when it answers.
+	mg := &Mgmt{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(s.MgmtPort)), Password: s.pw, Dial: dial}
+	status, err := mg.Status(ctx)
+	if err != nil {
+		s.env.Log.Debug().Err(err).Msg("vpn: management interface not answering yet")
+		return false, errors.Join(problems...)
+	}
+	sort.Strings(toKill)
+	for _, c := range toKill {
+		killed, err := mg.Kill(ctx, c)
+		if err != nil {
+			return false, err
+		}
+		if killed {
+			s.env.Log.Info().Str("client", c).Msg("vpn: connection of a removed instance closed")
+		}
+		if err := s.alloc.Free(c); err != nil {
+			return false, err
+		}
+	}
+	if len(toKill) > 0 { // the kills above may have raced a reconnect: read the status again
+		if status, err = mg.Status(ctx); err != nil {
+			return false, err
+		}
+	}
+
+	// Publish what clients need (public data only), then the server's own readiness.
+	pub := [][2]string{
+		{params.VPNServerInstanceID, me},
+		{params.VPNCACert, string(s.ca.CertPEM())},
+		{params.VPNEndpoint, Endpoint(host, in.Port)},
+	}
+	if len(crl) <= ssclient.MaxValueLen {
+		pub = append(pub, [2]string{params.VPNCRL, string(crl)})
+	} else {
+		s.env.Log.Warn().Int("bytes", len(crl)).Msg("vpn: CRL too long for a parameter; not published (OpenVPN uses the file)")
+	}
+	srv := s.alloc.Server()
+	have, err := addrs(ctx, Device)
+	if err != nil {
+		return false, err
+	}
+	devOK := false
+	for _, p := range have {
+		if p.Addr() == srv.V4 {
+			devOK = true
+		}
+	}
+	if devOK {
+		pub = append(pub, [2]string{params.VPNServerListening, "true"})
+		v6 := ""
+		for _, p := range have {
+			if p.Addr() == srv.V6 {
+				v6 = srv.V6.String()
+			}
+		}
+		pub = append(pub, [2]string{params.VPNAddress, srv.V4.String()})
+		if v6 != "" {
+			pub = append(pub, [2]string{params.VPNAddress6, v6})
+		}
+	}
+	connected := map[string]bool{}
+	for _, c := range status {
+		connected[c.CN] = true
+	}
+	var missing []string
+	for _, c := range current {
+		if !connected[c] {
+			missing = append(missing, c)
+		}
+	}
+	ready := devOK && len(missing) == 0 && len(problems) == 0
+	switch {
+	case ready:
+		pub = append(pub, [2]string{params.VPNReady, "true"})
+	case get(params.VPNReady) == "true":
+		pub = append(pub, [2]string{params.VPNReady, "false"})
+	}
+	for _, kv := range pub {
+		if get(kv[0]) == kv[1] || (kv[0] == params.VPNCACert || kv[0] == params.VPNCRL) && pki.SamePEM([]byte(get(kv[0])), []byte(kv[1])) {
+			continue
+		}
+		if err := s.env.Params.Set(ctx, kv[0], kv[1]); err != nil {
+			return false, fmt.Errorf("vpn: set %s: %w", kv[0], err)
+		}
+	}
+	if !ready {
+		s.env.Log.Debug().Strs("waiting_for", missing).Bool("device", devOK).Msg("vpn: not every client is connected yet")
+	}
+	return ready, errors.Join(problems...)
+}
+
+// putFiles writes the files whose content differs from what this process last put there.
+func (s *Server) putFiles(ctx context.Context, files map[string]string) error {
+	var list []driver.File
+	var paths []string
+	for p, data := range files {
+		if s.written[p] == data {
+			continue
+		}
+		paths = append(paths, p)
+	}
+	sort.Strings(paths)
+	for _, p := range paths {
+		list = append(list, driver.File{Path: p, Mode: 0o644, Data: []byte(files[p])})
+	}
+	if len(list) == 0 {
+		return nil
+	}
+	if err := s.env.Driver.PutFiles(ctx, ServerFunction, list); err != nil {
+		return fmt.Errorf("vpn: update server files: %w", err)
+	}
+	for _, p := range paths {
+		s.written[p] = files[p]
+	}
+	return nil
+}
+
+// Teardown removes the OpenVPN server, its device and its files. The CA, the issued
+// certificates, the address assignments and the management password stay in the state dir
+// unless RemoveCA is set.
+func (s *Server) Teardown(ctx context.Context) error {
+	_, _, del := s.hooks()
+	var errs []error
+	if err := s.env.Driver.Remove(ctx, ServerFunction); err != nil && !errors.Is(err, driver.ErrNotFound) {
+		errs = append(errs, fmt.Errorf("vpn: remove %s: %w", ServerFunction, err))
+	}
+	if err := del(ctx, Device); err != nil {
+		errs = append(errs, err)
+	}
+	if s.env.Exec {
+		// The exec driver removes the files it wrote; the directory and what OpenVPN wrote stay.
+		_ = os.Remove(path.Join(s.Dir, "status.log"))
+		_ = os.Remove(path.Join(s.Dir, "ccd"))
+		_ = os.Remove(s.Dir)
+	}
+	if s.RemoveCA && s.env.StateDir != "" {
+		if err := os.RemoveAll(s.env.StateDir); err != nil {
+			errs = append(errs, fmt.Errorf("vpn: remove state: %w", err))
+		}
+		s.ca, s.alloc, s.pw = nil, nil, ""
+	}
+	s.specKey, s.written = "", nil
+	return errors.Join(errs...)
+}
