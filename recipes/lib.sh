@@ -37,7 +37,9 @@ cnsmo_install() {
 cnsmo_start() {
   role=$1
   pidfile="$CNSMO_STATE_DIR/role.pid"
-  if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+  # A role killed hard leaves its pid file: only a live, non-zombie process counts.
+  if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null &&
+     [ "$(awk '{print $3}' "/proc/$(cat "$pidfile")/stat" 2>/dev/null)" != Z ]; then
     echo "cnsmo: $role already running (pid $(cat "$pidfile"))"
     return 0
   fi
