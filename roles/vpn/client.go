@@ -174,19 +174,18 @@ func (c *Client) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error)
 	v4, v6 := pick(have)
 	srv4, err4 := netip.ParseAddr(role.Get(run, srv, params.VPNAddress))
 	srv6, err6 := netip.ParseAddr(role.Get(run, srv, params.VPNAddress6))
-	if !v4.IsValid() || err4 != nil || !v4.Contains(srv4) {
-		return false, nil
+	if err4 != nil || err6 != nil {
+		return false, nil // the server publishes its addresses once its device has them
 	}
-	if ok, err := c.ping(ctx, srv4); err != nil || !ok {
-		return false, err
+	if !v4.IsValid() || !v4.Contains(srv4) || !v6.IsValid() || !v6.Contains(srv6) {
+		return false, nil // not pushed yet, or IPv6 duplicate address detection not done
 	}
-	addr6 := ""
-	if v6.IsValid() && err6 == nil && v6.Contains(srv6) {
-		if ok, err := c.ping(ctx, srv6); err != nil || !ok {
+	for _, a := range []netip.Addr{srv4, srv6} {
+		if ok, err := c.ping(ctx, a); err != nil || !ok {
 			return false, err
 		}
-		addr6 = v6.Addr().String()
 	}
+	addr6 := v6.Addr().String()
 	for _, kv := range [][2]string{
 		{params.VPNAddress, v4.Addr().String()},
 		{params.VPNAddress6, addr6},

@@ -413,24 +413,16 @@ func (s *Server) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error)
 	if err != nil {
 		return false, err
 	}
-	devOK := false
+	// The device has both overlay addresses (IPv6 once its duplicate address detection is done).
+	has4, has6 := false, false
 	for _, p := range have {
-		if p.Addr() == srv.V4 {
-			devOK = true
-		}
+		has4 = has4 || p.Addr() == srv.V4
+		has6 = has6 || p.Addr() == srv.V6
 	}
+	devOK := has4 && has6
 	if devOK {
-		pub = append(pub, [2]string{params.VPNServerListening, "true"})
-		v6 := ""
-		for _, p := range have {
-			if p.Addr() == srv.V6 {
-				v6 = srv.V6.String()
-			}
-		}
-		pub = append(pub, [2]string{params.VPNAddress, srv.V4.String()})
-		if v6 != "" {
-			pub = append(pub, [2]string{params.VPNAddress6, v6})
-		}
+		pub = append(pub, [2]string{params.VPNAddress, srv.V4.String()}, [2]string{params.VPNAddress6, srv.V6.String()},
+			[2]string{params.VPNServerListening, "true"})
 	}
 	connected := map[string]bool{}
 	for _, c := range status {
