@@ -28,8 +28,6 @@ func (tb *Testbed) run(ctx context.Context, name, role, hostname string, vm bool
 		Sysctls: map[string]string{"net.ipv4.ip_forward": "1", "net.ipv6.conf.all.disable_ipv6": "0"}}
 	env := []string{"PATH=/opt/cnsmo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 	if vm {
-		init := true
-		hc.Init = &init // a VM's PID 1 reaps orphans, as a real init does
 		hc.Sysctls = map[string]string{"net.ipv6.conf.all.disable_ipv6": "0"}
 		hc.Devices = []container.DeviceMapping{{PathOnHost: "/dev/net/tun", PathInContainer: "/dev/net/tun", CgroupPermissions: "rwm"}}
 		hc.Binds = []string{"/var/run/docker.sock:/var/run/docker.sock"}

@@ -85,11 +85,11 @@ func Get(ctx context.Context, vm *testbed.VM, addr string, port int) (string, er
 	return strings.TrimSpace(out), nil
 }
 
-// Distribution sends n requests (bounded, 2 s each) from vm to addr:port and counts the answers
+// Distribution sends n requests (bounded, 5 s each) from vm to addr:port and counts the answers
 // by body; failures are counted under "".
 func Distribution(ctx context.Context, vm *testbed.VM, addr string, port, n int) (map[string]int, error) {
 	url := "http://" + net.JoinHostPort(addr, strconv.Itoa(port)) + "/"
-	script := fmt.Sprintf(`i=0; while [ $i -lt %d ]; do curl -s --max-time 2 %s || echo; i=$((i+1)); done`, n, url)
+	script := fmt.Sprintf(`i=0; while [ $i -lt %d ]; do curl -s --max-time 5 %s || echo; i=$((i+1)); done`, n, url)
 	out, errOut, err := vm.Exec(ctx, "sh", "-c", script)
 	if err != nil {
 		return nil, fmt.Errorf("load from %s: %w: %s", vm.Name, err, errOut)
