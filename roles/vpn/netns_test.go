@@ -183,10 +183,12 @@ type member struct {
 	passes   atomic.Int64
 }
 
+var labSeq atomic.Int64
+
 func newLab(t testing.TB, hosts int, device string) *lab {
 	testutil.RequireRoot(t)
 	testutil.RequireBinary(t, "ip", "openvpn", "ping")
-	l := &lab{t: t, id: fmt.Sprintf("%04d", time.Now().UnixNano()%10000), base: t.TempDir(), hosts: map[string]*host{}, roles: map[string]*member{}}
+	l := &lab{t: t, id: fmt.Sprintf("%04d", (time.Now().UnixNano()/1000+labSeq.Add(1))%10000), base: t.TempDir(), hosts: map[string]*host{}, roles: map[string]*member{}}
 	l.bridge = "cvb" + l.id
 	run(t, "ip", "netns", "add", l.bridge)
 	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", l.bridge).Run() })
@@ -582,4 +584,19 @@ func (l *lab) mgmtStatusSoft(srv *member) []ClientStatus {
 	defer cancel()
 	st, _ := l.mgmt(srv).Status(ctx)
 	return st
+}
+
+// TestVPNTunDevice: the same overlay with vpn.device=tun.
+func TestVPNTunDevice(t *testing.T) {
+	l := newLab(t, 2, "tun")
+	l.start("cnsmo.1", "s")
+	w1 := l.start("web.1", "1")
+	w2 := l.start("web.2", "2")
+	l.waitReady(90*time.Second, "web.1", "web.2")
+	out, err := nsRun(w1.host.ns, "ip", "-d", "link", "show", Device)
+	require.NoError(t, err, out)
+	require.Contains(t, out, "tun type tun")
+	require.NoError(t, l.ping(w1.host, l.param("web.2:"+params.VPNAddress)))
+	require.NoError(t, l.ping(w1.host, l.param("web.2:"+params.VPNAddress6)))
+	require.NoError(t, l.ping(w2.host, l.param("web.1:"+params.VPNAddress6)))
 }

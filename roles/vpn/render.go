@@ -90,6 +90,10 @@ func RenderServer(c ServerConfig) string {
 	w("client-config-dir %s", c.CCDDir())
 	w("ccd-exclusive")
 	w("client-to-client")
+	// keepalive 5 20 (pushed to clients): a client notices a server that died without notice
+	// (kill -9, VM crash) within 20 s and reconnects; the server drops a silent client after
+	// 40 s. One small packet per 5 s and client is the price. A clean server stop tells clients
+	// at once (explicit-exit-notify).
 	w("keepalive 5 20")
 	w("explicit-exit-notify 1")
 	w("data-ciphers %s", dataCiphers)

@@ -57,7 +57,7 @@ func TestRenderProperties(t *testing.T) {
 		c := testServerConfig(t, dev, "", "", 1194)
 		s := RenderServer(c)
 		for _, want := range []string{
-			"dev-type " + dev, "port 1194", "proto udp", "client-to-client", "keepalive 10 60",
+			"dev-type " + dev, "port 1194", "proto udp", "client-to-client", "keepalive 5 20",
 			"data-ciphers AES-256-GCM:AES-128-GCM:CHACHA20-POLY1305", "tls-version-min 1.2", "dh none",
 			"crl-verify /var/lib/cnsmo/vpn/server/crl.pem", "ccd-exclusive",
 			"management 127.0.0.1 7505 /var/lib/cnsmo/vpn/server/mgmt.pw",
