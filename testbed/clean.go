@@ -1,0 +1,165 @@
+package testbed
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/client"
+	"github.com/docker/docker/errdefs"
+	"github.com/vishvananda/netlink"
+)
+
+// RemoveSlot removes everything of slot s from the host, whoever created it: the function
+// containers in a VM's network namespace (NetworkMode container:<vm>, whatever their labels), then
+// the VMs, routers and internet (label cnsmo.testbed=<s> or name cnsmo-tb<s>-*), which takes their
+// namespaces, veths, bridges and NAT rules with them, then the host link. The caller must hold the
+// slot's lock (Create and Close do; Clean takes it).
+func RemoveSlot(ctx context.Context, cli *client.Client, slot int) error {
+	all, err := cli.ContainerList(ctx, container.ListOptions{All: true})
+	if err != nil {
+		return fmt.Errorf("testbed: slot %d: list containers: %w", slot, err)
+	}
+	mine := map[string]bool{} // ids and names of the slot's containers and of their dependents
+	var infra, deps []string
+	for _, c := range all {
+		if isSlot(c, slot) {
+			infra = append(infra, c.ID)
+			markNames(mine, c)
+		}
+	}
+	// Dependents, transitively (a container may join a function's namespace in turn).
+	for grew := true; grew; {
+		grew = false
+		for _, c := range all {
+			if mine[c.ID] {
+				continue
+			}
+			if ref, ok := strings.CutPrefix(c.HostConfig.NetworkMode, "container:"); ok && refers(mine, ref) {
+				deps = append(deps, c.ID)
+				markNames(mine, c)
+				grew = true
+			}
+		}
+	}
+	errs := removeAll(ctx, cli, deps)
+	errs = append(errs, removeAll(ctx, cli, infra)...)
+	// The current host link, and the one of the testbed's first version.
+	for _, n := range []string{hostLink(slot), fmt.Sprintf("cnsmotb%dh", slot)} {
+		if l, err := netlink.LinkByName(n); err == nil {
+			if err := netlink.LinkDel(l); err != nil {
+				errs = append(errs, fmt.Errorf("testbed: slot %d: delete host link %s: %w", slot, n, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func isSlot(c container.Summary, slot int) bool {
+	if v, ok := c.Labels[Label]; ok {
+		return v == strconv.Itoa(slot)
+	}
+	for _, n := range c.Names {
+		if strings.HasPrefix(strings.TrimPrefix(n, "/"), prefix(slot)) {
+			return true
+		}
+	}
+	return false
+}
+
+func markNames(m map[string]bool, c container.Summary) {
+	m[c.ID] = true
+	for _, n := range c.Names {
+		m[strings.TrimPrefix(n, "/")] = true
+	}
+}
+
+// refers tells whether ref (a name, a full id or an id prefix) is one of m's.
+func refers(m map[string]bool, ref string) bool {
+	if m[ref] {
+		return true
+	}
+	if len(ref) < 12 {
+		return false
+	}
+	for k := range m {
+		if len(k) == 64 && strings.HasPrefix(k, ref) {
+			return true
+		}
+	}
+	return false
+}
+
+// removeAll force-removes containers, a few at a time.
+func removeAll(ctx context.Context, cli *client.Client, ids []string) []error {
+	var (
+		mu   sync.Mutex
+		errs []error
+		wg   sync.WaitGroup
+		sem  = make(chan struct{}, 6)
+	)
+	for _, id := range ids {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			err := cli.ContainerRemove(ctx, id, container.RemoveOptions{Force: true, RemoveVolumes: true})
+			if err != nil && !errdefs.IsNotFound(err) && !isRemovalInProgress(err) {
+				mu.Lock()
+				errs = append(errs, fmt.Errorf("testbed: remove container %.12s: %w", id, err))
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return errs
+}
+
+func isRemovalInProgress(err error) bool {
+	return strings.Contains(err.Error(), "is already in progress")
+}
+
+// CleanResult says what Clean did with each slot.
+type CleanResult struct {
+	Cleaned []int // slots whose leftovers were removed (or had none)
+	InUse   []int // slots held by a running testbed, left alone
+}
+
+// Clean removes the leftovers of crashed tests and demos in every slot. Slots whose lock a live
+// process holds are left alone unless force is set (force removes even a running testbed).
+func Clean(ctx context.Context, force bool) (CleanResult, error) {
+	var res CleanResult
+	cli, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	if err != nil {
+		return res, fmt.Errorf("testbed: docker client: %w", err)
+	}
+	defer cli.Close()
+	var errs []error
+	for s := 0; s < MaxSlots; s++ {
+		f, err := lockSlot(s)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if f == nil && !force {
+			res.InUse = append(res.InUse, s)
+			continue
+		}
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		if err := RemoveSlot(sctx, cli, s); err != nil {
+			errs = append(errs, err)
+		} else {
+			res.Cleaned = append(res.Cleaned, s)
+		}
+		cancel()
+		if f != nil {
+			f.Close()
+		}
+	}
+	return res, errors.Join(errs...)
+}
