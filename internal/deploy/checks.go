@@ -50,7 +50,10 @@ func ServeName(ctx context.Context, vm *testbed.VM, name string, ports ...int) e
 		return err
 	}
 	for _, p := range ports {
-		if _, err := vm.Start(ctx, nil, "socat", "TCP-LISTEN:"+strconv.Itoa(p)+",fork,reuseaddr", "EXEC:cat /srv/cnsmo-name.http"); err != nil {
+		// Read the request (up to its blank line) before answering: a server that closes with the
+		// request unread sends a reset that can beat its answer ("Empty reply from server").
+		if _, err := vm.Start(ctx, nil, "socat", "TCP-LISTEN:"+strconv.Itoa(p)+",fork,reuseaddr",
+			`SYSTEM:sed -n '/^\r$/q'; cat /srv/cnsmo-name.http`); err != nil {
 			return fmt.Errorf("serve %s:%d: %w", vm.Name, p, err)
 		}
 	}
