@@ -154,6 +154,9 @@ func (c *Client) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error)
 	if st.State == driver.StateRunning && c.confirmed == hash {
 		return true, nil
 	}
+	if st.State == driver.StateExited {
+		logTail(ctx, c.env, ClientFunction, st)
+	}
 	if err := c.env.Driver.Start(ctx, spec); err != nil {
 		return false, fmt.Errorf("vpn: start openvpn client: %w", err)
 	}

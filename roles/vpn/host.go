@@ -5,9 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 	"syscall"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/cnsmo/cnsmo/driver"
+	"github.com/cnsmo/cnsmo/roles/role"
 )
 
 // AddrsFunc returns the usable addresses of a device: global scope, not tentative (IPv6 DAD
@@ -86,4 +90,19 @@ func pick(addrs []netip.Prefix) (v4, v6 netip.Prefix) {
 		}
 	}
 	return v4, v6
+}
+
+// logTail logs the last lines of an exited function's output (OpenVPN logs hold no secrets),
+// so that a crash loop says why.
+func logTail(ctx context.Context, env role.Env, name string, st driver.Status) {
+	out, err := env.Driver.Logs(ctx, name)
+	if err != nil {
+		env.Log.Warn().Err(err).Str("function", name).Int("exit", st.ExitCode).Msg("vpn: function exited; no logs")
+		return
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) > 6 {
+		lines = lines[len(lines)-6:]
+	}
+	env.Log.Warn().Str("function", name).Int("exit", st.ExitCode).Strs("last_lines", lines).Msg("vpn: function exited; restarting it")
 }

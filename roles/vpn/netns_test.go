@@ -29,6 +29,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/cnsmo/cnsmo/driver"
+	"github.com/cnsmo/cnsmo/driver/dockerdriver"
 	"github.com/cnsmo/cnsmo/driver/execdriver"
 	"github.com/cnsmo/cnsmo/internal/testutil"
 	"github.com/cnsmo/cnsmo/mocknuvla"
@@ -155,6 +156,7 @@ func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
 
 // lab is the simulated deployment: mocknuvla, the namespaces and the roles.
 type lab struct {
+	docker bool
 	t      testing.TB
 	id     string
 	mock   *mocknuvla.Server
@@ -168,9 +170,10 @@ type lab struct {
 }
 
 type host struct {
-	ns   string
-	veth string // the member's underlay interface
-	addr string // underlay IPv4
+	ns        string
+	veth      string // the member's underlay interface
+	addr      string // underlay IPv4
+	container string // the VM container (docker lab)
 }
 
 type member struct {
@@ -185,10 +188,19 @@ type member struct {
 
 var labSeq atomic.Int64
 
-func newLab(t testing.TB, hosts int, device string) *lab {
+func newLab(t testing.TB, hosts int, device string) *lab { return newLabWith(t, hosts, device, false) }
+
+// newLabWith builds the lab; with docker, every "VM" is a container (network none, its
+// namespace named with `ip netns attach`) and the roles use the Docker driver, which puts the
+// OpenVPN functions and the ping one-shots into the VM's namespace (container:<vm>).
+func newLabWith(t testing.TB, hosts int, device string, docker bool) *lab {
 	testutil.RequireRoot(t)
+	if docker {
+		testutil.RequireImage(t, DefaultImage)
+		testutil.RequireBinary(t, "docker")
+	}
 	testutil.RequireBinary(t, "ip", "openvpn", "ping")
-	l := &lab{t: t, id: fmt.Sprintf("%04d", (time.Now().UnixNano()/1000+labSeq.Add(1))%10000), base: t.TempDir(), hosts: map[string]*host{}, roles: map[string]*member{}}
+	l := &lab{docker: docker, t: t, id: fmt.Sprintf("%04d", (time.Now().UnixNano()/1000+labSeq.Add(1))%10000), base: t.TempDir(), hosts: map[string]*host{}, roles: map[string]*member{}}
 	l.bridge = "cvb" + l.id
 	run(t, "ip", "netns", "add", l.bridge)
 	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", l.bridge).Run() })
@@ -200,7 +212,17 @@ func newLab(t testing.TB, hosts int, device string) *lab {
 			name = strconv.Itoa(i)
 		}
 		h := &host{ns: "cv" + name + l.id, veth: "u" + name + l.id, addr: fmt.Sprintf("198.18.240.%d", i+1)}
-		run(t, "ip", "netns", "add", h.ns)
+		if docker {
+			h.container = "cnsmo-vpntest-" + h.ns
+			run(t, "docker", "run", "-d", "--name", h.container, "--network", "none", "--label", "cnsmo.vpntest=1",
+				"--sysctl", "net.ipv6.conf.all.disable_ipv6=0", "--sysctl", "net.ipv6.conf.default.disable_ipv6=0", DefaultImage, "sleep", "infinity")
+			ctr := h.container
+			t.Cleanup(func() { _ = exec.Command("docker", "rm", "-f", ctr).Run() })
+			pid := strings.TrimSpace(run(t, "docker", "inspect", "-f", "{{.State.Pid}}", h.container))
+			run(t, "ip", "netns", "attach", h.ns, pid)
+		} else {
+			run(t, "ip", "netns", "add", h.ns)
+		}
 		ns := h.ns
 		t.Cleanup(func() {
 			// Processes left in the namespace (a role stopped without teardown) end with it.
@@ -263,21 +285,40 @@ func (l *lab) start(instance, hostName string) *member {
 		ssclient.WithPoll(50*time.Millisecond, 500*time.Millisecond))
 	require.NoError(t, err)
 	dir := filepath.Join(l.base, instance)
-	ed, err := execdriver.New(driver.Owner{Run: l.uuid, Instance: instance}, filepath.Join(dir, "exec"))
-	require.NoError(t, err)
-	env := role.Env{Params: c, Driver: nsDriver{Driver: ed, ns: h.ns}, Instance: instance, StateDir: filepath.Join(dir, "state"),
-		UseVPN: true, Exec: true, Log: zerolog.New(zerolog.NewTestWriter(t)).With().Str("instance", instance).Logger().Level(zerolog.InfoLevel)}
+	var drv driver.Driver
+	if l.docker {
+		dd, err := dockerdriver.New(driver.Owner{Run: l.uuid, Instance: instance}, dockerdriver.WithNetwork("container:"+h.container))
+		require.NoError(t, err)
+		t.Cleanup(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			_ = dd.Cleanup(ctx)
+		})
+		drv = dd
+	} else {
+		ed, err := execdriver.New(driver.Owner{Run: l.uuid, Instance: instance}, filepath.Join(dir, "exec"))
+		require.NoError(t, err)
+		drv = nsDriver{Driver: ed, ns: h.ns}
+	}
+	env := role.Env{Params: c, Driver: drv, Instance: instance, StateDir: filepath.Join(dir, "state"),
+		UseVPN: true, Exec: !l.docker, Log: zerolog.New(zerolog.NewTestWriter(t)).With().Str("instance", instance).Logger().Level(zerolog.InfoLevel)}
 	dial, addrs, del := nsHooks(h.ns)
 	m := &member{instance: instance, host: h, client: c, done: make(chan struct{})}
 	var services []role.Service
 	if instance == "cnsmo.1" {
 		s := newServer(env)
-		s.Dir, s.Dial, s.Addrs, s.DelLink = filepath.Join(dir, "fn"), dial, addrs, del
+		s.Dial, s.Addrs, s.DelLink = dial, addrs, del
+		if !l.docker {
+			s.Dir = filepath.Join(dir, "fn")
+		}
 		services = []role.Service{&orchestrator.Core{Params: c}, s}
 		m.svc = s
 	} else {
 		cl := newClient(env)
-		cl.Dir, cl.Addrs, cl.DelLink = filepath.Join(dir, "fn"), addrs, del
+		cl.Addrs, cl.DelLink = addrs, del
+		if !l.docker {
+			cl.Dir = filepath.Join(dir, "fn")
+		}
 		services = []role.Service{cl}
 		m.svc = cl
 	}
@@ -599,4 +640,26 @@ func TestVPNTunDevice(t *testing.T) {
 	require.NoError(t, l.ping(w1.host, l.param("web.2:"+params.VPNAddress)))
 	require.NoError(t, l.ping(w1.host, l.param("web.2:"+params.VPNAddress6)))
 	require.NoError(t, l.ping(w2.host, l.param("web.1:"+params.VPNAddress6)))
+}
+
+// TestVPNDockerDriver: the roles with the Docker driver, OpenVPN and the readiness pings in
+// containers sharing each simulated VM's namespace (as on the testbed); teardown leaves no
+// container and no device behind.
+func TestVPNDockerDriver(t *testing.T) {
+	l := newLabWith(t, 2, "tap", true)
+	l.start("cnsmo.1", "s")
+	w1 := l.start("web.1", "1")
+	w2 := l.start("web.2", "2")
+	l.waitReady(120*time.Second, "web.1", "web.2")
+	require.NoError(t, l.ping(w1.host, l.param("web.2:"+params.VPNAddress)))
+	require.NoError(t, l.ping(w1.host, l.param("web.2:"+params.VPNAddress6)))
+	require.NoError(t, l.ping(w2.host, l.param("web.1:"+params.VPNAddress)))
+
+	l.stopAll()
+	out := run(t, "docker", "ps", "-a", "-q", "--filter", "label=cnsmo.run="+l.uuid)
+	require.Empty(t, strings.TrimSpace(out), "containers left after teardown")
+	for _, h := range []*host{l.hosts["s"], w1.host, w2.host} {
+		_, err := nsRun(h.ns, "ip", "link", "show", Device)
+		require.Error(t, err, "device left in %s", h.ns)
+	}
 }

@@ -302,6 +302,9 @@ func (s *Server) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error)
 	if err != nil {
 		return false, fmt.Errorf("vpn: status of %s: %w", ServerFunction, err)
 	}
+	if st.State == driver.StateExited {
+		logTail(ctx, s.env, ServerFunction, st)
+	}
 	if h := driver.Hash(spec); st.State != driver.StateRunning || h != s.specKey {
 		if err := s.env.Driver.Start(ctx, spec); err != nil {
 			return false, fmt.Errorf("vpn: start openvpn server: %w", err)
