@@ -1,22 +1,3 @@
-// Package vpn is the multi-cloud VPN: an OpenVPN 2.6 hub on the CNSMO server VM and one client
-// on every application VM, with client-to-client routing. No private key leaves its VM: the
-// server's CA (package pki) signs the certificate request each client publishes in its own
-// vpn.csr, and only if its subject is that instance. Each member gets a stable address (IPv4 and
-// IPv6, same host index) from the overlay prefixes; scale-in revokes the removed instance's
-// certificate (CRL re-read by OpenVPN on every connection), closes its connection and frees its
-// address for the next new client.
-//
-// Parameters (names in package params):
-//
-//	server instance: vpn.server.nodeinstanceid, vpn.ca.cert, vpn.crl, vpn.server.endpoint
-//	                 (host:port/udp), vpn.address, vpn.address6 (its own overlay addresses),
-//	                 net.i2cat.cnsmo.service.vpn.server.listening, net.i2cat.cnsmo.service.vpn.ready;
-//	                 inputs vpn.subnet, vpn.subnet6, vpn.port, vpn.device.
-//	client instance: vpn.csr (the client), vpn.cert (the server), and, once the tunnel answers,
-//	                 vpn.address, vpn.address6, net.i2cat.cnsmo.service.vpn.client.listening (the
-//	                 client, with the addresses its device really has).
-//
-// Every instance of every node of the run other than the server is a client.
 package vpn
 
 import (
