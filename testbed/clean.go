@@ -124,10 +124,11 @@ func isRemovalInProgress(err error) bool {
 	return strings.Contains(err.Error(), "is already in progress")
 }
 
-// CleanResult says what Clean did with each slot.
+// CleanResult says what Clean did.
 type CleanResult struct {
 	Cleaned []int // slots whose leftovers were removed (or had none)
 	InUse   []int // slots held by a running testbed, left alone
+	Orphans int   // cnsmo containers left in the namespace of a container that no longer exists
 }
 
 // Clean removes the leftovers of crashed tests and demos in every slot. Slots whose lock a live
@@ -161,5 +162,41 @@ func Clean(ctx context.Context, force bool) (CleanResult, error) {
 			f.Close()
 		}
 	}
+	n, err := removeOrphans(ctx, cli)
+	res.Orphans = n
+	if err != nil {
+		errs = append(errs, err)
+	}
 	return res, errors.Join(errs...)
+}
+
+// removeOrphans removes the cnsmo-labelled containers whose network mode is container:<x> where
+// x no longer exists (a VM removed by something else before its functions): they can never run
+// again and belong to no slot any more.
+func removeOrphans(ctx context.Context, cli *client.Client) (int, error) {
+	all, err := cli.ContainerList(ctx, container.ListOptions{All: true})
+	if err != nil {
+		return 0, fmt.Errorf("testbed: list containers: %w", err)
+	}
+	exists := map[string]bool{}
+	for _, c := range all {
+		markNames(exists, c)
+	}
+	var orphans []string
+	for _, c := range all {
+		ref, ok := strings.CutPrefix(c.HostConfig.NetworkMode, "container:")
+		if ok && !refers(exists, ref) && cnsmoLabelled(c) {
+			orphans = append(orphans, c.ID)
+		}
+	}
+	return len(orphans), errors.Join(removeAll(ctx, cli, orphans)...)
+}
+
+func cnsmoLabelled(c container.Summary) bool {
+	for k := range c.Labels {
+		if strings.HasPrefix(k, "cnsmo.") {
+			return true
+		}
+	}
+	return false
 }

@@ -81,6 +81,18 @@ func TestCleanAfterCrash(t *testing.T) {
 		&container.HostConfig{NetworkMode: container.NetworkMode("container:" + crashed.VM("x").Container)}, nil, nil, "")
 	require.NoError(t, err)
 	require.NoError(t, cli.ContainerStart(ctx, fn.ID, container.StartOptions{}))
+	// An orphan: a function whose VM something else removed.
+	vm, err := cli.ContainerCreate(ctx, &container.Config{Image: DefaultImage, Cmd: []string{"sleep", "300"}},
+		&container.HostConfig{NetworkMode: "none"}, nil, nil, "")
+	require.NoError(t, err)
+	require.NoError(t, cli.ContainerStart(ctx, vm.ID, container.StartOptions{}))
+	orphan, err := cli.ContainerCreate(ctx, &container.Config{Image: DefaultImage, Cmd: []string{"sleep", "300"},
+		Labels: map[string]string{"cnsmo.run": "tb-clean-test"}},
+		&container.HostConfig{NetworkMode: container.NetworkMode("container:" + vm.ID)}, nil, nil, "")
+	require.NoError(t, err)
+	require.NoError(t, cli.ContainerStart(ctx, orphan.ID, container.StartOptions{}))
+	require.NoError(t, cli.ContainerRemove(ctx, vm.ID, container.RemoveOptions{Force: true}))
+	t.Cleanup(func() { _ = held.Docker().ContainerRemove(context.Background(), orphan.ID, container.RemoveOptions{Force: true}) })
 	// The crash: the lock goes with the process, everything else stays.
 	crashed.closeOnce.Do(func() { crashed.lock.Close(); crashed.cli.Close() })
 
@@ -89,6 +101,7 @@ func TestCleanAfterCrash(t *testing.T) {
 	require.Contains(t, res.Cleaned, slot)
 	require.Contains(t, res.InUse, held.Slot())
 	require.False(t, slices.Contains(res.Cleaned, held.Slot()))
+	require.GreaterOrEqual(t, res.Orphans, 1)
 
 	docker, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
 	require.NoError(t, err)
@@ -99,6 +112,8 @@ func TestCleanAfterCrash(t *testing.T) {
 	require.Empty(t, left)
 	_, err = docker.ContainerInspect(ctx, fn.ID)
 	require.True(t, errdefs.IsNotFound(err), "the function in the crashed VM's namespace is removed: %v", err)
+	_, err = docker.ContainerInspect(ctx, orphan.ID)
+	require.True(t, errdefs.IsNotFound(err), "the orphaned function is removed: %v", err)
 	_, err = netlink.LinkByName(hostLink(slot))
 	require.Error(t, err, "the host link is removed")
 

@@ -68,7 +68,7 @@ func clean(force bool, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "cnsmo-testbed: clean (%d slots checked)\n", len(res.Cleaned))
+	fmt.Fprintf(stdout, "cnsmo-testbed: clean (%d slots checked, %d orphaned functions removed)\n", len(res.Cleaned), res.Orphans)
 	return nil
 }
 
