@@ -35,6 +35,7 @@ type Loop struct {
 	Kick <-chan struct{}
 
 	lastDisplay string
+	wasReady    map[string]bool // services that have been ready at least once
 }
 
 // ErrRunAborted is returned by Run when the run's abort flag was raised.
@@ -118,7 +119,17 @@ func (l *Loop) pass(ctx context.Context, me string) (wait bool, err error) {
 		return false, ErrRunAborted
 	}
 	allReady := true
-	for _, s := range l.Services {
+	if l.wasReady == nil {
+		l.wasReady = map[string]bool{}
+	}
+	for i, s := range l.Services {
+		// Order on the way up: a service is first reconciled once every service before it has
+		// been ready (the firewall and the load balancer start on overlay addresses). Later, an
+		// earlier service going unready (a VPN client missing) does not freeze the others: the
+		// load balancer must keep following scale events while a stopped VM's tunnel is down.
+		if i > 0 && !l.wasReady[l.Services[i-1].Name()] {
+			break
+		}
 		ready, err := s.Reconcile(ctx, run)
 		if err != nil {
 			if role.IsTerminal(err) || errors.Is(err, ssclient.ErrAborted) || ctx.Err() != nil {
@@ -130,10 +141,13 @@ func (l *Loop) pass(ctx context.Context, me string) (wait bool, err error) {
 			break
 		}
 		if !ready {
-			l.display(ctx, fmt.Sprintf("cnsmo: waiting for %s", s.Name()))
+			if allReady {
+				l.display(ctx, fmt.Sprintf("cnsmo: waiting for %s", s.Name()))
+			}
 			allReady = false
-			break
+			continue
 		}
+		l.wasReady[s.Name()] = true
 	}
 	if l.OnPass != nil {
 		defer l.OnPass(allReady)

@@ -196,3 +196,36 @@ func TestParseServices(t *testing.T) {
 		require.EqualError(t, err, msg, in)
 	}
 }
+
+// flakyService is ready from its second pass on, except on the passes listed in down.
+type flakyService struct {
+	fakeService
+	down map[int]bool
+}
+
+func (s *flakyService) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error) {
+	ready, err := s.fakeService.Reconcile(ctx, run)
+	return ready && !s.down[s.passes], err
+}
+
+func TestLoopKeepsReconcilingLaterServicesWhenAnEarlierOneGoesUnready(t *testing.T) {
+	p := newFake("cnsmo.1")
+	vpn := &flakyService{fakeService: fakeService{name: "vpn", after: 1}, down: map[int]bool{3: true, 4: true, 5: true}}
+	lb := &fakeService{name: "lb"}
+	l := fastLoop(p, vpn, lb)
+	ctx, cancel := context.WithCancel(context.Background())
+	var notReady int
+	l.OnPass = func(all bool) {
+		if !all && vpn.passes >= 3 {
+			notReady++
+		}
+		if vpn.passes == 7 {
+			cancel()
+		}
+	}
+	require.ErrorIs(t, l.Run(ctx), context.Canceled)
+	// lb waits for the VPN's first readiness (pass 2), then follows every pass, also the three
+	// passes (3-5) when the VPN was down again.
+	assert.Equal(t, vpn.passes-1, lb.passes)
+	assert.Equal(t, 3, notReady, "the passes with the VPN down are not all-ready")
+}

@@ -74,10 +74,10 @@ var Table = []Spec{
 	{VPNCert, "VPN server (on the client's instance)", "VPN client", "PEM certificate signed by the VPN's CA"},
 	{VPNClientListening, "VPN client, when the server answers through the tunnel", "VPN server", "`true`"},
 	{VPNReady, "VPN server, when every current client is connected", "agents, recipes", "`true`"},
-	{VPNAddress, "VPN server assigns, VPN client confirms once its interface has it", "application, load balancer", "IPv4 address in the overlay"},
-	{VPNAddress6, "VPN server assigns, VPN client confirms", "application", "IPv6 address in the overlay"},
-	{VPNSubnet, "developer (input of the CNSMO server component)", "VPN server", "IPv4 prefix; default 100.100.0.0/16"},
-	{VPNSubnet6, "developer (input of the CNSMO server component)", "VPN server", "IPv6 /64 prefix; default a ULA prefix"},
+	{VPNAddress, "VPN client, once its interface has it and the server answers through the tunnel (the server: its own)", "application, load balancer", "IPv4 address in the overlay, stable across restarts"},
+	{VPNAddress6, "VPN client, with vpn.address (the server: its own)", "application", "IPv6 address in the overlay, same host index as vpn.address"},
+	{VPNSubnet, "developer (input of the CNSMO server component)", "VPN server", "IPv4 prefix, /8 to /29; default 100.96.0.0/16 (in 100.64.0.0/10, clear of clouds' private ranges)"},
+	{VPNSubnet6, "developer (input of the CNSMO server component)", "VPN server", "IPv6 prefix, /64 to /124; default fd63:6e73:6d6f::/64 (a ULA prefix)"},
 	{VPNPort, "developer (input of the CNSMO server component)", "VPN server", "UDP port; default 1194"},
 	{VPNDevice, "developer (input of the CNSMO server component)", "VPN server and clients", "`tap` (default) or `tun`"},
 	{FWRules, "developer (input of each application component)", "agent", "JSON list of rules (see Firewall)"},
@@ -91,4 +91,9 @@ var Table = []Spec{
 	{LBReady, "server, when HAProxy accepts connections and a backend is up", "recipes, operators", "`true`"},
 	{URLService, "server (load balancer)", "users", "`host:port` of the load balancer"},
 	{SSURLService, "server (load balancer)", "Nuvla UI", "`host:port` of the load balancer"},
+}
+
+// Row is s as a row of the README's parameter table.
+func (s Spec) Row() string {
+	return "| `" + s.Name + "` | " + s.Writer + " | " + s.Reader + " | " + s.Format + " |"
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"sort"
 	"strconv"
 	"strings"
 
@@ -103,4 +104,20 @@ func Distribution(ctx context.Context, vm *testbed.VM, addr string, port, n int)
 		counts[strings.TrimSpace(l)]++
 	}
 	return counts, nil
+}
+
+// KeyLeaks scans every parameter of the run (removed instances' included) for private key
+// material and returns the keys that hold some, with the number of parameters scanned.
+func (d *Deployment) KeyLeaks() (leaks []string, scanned int, err error) {
+	all, err := d.Mock.Params(d.Run.UUID)
+	if err != nil {
+		return nil, 0, err
+	}
+	for k, p := range all {
+		if strings.Contains(p.Value, "PRIVATE KEY") || strings.Contains(p.Value, "BEGIN OpenVPN Static key") {
+			leaks = append(leaks, k)
+		}
+	}
+	sort.Strings(leaks)
+	return leaks, len(all), nil
 }

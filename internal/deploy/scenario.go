@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/netip"
 	"sort"
 	"strings"
 	"time"
@@ -59,8 +60,8 @@ func AppDefinition() (*mocknuvla.Deployment, error) {
 	return def, nil
 }
 
-// Services are the services the scenarios enable: the VPN is not in this version yet.
-const Services = `["fw","lb"]`
+// Services are the services the scenarios enable.
+const Services = `["vpn","fw","lb"]`
 
 // VPN reports whether the scenarios enable the VPN.
 func VPN() bool { return strings.Contains(Services, "vpn") }
@@ -87,6 +88,8 @@ type Report struct {
 	JoinTime  time.Duration // from its start to its net.services.enabled
 	JoinPings []Ping
 	JoinLB    map[string]int
+	Scanned   int      // parameters scanned for private keys
+	Leaks     []string // parameters holding private key material (must be none)
 	Failures  []string
 }
 
@@ -222,7 +225,36 @@ func RunFull(ctx context.Context, tb *testbed.Testbed, driver string, progress i
 	if r.JoinLB[r.Joined] == 0 {
 		r.fail("scale-out: the load balancer never sent a request to %s", r.Joined)
 	}
+	if VPN() {
+		r.checkAddresses()
+		r.Leaks, r.Scanned, err = d.KeyLeaks()
+		if err != nil {
+			return r, d, err
+		}
+		for _, k := range r.Leaks {
+			r.fail("vpn: parameter %s holds private key material", k)
+		}
+	}
 	return r, d, nil
+}
+
+// checkAddresses checks every instance has overlay addresses in the test prefixes, none shared.
+func (r *Report) checkAddresses() {
+	v4, v6 := netip.MustParsePrefix(TestSubnet), netip.MustParsePrefix(TestSubnet6)
+	seen := map[string]string{}
+	for in, a := range r.Addresses {
+		for i, p := range []netip.Prefix{v4, v6} {
+			addr, err := netip.ParseAddr(a[i])
+			if err != nil || !p.Contains(addr) {
+				r.fail("vpn: %s has address %q, not in %s", in, a[i], p)
+				continue
+			}
+			if other, dup := seen[a[i]]; dup {
+				r.fail("vpn: %s and %s share the address %s", in, other, a[i])
+			}
+			seen[a[i]] = in
+		}
+	}
 }
 
 // Print writes the human report of the demo.
@@ -244,6 +276,9 @@ func (r *Report) Print(w io.Writer) {
 	}
 	printMatrix(w, "== ping matrix (IPv4 overlay)", ins, r.Pings)
 	printMatrix(w, "== ping matrix (IPv6 overlay)", ins, r.Pings6)
+	if VPN() && r.Scanned > 0 {
+		fmt.Fprintf(w, "\n== private keys in the run's parameters: %d found in %d parameters scanned\n", len(r.Leaks), r.Scanned)
+	}
 	fmt.Fprintf(w, "\n== firewall (rule: drop tcp %d from anywhere)\n", BlockedPort)
 	for _, c := range r.FW {
 		verdict := "ok  "

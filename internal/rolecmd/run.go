@@ -23,6 +23,7 @@ import (
 	"github.com/cnsmo/cnsmo/roles/fw"
 	"github.com/cnsmo/cnsmo/roles/lb"
 	"github.com/cnsmo/cnsmo/roles/role"
+	"github.com/cnsmo/cnsmo/roles/vpn"
 	"github.com/cnsmo/cnsmo/ssclient"
 )
 
@@ -94,12 +95,6 @@ func Run(ctx context.Context, opts Options, log zerolog.Logger) error {
 	if err != nil {
 		return err
 	}
-	if has(services, "vpn") {
-		// The VPN service is not built into this version: say so where the developer looks.
-		err := fmt.Errorf("%s: service \"vpn\" is not available in this version of cnsmo-role (available: fw, lb)", params.ServicesEnable)
-		_ = client.Abort(context.WithoutCancel(ctx), "cnsmo on "+me+": "+err.Error())
-		return err
-	}
 	drv, err := newDriver(ctx, opts.Driver, driver.Owner{Run: cfg.RunUUID, Instance: me}, opts.StateDir)
 	if err != nil {
 		return err
@@ -115,10 +110,16 @@ func Run(ctx context.Context, opts Options, log zerolog.Logger) error {
 	var list []role.Service
 	if opts.Server {
 		list = append(list, &orchestrator.Core{Params: client})
+		if has(services, "vpn") {
+			list = append(list, vpn.NewServer(env("vpn")))
+		}
 		if has(services, "lb") {
 			list = append(list, lb.New(env("lb")))
 		}
 	} else {
+		if has(services, "vpn") {
+			list = append(list, vpn.NewClient(env("vpn")))
+		}
 		if has(services, "fw") {
 			list = append(list, fw.New(env("fw")))
 		}
