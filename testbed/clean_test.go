@@ -92,7 +92,9 @@ func TestCleanAfterCrash(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, cli.ContainerStart(ctx, orphan.ID, container.StartOptions{}))
 	require.NoError(t, cli.ContainerRemove(ctx, vm.ID, container.RemoveOptions{Force: true}))
-	t.Cleanup(func() { _ = held.Docker().ContainerRemove(context.Background(), orphan.ID, container.RemoveOptions{Force: true}) })
+	t.Cleanup(func() {
+		_ = held.Docker().ContainerRemove(context.Background(), orphan.ID, container.RemoveOptions{Force: true})
+	})
 	// The crash: the lock goes with the process, everything else stays.
 	crashed.closeOnce.Do(func() { crashed.lock.Close(); crashed.cli.Close() })
 
