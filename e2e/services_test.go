@@ -2,14 +2,17 @@ package e2e
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/cnsmo/cnsmo/internal/deploy"
+	"github.com/cnsmo/cnsmo/internal/hoststate"
 	"github.com/cnsmo/cnsmo/internal/testutil"
 	"github.com/cnsmo/cnsmo/params"
+	"github.com/cnsmo/cnsmo/roles/lb"
 	"github.com/cnsmo/cnsmo/testbed"
 )
 
@@ -120,14 +123,23 @@ func TestFirewallLiveUpdate(t *testing.T) {
 	}
 }
 
-// The load balancer follows the backends: a stopped backend VM is taken out by the health
-// checks (no failed request afterwards), scale-in removes a backend.
+// The load balancer follows the backends, with backends at their hostname (VPN off) and at
+// their vpn.address (VPN on): 300 roundrobin requests split evenly; a stopped backend VM is taken
+// out by the health checks (no failed request afterwards); a fourth backend added by scale-out
+// receives traffic (also while the stopped VM's tunnel is down); scaled in, it stops.
 func TestLoadBalancerFollowsBackends(t *testing.T) {
+	for _, c := range []struct{ name, services string }{{"hostname", `["lb"]`}, {"vpn", `["vpn","lb"]`}} {
+		t.Run(c.name, func(t *testing.T) { testLBFollows(t, c.services, c.name == "vpn") })
+	}
+}
+
+func testLBFollows(t *testing.T, services string, useVPN bool) {
 	requireBin(t)
 	testutil.RequireImage(t, "cnsmo/haproxy:latest")
 	tb := testbed.New(t, testbed.Options{Clouds: deploy.FullClouds})
-	ctx := context.Background()
-	d, err := start(t, tb, "docker", [][3]string{{"cnsmo", params.ServicesEnable, `["lb"]`}}, true)
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	defer cancel()
+	d, err := start(t, tb, "docker", [][3]string{{"cnsmo", params.ServicesEnable, services}}, true)
 	require.NoError(t, err)
 	server, client := d.VMOf("cnsmo.1"), d.VMOf("web.1")
 	counts, err := deploy.Distribution(ctx, client, server.PublicAddr, deploy.WebPort, 300)
@@ -137,6 +149,20 @@ func TestLoadBalancerFollowsBackends(t *testing.T) {
 	}
 	require.Equal(t, "true", d.Param("cnsmo.1:"+params.LBReady))
 	require.Equal(t, server.PublicAddr+":8080", d.Param("ss:url.service"))
+
+	// The backends' addresses in the running HAProxy's configuration.
+	conf := haproxyConfig(t, ctx, d)
+	for _, w := range []string{"web.1", "web.2", "web.3"} {
+		want, other := d.VMOf(w).PublicAddr, d.Param(w+":"+params.VPNAddress)
+		if useVPN {
+			want, other = other, want
+			require.NotEmpty(t, want, "%s has a vpn.address", w)
+		}
+		require.Contains(t, conf, " "+want+":8080 check", "%s addressed at %s", w, want)
+		if other != "" {
+			require.NotContains(t, conf, " "+other+":", "%s not addressed at %s", w, other)
+		}
+	}
 
 	// Stop web.3's VM: after the health checks (inter 500 ms, fall 2) no request fails.
 	require.NoError(t, d.VMOf("web.3").Stop(ctx))
@@ -153,19 +179,53 @@ func TestLoadBalancerFollowsBackends(t *testing.T) {
 	require.Zero(t, after[""], "no request fails once the backend is marked down: %v", after)
 	require.Zero(t, after["web.3"])
 
-	// Scale in web.2: it stops receiving requests.
-	require.NoError(t, d.Mock.ScaleDown(d.Run.UUID, "web", []int{2}))
-	_, err = d.Recipe(ctx, "cnsmo.1", "onvmremove.sh", "SLIPSTREAM_SCALING_NODE=web", "SLIPSTREAM_SCALING_VMS=web.2")
+	// Scale out: web.4 joins (web.3 is still in the run, its tunnel down) and receives traffic.
+	names, err := d.Mock.ScaleUp(d.Run.UUID, "web", 1)
 	require.NoError(t, err)
+	require.NoError(t, d.Mock.SetState(d.Run.UUID, "Ready"))
+	joined := names[0]
+	require.NoError(t, d.Adopt(ctx, joined, "web4"))
+	require.NoError(t, deploy.ServeName(ctx, d.VMOf(joined), joined, deploy.WebPort, deploy.BlockedPort))
+	require.NoError(t, d.Launch(ctx, joined))
+	_, err = d.Recipe(ctx, "cnsmo.1", "onvmadd.sh", "SLIPSTREAM_SCALING_NODE=web", "SLIPSTREAM_SCALING_VMS="+joined)
+	require.NoError(t, err)
+	wctx, wcancel := context.WithTimeout(ctx, 2*time.Minute)
+	require.NoError(t, d.WaitEnabled(wctx, joined))
+	wcancel()
 	for i := 0; i < 30; i++ {
 		last, err = deploy.Distribution(ctx, client, server.PublicAddr, deploy.WebPort, 20)
 		require.NoError(t, err)
-		if last["web.2"] == 0 {
+		if last[joined] > 0 {
 			break
 		}
 	}
-	require.Zero(t, last["web.2"], "scaled-in backend gets no traffic: %v", last)
+	require.Positive(t, last[joined], "the new backend %s receives traffic: %v", joined, last)
+	require.Zero(t, last[""], "no request fails while it joins: %v", last)
+
+	// Scale in the new backend (its VM goes away): it stops receiving requests.
+	require.NoError(t, d.VMOf(joined).Stop(ctx))
+	require.NoError(t, d.Mock.ScaleDown(d.Run.UUID, "web", []int{4}))
+	require.NoError(t, d.Mock.SetState(d.Run.UUID, "Ready"))
+	_, err = d.Recipe(ctx, "cnsmo.1", "onvmremove.sh", "SLIPSTREAM_SCALING_NODE=web", "SLIPSTREAM_SCALING_VMS="+joined)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return !strings.Contains(haproxyConfig(t, ctx, d), joined) }, time.Minute, 200*time.Millisecond,
+		"the scaled-in backend leaves HAProxy's configuration")
 	steady, err := deploy.Distribution(ctx, client, server.PublicAddr, deploy.WebPort, 40)
 	require.NoError(t, err)
-	require.Equal(t, map[string]int{"web.1": 40}, steady, "after the reload every request reaches the remaining backend")
+	require.Equal(t, 40, steady["web.1"]+steady["web.2"], "after the reload every request reaches a remaining backend: %v", steady)
+	require.InDelta(t, 20, steady["web.1"], 2, "roundrobin between web.1 and web.2: %v", steady)
+}
+
+// haproxyConfig reads the configuration of the run's running HAProxy.
+func haproxyConfig(t *testing.T, ctx context.Context, d *deploy.Deployment) string {
+	t.Helper()
+	for _, n := range ownedContainers(t, ctx, d.Run.UUID) {
+		if strings.Contains(n, "lb-haproxy") && !strings.Contains(n, "check") {
+			out, err := hoststate.Host(ctx, "docker", "exec", n, "cat", lb.ConfigPath)
+			require.NoError(t, err)
+			return out
+		}
+	}
+	t.Fatal("no HAProxy container in the run")
+	return ""
 }

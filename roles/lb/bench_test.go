@@ -73,7 +73,7 @@ func TestBenchLB(t *testing.T) {
 	cfg := Config{Port: freePort(t), BackendPort: backendPort, Mode: "roundrobin", CheckInter: 500, Fall: 2, Rise: 2, StatsPort: freePort(t)}
 	one := []Backend{{Instance: "web.1", Addr: netip.MustParseAddr("127.0.0.1")}}
 	r := &Role{Driver: d}
-	if err := r.apply(ctx, Render(cfg, one), driver.Status{}); err != nil {
+	if err := r.apply(ctx, cfg.StatsPort, Render(cfg, one), driver.Status{}); err != nil {
 		t.Fatal(err)
 	}
 	for i := 0; ; i++ { // until HAProxy answers
@@ -121,7 +121,7 @@ func TestBenchLB(t *testing.T) {
 		if i%2 == 1 {
 			set = one
 		}
-		if err := r.apply(ctx, Render(cfg, set), driver.Status{State: driver.StateRunning}); err != nil {
+		if err := r.apply(ctx, cfg.StatsPort, Render(cfg, set), driver.Status{State: driver.StateRunning}); err != nil {
 			t.Fatal(err)
 		}
 		time.Sleep(100 * time.Millisecond) // the load runs between changes: this paces the changes, it waits for nothing

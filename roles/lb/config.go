@@ -144,11 +144,18 @@ func Render(cfg Config, backends []Backend) string {
 	w("# Rendered by cnsmo-role; do not edit: it is replaced on every change of the backends.")
 	w("global")
 	w("    master-worker")
-	w("    stats socket ipv4@127.0.0.1:%d level admin expose-fd listeners", cfg.StatsPort)
+	// The role's runtime API (show stat) on loopback; the unix socket hands the listening sockets
+	// to the next worker on a reload (the master adds -x with it): no connection is refused.
+	w("    stats socket ipv4@127.0.0.1:%d level admin", cfg.StatsPort)
+	w("    stats socket %s mode 600 level admin expose-fd listeners", SocketPath)
 	w("    maxconn 4096")
+	w("    server-state-file %s", StatePath)
 	w("")
 	w("defaults")
 	w("    mode tcp")
+	// A reloaded worker starts from the servers' last known states (a backend known DOWN stays
+	// DOWN until a check says otherwise, instead of getting requests as a fresh server would).
+	w("    load-server-state-from-file global")
 	w("    option tcplog")
 	w("    option redispatch")
 	w("    retries 3")

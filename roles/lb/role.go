@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -25,6 +26,10 @@ import (
 // Paths inside the function's filesystem (the container, or the VM for the exec driver).
 const (
 	ConfigPath = "/var/lib/cnsmo/lb/haproxy.cfg"
+	// SocketPath is HAProxy's unix stats socket, through which a reload passes the listeners.
+	SocketPath = "/var/lib/cnsmo/lb/haproxy.sock"
+	// StatePath holds the servers' states saved just before a reload.
+	StatePath = "/var/lib/cnsmo/lb/server-state"
 	checkPath  = "/var/lib/cnsmo/lb/haproxy.check.cfg"
 	// FunctionName is the driver name of the HAProxy function.
 	FunctionName = "lb-haproxy"
@@ -40,6 +45,8 @@ type Role struct {
 	Log    zerolog.Logger
 	// UseVPN addresses backends at their vpn.address instead of their hostname.
 	UseVPN bool
+	// Exec: functions run on this VM's filesystem (the exec driver); teardown removes the socket.
+	Exec bool
 	// Dial opens a TCP connection to the local HAProxy (the runtime API and the readiness probe);
 	// nil means net.Dialer on the host's namespace.
 	Dial func(ctx context.Context, addr string) (net.Conn, error)
@@ -49,7 +56,7 @@ type Role struct {
 
 // New returns the load balancer of the instance described by env (the CNSMO server).
 func New(env role.Env) *Role {
-	return &Role{Params: env.Params, Driver: env.Driver, Log: env.Log, UseVPN: env.UseVPN}
+	return &Role{Params: env.Params, Driver: env.Driver, Log: env.Log, UseVPN: env.UseVPN, Exec: env.Exec}
 }
 
 // Name implements role.Service.
@@ -79,7 +86,7 @@ func (r *Role) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error) {
 			_ = r.Params.Display(ctx, "lb: configuration rejected by haproxy -c, old one kept: "+firstLine(err.Error()))
 			return false, err
 		}
-		if err := r.apply(ctx, conf, st); err != nil {
+		if err := r.apply(ctx, cfg.StatsPort, conf, st); err != nil {
 			return false, err
 		}
 		r.Log.Info().Str("service", "lb").Int("backends", len(backends)).Msg("haproxy configuration applied")
@@ -171,10 +178,18 @@ func (r *Role) check(ctx context.Context, conf string) error {
 
 // apply starts HAProxy with conf, or hands conf to the running master and reloads it (SIGUSR2):
 // in master-worker mode the new worker takes over the listening sockets, so no connection drops.
-func (r *Role) apply(ctx context.Context, conf string, st driver.Status) error {
+func (r *Role) apply(ctx context.Context, statsPort int, conf string, st driver.Status) error {
 	file := driver.File{Path: ConfigPath, Mode: 0o644, Data: []byte(conf)}
 	if st.State == driver.StateRunning {
-		if err := r.Driver.PutFiles(ctx, FunctionName, []driver.File{file}); err != nil {
+		files := []driver.File{file}
+		// The servers' current states go to the next worker (no request to a backend already
+		// known DOWN). Without them the reload still happens: fresh servers start UP.
+		if state, err := r.runtimeAPI(ctx, statsPort, "show servers state"); err == nil {
+			files = append(files, driver.File{Path: StatePath, Mode: 0o644, Data: []byte(state)})
+		} else {
+			r.Log.Warn().Err(err).Str("service", "lb").Msg("server states not saved before the reload")
+		}
+		if err := r.Driver.PutFiles(ctx, FunctionName, files); err != nil {
 			return fmt.Errorf("lb: write haproxy.cfg: %w", err)
 		}
 		if err := r.Driver.Signal(ctx, FunctionName, syscall.SIGUSR2); err != nil {
@@ -279,6 +294,13 @@ func (r *Role) Teardown(ctx context.Context) error {
 	r.applied = ""
 	if err := r.Driver.Remove(ctx, FunctionName); err != nil && !errors.Is(err, driver.ErrNotFound) {
 		return fmt.Errorf("lb: remove haproxy: %w", err)
+	}
+	if r.Exec { // HAProxy ran on this VM's filesystem: its socket stays behind it
+		for _, f := range []string{SocketPath, StatePath} {
+			if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("lb: remove %s: %w", f, err)
+			}
+		}
 	}
 	return nil
 }
