@@ -8,8 +8,8 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"syscall"
@@ -30,7 +30,7 @@ const (
 	SocketPath = "/var/lib/cnsmo/lb/haproxy.sock"
 	// StatePath holds the servers' states saved just before a reload.
 	StatePath = "/var/lib/cnsmo/lb/server-state"
-	checkPath  = "/var/lib/cnsmo/lb/haproxy.check.cfg"
+	checkPath = "/var/lib/cnsmo/lb/haproxy.check.cfg"
 	// FunctionName is the driver name of the HAProxy function.
 	FunctionName = "lb-haproxy"
 	// DefaultImage is the HAProxy image built by `make images`.
