@@ -13,12 +13,19 @@ import (
 	"github.com/cnsmo/cnsmo/internal/testutil"
 	"github.com/cnsmo/cnsmo/params"
 	"github.com/cnsmo/cnsmo/roles/lb"
+	"github.com/cnsmo/cnsmo/roles/vpn"
 	"github.com/cnsmo/cnsmo/testbed"
 )
 
 // start deploys the application definition (with overrides) on the full scenario's VMs and
 // launches every role; it returns once every instance is enabled, or the error.
 func start(t *testing.T, tb *testbed.Testbed, drv string, overrides [][3]string, wait bool) (*deploy.Deployment, error) {
+	t.Helper()
+	return startPrepared(t, tb, drv, overrides, nil, wait)
+}
+
+// startPrepared is start with prepare run on the deployment before any role is launched.
+func startPrepared(t *testing.T, tb *testbed.Testbed, drv string, overrides [][3]string, prepare func(*deploy.Deployment), wait bool) (*deploy.Deployment, error) {
 	t.Helper()
 	ctx := context.Background()
 	def, err := deploy.AppDefinition()
@@ -31,6 +38,9 @@ func start(t *testing.T, tb *testbed.Testbed, drv string, overrides [][3]string,
 	t.Cleanup(func() { _ = d.Stop(context.Background()); d.Close(context.Background()) })
 	for _, w := range []string{"web.1", "web.2", "web.3"} {
 		require.NoError(t, deploy.ServeName(ctx, d.VMOf(w), w, deploy.WebPort, deploy.BlockedPort))
+	}
+	if prepare != nil {
+		prepare(d)
 	}
 	for _, in := range []string{"cnsmo.1", "web.1", "web.2", "web.3"} {
 		require.NoError(t, d.Launch(ctx, in))
@@ -52,11 +62,25 @@ func TestBadInputsAbortTheRun(t *testing.T) {
 		name      string
 		overrides [][3]string
 		want      string
+		prepare   func(*deploy.Deployment)
 	}{
-		{"unknown service", [][3]string{{"cnsmo", params.ServicesEnable, `["fw","dns"]`}}, `net.services.enable[1]: unknown service "dns" (known: vpn, fw, lb)`},
-		{"invalid rules", [][3]string{{"web", params.FWRules, `[{"direction":"in","protocol":"tcp","dst_port":"8081","action":"drop"},{"direction":"in","protocol":"tcp","dst_port":"70000","action":"drop"}]`}},
-			params.FWRules + "[1].dst_port: 70000 is out of range 1-65535"},
-		{"invalid lb.mode", [][3]string{{"cnsmo", params.LBMode, "fastest"}}, "lb.mode"},
+		{name: "unknown service", overrides: [][3]string{{"cnsmo", params.ServicesEnable, `["fw","dns"]`}}, want: `net.services.enable[1]: unknown service "dns" (known: vpn, fw, lb)`},
+		{name: "invalid rules", overrides: [][3]string{{"web", params.FWRules, `[{"direction":"in","protocol":"tcp","dst_port":"8081","action":"drop"},{"direction":"in","protocol":"tcp","dst_port":"70000","action":"drop"}]`}},
+			want: params.FWRules + "[1].dst_port: 70000 is out of range 1-65535"},
+		{name: "invalid lb.mode", overrides: [][3]string{{"cnsmo", params.LBMode, "fastest"}},
+			want: `lb.mode: "fastest" is not one of roundrobin, static-rr, leastconn, first, source, random`},
+		{name: "invalid vpn.subnet", overrides: [][3]string{{"cnsmo", params.VPNSubnet, "198.19.200.0/33"}}, want: "vpn.subnet: "},
+		// The developer's recipe hands cnsmo a rule file too long for a parameter: the recipe
+		// aborts the run naming the parameter, before the agent starts.
+		{name: "value over 4096 characters", want: params.FWRules + ": /srv/rules.json is 4",
+			prepare: func(d *deploy.Deployment) {
+				rule := `{"direction":"in","protocol":"tcp","dst_port":"9000","ip_range":"198.18.0.0/15","action":"drop"},`
+				long := "[" + strings.Repeat(rule, 4200/len(rule)+1) + rule[:len(rule)-1] + "]"
+				vm := d.VMOf("web.1")
+				require.NoError(t, vm.WriteFile(context.Background(), "/srv/rules.json", []byte(long), 0o644))
+				_, _, err := vm.Exec(context.Background(), "sh", "-c", "echo 'export CNSMO_FW_RULES_FILE=/srv/rules.json' >> "+deploy.EnvFile)
+				require.NoError(t, err)
+			}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			ctx := context.Background()
@@ -66,7 +90,7 @@ func TestBadInputsAbortTheRun(t *testing.T) {
 				require.NoError(t, err)
 				before[vm.Name] = out
 			}
-			d, err := start(t, tb, "docker", c.overrides, true)
+			d, err := startPrepared(t, tb, "docker", c.overrides, c.prepare, true)
 			require.ErrorIs(t, err, deploy.ErrAborted)
 			require.Contains(t, d.Param("ss:abort"), c.want)
 			require.NoError(t, d.Stop(ctx))
@@ -74,7 +98,12 @@ func TestBadInputsAbortTheRun(t *testing.T) {
 				out, _, err := vm.Exec(ctx, "iptables-save")
 				require.NoError(t, err)
 				require.NotContains(t, out, "CNSMO-", "no rule applied on %s", vm.Name)
+				out, _, err = vm.Exec(ctx, "ip", "-o", "link")
+				require.NoError(t, err)
+				require.NotContains(t, out, vpn.Device, "no VPN device left on %s", vm.Name)
 			}
+			require.Eventually(t, func() bool { return len(ownedContainers(t, ctx, d.Run.UUID)) == 0 }, 15*time.Second, 100*time.Millisecond,
+				"every function of the aborted run is removed")
 		})
 	}
 }

@@ -4,6 +4,9 @@
 set -eu
 . "$(dirname "$0")/lib.sh"
 cnsmo_install
+if [ -n "${CNSMO_FW_RULES_FILE:-}" ]; then
+  cnsmo_set_file net.i2cat.cnsmo.service.fw.rules "$CNSMO_FW_RULES_FILE"
+fi
 cnsmo_start agent
 cnsmo_wait
 # --- the application's own setup goes here; for example:

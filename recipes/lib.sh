@@ -6,6 +6,7 @@
 #   CNSMO_LINK_DIR   where the ss-* links go when the image has no SlipStream client (default /usr/local/bin)
 #   CNSMO_STATE_DIR  the role's state, logs and pid file (default /var/lib/cnsmo)
 #   CNSMO_WAIT       seconds to wait for net.services.enabled (default 1800; 0 = forever)
+#   CNSMO_FW_RULES_FILE  (application VMs) a file whose content becomes this VM's firewall rules
 set -eu
 CNSMO_BIN_DIR=${CNSMO_BIN_DIR:-/opt/cnsmo/bin}
 CNSMO_LINK_DIR=${CNSMO_LINK_DIR:-/usr/local/bin}
@@ -58,4 +59,21 @@ cnsmo_wait() {
 cnsmo_kick() {
   pidfile="$CNSMO_STATE_DIR/role.pid"
   if [ -f "$pidfile" ]; then kill -HUP "$(cat "$pidfile")" 2>/dev/null || true; fi
+}
+
+# cnsmo_set_file KEY FILE: set this instance's parameter KEY to the content of FILE. A value the
+# parameter store cannot hold (over 4096 characters) aborts the run with a message naming KEY:
+# nothing is applied, since the role has not started.
+cnsmo_set_file() {
+  key=$1 file=$2
+  if [ ! -r "$file" ]; then
+    ss-abort "cnsmo on ${SLIPSTREAM_NODE_INSTANCE_NAME:-$(hostname)}: $key: cannot read $file"
+    exit 1
+  fi
+  n=$(wc -m <"$file" | tr -d ' ')
+  if [ "$n" -gt 4096 ]; then
+    ss-abort "cnsmo on ${SLIPSTREAM_NODE_INSTANCE_NAME:-$(hostname)}: $key: $file is $n characters, over the 4096-character limit of a parameter value (use fewer rules or wider ranges)"
+    exit 1
+  fi
+  ss-set "$key" "$(cat "$file")"
 }
