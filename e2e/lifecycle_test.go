@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
@@ -13,6 +14,7 @@ import (
 	"github.com/cnsmo/cnsmo/internal/hoststate"
 	"github.com/cnsmo/cnsmo/internal/testutil"
 	"github.com/cnsmo/cnsmo/params"
+	"github.com/cnsmo/cnsmo/roles/vpn"
 	"github.com/cnsmo/cnsmo/testbed"
 )
 
@@ -103,6 +105,7 @@ func TestConvergesUnderFaults(t *testing.T) {
 	}
 	require.NoError(t, d.WaitEnabled(ctx, all...), "converges under faults")
 	d.Mock.SetFaults(d.Run.UUID, noFaults())
+	requireNoDuplicates(t, ctx, d, all[1:])
 	counts, err := deploy.Distribution(ctx, tb.VM("web1"), tb.VM("cnsmo1").PublicAddr, deploy.WebPort, 100)
 	require.NoError(t, err)
 	for i := 1; i <= 5; i++ {
@@ -110,39 +113,129 @@ func TestConvergesUnderFaults(t *testing.T) {
 	}
 }
 
-// Crash: kill -9 the roles at distinct phases (an agent after its firewall is applied, the server
-// after the load balancer started) and start them again through the recipes: the deployment
-// converges again with no duplicate rule, jump or container.
+// vpnState is what the VPN server recorded: the certificates it issued and the addresses it
+// assigned (its state dir on the server VM).
+type vpnState struct {
+	Issued []struct {
+		Instance string `json:"instance"`
+		Serial   string `json:"serial"`
+		Revoked  bool   `json:"revoked"`
+	}
+	Members map[string]struct {
+		V4 string `json:"v4"`
+		V6 string `json:"v6"`
+	}
+}
+
+func readVPNState(t *testing.T, ctx context.Context, d *deploy.Deployment) vpnState {
+	t.Helper()
+	var st vpnState
+	vm := d.VMOf("cnsmo.1")
+	out, _, err := vm.Exec(ctx, "cat", deploy.StateDir+"/vpn/ca/state.json")
+	require.NoError(t, err)
+	require.NoError(t, json.Unmarshal([]byte(out), &st))
+	out, _, err = vm.Exec(ctx, "cat", deploy.StateDir+"/vpn/addresses.json")
+	require.NoError(t, err)
+	require.NoError(t, json.Unmarshal([]byte(out), &st))
+	return st
+}
+
+// requireNoDuplicates: one certificate per client ever issued, one address pair per member,
+// no address twice, and the published addresses are the assigned ones.
+func requireNoDuplicates(t *testing.T, ctx context.Context, d *deploy.Deployment, clients []string) vpnState {
+	t.Helper()
+	st := readVPNState(t, ctx, d)
+	certs := map[string]int{}
+	for _, c := range st.Issued {
+		certs[c.Instance]++
+	}
+	seen := map[string]string{}
+	for _, in := range clients {
+		require.Equal(t, 1, certs[in], "one certificate issued for %s: %+v", in, st.Issued)
+		m, ok := st.Members[in]
+		require.True(t, ok, "%s has an address", in)
+		require.Equal(t, m.V4, d.Param(in+":"+params.VPNAddress), "%s publishes its assigned address", in)
+		require.Equal(t, m.V6, d.Param(in+":"+params.VPNAddress6), "%s publishes its assigned IPv6 address", in)
+	}
+	require.Len(t, st.Issued, len(clients), "no certificate beyond one per client")
+	for in, m := range st.Members {
+		for _, a := range []string{m.V4, m.V6} {
+			other, dup := seen[a]
+			require.False(t, dup, "%s and %s share %s", in, other, a)
+			seen[a] = in
+		}
+	}
+	return st
+}
+
+// Crash: kill -9 a role at four distinct phases of the deployment (an agent before its VPN is
+// ready, an agent right after its certificate is issued, an agent after its firewall is applied,
+// the server after the load balancer started) and start each again through the recipe: the
+// deployment converges with no duplicate certificate, address, rule, jump or container; a second
+// crash of every role afterwards keeps every address.
 func TestCrashAndRestartConverges(t *testing.T) {
 	requireBin(t)
 	testutil.RequireImage(t, "cnsmo/fw:latest")
 	testutil.RequireImage(t, "cnsmo/haproxy:latest")
+	testutil.RequireImage(t, "cnsmo/openvpn:latest")
 	tb := testbed.New(t, testbed.Options{Clouds: deploy.FullClouds})
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
-	d, err := start(t, tb, "docker", nil, true)
+	d, err := start(t, tb, "docker", nil, false)
 	require.NoError(t, err)
-	for _, in := range []string{"web.1", "cnsmo.1"} {
-		vm := d.VMOf(in)
-		_, _, err := vm.Exec(ctx, "sh", "-c", "kill -9 $(cat "+deploy.StateDir+"/role.pid)")
+	crash := func(in string) {
+		t.Helper()
+		_, _, err := d.VMOf(in).Exec(ctx, "sh", "-c", "kill -9 $(cat "+deploy.StateDir+"/role.pid)")
 		require.NoError(t, err, "kill -9 the role of %s", in)
 		// The pid file stays behind a killed role; the recipe starts it again.
 		require.NoError(t, d.Mock.SetParam(d.Run.UUID, in+":"+params.ServicesEnabled, ""))
 		require.NoError(t, d.Launch(ctx, in))
 	}
-	require.NoError(t, d.WaitEnabled(ctx, "cnsmo.1", "web.1", "web.2", "web.3"), "converges after the crashes")
+	for _, phase := range []struct {
+		name, instance, key string
+	}{
+		{"before its VPN is ready (CSR published)", "web.2", params.VPNCSR},
+		{"after its certificate is issued", "web.1", params.VPNCert},
+		{"after its firewall is applied", "web.3", params.FWReady},
+		{"after the load balancer started", "cnsmo.1", params.LBReady},
+	} {
+		require.NoError(t, d.WaitSet(ctx, phase.key, phase.instance), phase.name)
+		t.Logf("kill -9 %s %s", phase.instance, phase.name)
+		crash(phase.instance)
+	}
+	all := []string{"cnsmo.1", "web.1", "web.2", "web.3"}
+	webs := all[1:]
+	require.NoError(t, d.WaitEnabled(ctx, all...), "converges after the crashes")
+	st := requireNoDuplicates(t, ctx, d, webs)
 	out, _, err := d.VMOf("web.1").Exec(ctx, "iptables", "-S")
 	require.NoError(t, err)
 	require.Equal(t, 1, strings.Count(out, "-A INPUT -j CNSMO-INPUT"), "one jump, not two:\n%s", out)
 	require.Equal(t, 1, strings.Count(out, "--dport 8081 -j DROP"), "the rule once:\n%s", out)
-	lbs := 0
+	fns := map[string]int{}
 	for _, n := range ownedContainers(t, ctx, d.Run.UUID) {
-		if strings.Contains(n, "lb-haproxy") {
-			lbs++
+		for _, f := range []string{"lb-haproxy", vpn.ServerFunction, vpn.ClientFunction} {
+			if strings.Contains(n, f) && !strings.Contains(n, "check") {
+				fns[f]++
+			}
 		}
 	}
-	require.Equal(t, 1, lbs, "one HAProxy container")
+	require.Equal(t, map[string]int{"lb-haproxy": 1, vpn.ServerFunction: 1, vpn.ClientFunction: 3}, fns, "one container per function")
+	for _, p := range d.PingMatrix(ctx, all, false) {
+		require.True(t, p.OK, "%s pings %s at %s", p.From, p.To, p.Addr)
+	}
 	counts, err := deploy.Distribution(ctx, d.VMOf("web.2"), d.VMOf("cnsmo.1").PublicAddr, deploy.WebPort, 30)
 	require.NoError(t, err)
 	require.Equal(t, 0, counts[""], "the load balancer serves: %v", counts)
+
+	// Every role crashes once more and comes back: same addresses, no new certificate.
+	addrs := map[string]string{}
+	for _, in := range all {
+		addrs[in] = d.Param(in+":"+params.VPNAddress) + " " + d.Param(in+":"+params.VPNAddress6)
+		crash(in)
+	}
+	require.NoError(t, d.WaitEnabled(ctx, all...), "converges after every role crashed")
+	for _, in := range all {
+		require.Equal(t, addrs[in], d.Param(in+":"+params.VPNAddress)+" "+d.Param(in+":"+params.VPNAddress6), "%s keeps its addresses", in)
+	}
+	require.Equal(t, st, requireNoDuplicates(t, ctx, d, webs), "the server's certificates and addresses are unchanged")
 }

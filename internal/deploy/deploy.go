@@ -228,6 +228,15 @@ var ErrAborted = errors.New("run aborted")
 
 // WaitParam polls until key equals want on every instance, or the run is aborted.
 func (d *Deployment) WaitParam(ctx context.Context, key, want string, instances ...string) error {
+	return d.waitParam(ctx, key, want, func(v string) bool { return v == want }, instances)
+}
+
+// WaitSet polls until key is set (not empty) on every instance, or the run is aborted.
+func (d *Deployment) WaitSet(ctx context.Context, key string, instances ...string) error {
+	return d.waitParam(ctx, key, "(set)", func(v string) bool { return v != "" }, instances)
+}
+
+func (d *Deployment) waitParam(ctx context.Context, key, want string, ok func(string) bool, instances []string) error {
 	bo := backoff.NewExponentialBackOff()
 	bo.InitialInterval, bo.MaxInterval, bo.MaxElapsedTime = 50*time.Millisecond, 500*time.Millisecond, 0
 	for {
@@ -236,7 +245,7 @@ func (d *Deployment) WaitParam(ctx context.Context, key, want string, instances 
 		}
 		var missing []string
 		for _, in := range instances {
-			if d.Param(in+":"+key) != want {
+			if !ok(d.Param(in + ":" + key)) {
 				missing = append(missing, in)
 			}
 		}

@@ -14,7 +14,8 @@
 //	                 net.i2cat.cnsmo.service.vpn.server.listening (OpenVPN answers on its
 //	                 management interface and the device has both addresses),
 //	                 net.i2cat.cnsmo.service.vpn.ready ("true" when every current client is
-//	                 connected, back to "false" while one is missing);
+//	                 connected and has confirmed its tunnel with vpn.client.listening, back to
+//	                 "false" while one is missing);
 //	                 inputs vpn.subnet (default 100.96.0.0/16), vpn.subnet6 (default
 //	                 fd63:6e73:6d6f::/64), vpn.port (default 1194), vpn.device (tap, default, or tun).
 //	client instance: vpn.csr (written by the client), vpn.cert (written by the server), and, once

@@ -412,9 +412,12 @@ func (s *Server) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error)
 	for _, c := range status {
 		connected[c.CN] = true
 	}
+	// A client counts once it is connected and has confirmed its tunnel (vpn.address published
+	// with vpn.client.listening): then every service after the VPN in this pass, such as the
+	// load balancer, sees every client's overlay address.
 	var missing []string
 	for _, c := range current {
-		if !connected[c] {
+		if !connected[c] || role.Get(run, c, params.VPNClientListening) != "true" {
 			missing = append(missing, c)
 		}
 	}
