@@ -138,4 +138,6 @@ func TestAdminAPI(t *testing.T) {
 	// Unknown admin route.
 	assert.Equal(t, http.StatusNotFound, f.do("GET", "/admin/nothing", "").code)
 	assert.Empty(t, f.srv.Counters()["GET /admin/runs"])
+	// Requests are also counted per client address (the run API only).
+	assert.Equal(t, int64(1), f.srv.ClientCounters()["127.0.0.1"], "the one run request of this test, from loopback")
 }

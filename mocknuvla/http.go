@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -59,6 +60,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rt := parseRoute(r)
 	s.mu.Lock()
 	s.counters[rt.pattern]++
+	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		s.byClient[host]++
+	}
 	f := s.global
 	if run := s.runs[rt.uuid]; run != nil && run.faults != nil {
 		f = *run.faults

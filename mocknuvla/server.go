@@ -95,6 +95,7 @@ type Server struct {
 	sessions map[string]session    // cookie token -> session
 	global   Faults
 	counters map[string]int64
+	byClient map[string]int64 // requests per remote address
 	faultCnt map[string]int64
 }
 
@@ -106,7 +107,7 @@ func New(opts Options) *Server {
 	}
 	return &Server{log: opts.Logger, noAuth: opts.NoAuth, users: users, onInstances: opts.OnInstances,
 		runs: map[string]*run{}, creds: map[string]credential{}, sessions: map[string]session{},
-		counters: map[string]int64{}, faultCnt: map[string]int64{}}
+		counters: map[string]int64{}, byClient: map[string]int64{}, faultCnt: map[string]int64{}}
 }
 
 func randomHex(n int) string {
@@ -425,6 +426,14 @@ func (s *Server) Counters() map[string]int64 {
 	return maps.Clone(s.counters)
 }
 
+// ClientCounters returns the number of requests per remote address (the simulated VMs' public
+// addresses on the testbed), counted like Counters.
+func (s *Server) ClientCounters() map[string]int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return maps.Clone(s.byClient)
+}
+
 // FaultCounters returns how many answers were replaced by each fault: "5xx", "drop", "latency".
 func (s *Server) FaultCounters() map[string]int64 {
 	s.mu.Lock()
@@ -437,5 +446,6 @@ func (s *Server) ResetCounters() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.counters = map[string]int64{}
+	s.byClient = map[string]int64{}
 	s.faultCnt = map[string]int64{}
 }
