@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -274,8 +275,10 @@ func (r *Report) Print(w io.Writer) {
 			fmt.Fprintf(w, "  %-8s %-16s %s\n", in, r.Addresses[in][0], r.Addresses[in][1])
 		}
 	}
-	printMatrix(w, "== ping matrix (IPv4 overlay)", ins, r.Pings)
-	printMatrix(w, "== ping matrix (IPv6 overlay)", ins, r.Pings6)
+	// The matrices are of the first deployment; the scale-out's pings are summed up below.
+	first := slices.DeleteFunc(slices.Clone(ins), func(s string) bool { return s == r.Joined })
+	printMatrix(w, "== ping matrix (IPv4 overlay)", first, r.Pings)
+	printMatrix(w, "== ping matrix (IPv6 overlay)", first, r.Pings6)
 	if VPN() && r.Scanned > 0 {
 		fmt.Fprintf(w, "\n== private keys in the run's parameters: %d found in %d parameters scanned\n", len(r.Leaks), r.Scanned)
 	}
