@@ -115,6 +115,10 @@ func TestSSToolsAgainstMocknuvlaBinary(t *testing.T) {
 	out, _, _ = run("web.2", "ss-get", "--ignore-abort", "ss:abort")
 	require.Equal(t, "stop here\n", out)
 
+	_, errOut, code = run("web.1", "cnsmo-role", "agent", "--driver", "podman")
+	require.Equal(t, 2, code, "a bad --driver is a usage error")
+	require.Contains(t, errOut, `--driver: "podman" is not docker or exec`)
+
 	out, _, code = run("web.1", "cnsmo-role", "version")
 	require.Equal(t, 0, code)
 	require.Contains(t, out, "cnsmo-role")

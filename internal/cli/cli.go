@@ -50,6 +50,9 @@ type exitError struct {
 func (e *exitError) Error() string { return e.err.Error() }
 func (e *exitError) Unwrap() error { return e.err }
 
+// Usagef is a usage error (exit code 2): a bad flag value or argument.
+func Usagef(format string, args ...any) error { return exitf(ExitUsage, format, args...) }
+
 func exitf(code int, format string, args ...any) error {
 	return &exitError{code: code, err: fmt.Errorf(format, args...)}
 }

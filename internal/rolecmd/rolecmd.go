@@ -4,7 +4,6 @@ package rolecmd
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"time"
 
@@ -66,7 +65,7 @@ reconcile at once (the onvmadd/onvmremove hooks send it).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if opts.Driver != "docker" && opts.Driver != "exec" {
-				return fmt.Errorf("--driver: %q is not docker or exec", opts.Driver)
+				return cli.Usagef("--driver: %q is not docker or exec", opts.Driver)
 			}
 			log, err := cli.Logger(cmd)
 			if err != nil {
