@@ -83,14 +83,25 @@ reconcile at once (the onvmadd/onvmremove hooks send it).`,
 func stopCmd() *cobra.Command {
 	stateDir := defaultStateDir()
 	timeout := 15 * time.Second
+	purge := false
 	c := &cobra.Command{
 		Use:   "stop",
 		Short: "Stop the role running on this VM; it removes what it created",
 		Args:  cobra.NoArgs,
+		Long: `Stop the role running on this VM; it removes what it created (containers, rules, devices,
+files). The VPN's CA and keys stay in the state dir, so a role started again keeps the same CA,
+certificates and addresses; --purge deletes them too, once the role has stopped.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return Stop(cmd.Context(), stateDir, timeout)
+			if err := Stop(cmd.Context(), stateDir, timeout); err != nil {
+				return err
+			}
+			if purge {
+				return Purge(stateDir)
+			}
+			return nil
 		},
 	}
+	c.Flags().BoolVar(&purge, "purge", false, "also delete the persistent state (the VPN's CA and keys, addresses)")
 	c.Flags().StringVar(&stateDir, "state-dir", stateDir, "state dir of the role to stop (env CNSMO_STATE_DIR)")
 	c.Flags().DurationVar(&timeout, "timeout", timeout, "how long to wait for the role's teardown")
 	return c

@@ -228,6 +228,27 @@ func Stop(ctx context.Context, stateDir string, timeout time.Duration) error {
 	return fmt.Errorf("pid %d still runs %s after SIGTERM", pid, timeout)
 }
 
+// Purge deletes the persistent state of the services in stateDir (the VPN's CA, keys and
+// address book; the firewall's and load balancer's records). It refuses while a role holds the
+// state dir.
+func Purge(stateDir string) error {
+	unlock, err := lockStateDir(stateDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	var errs []error
+	for _, svc := range orchestrator.Known {
+		if err := os.RemoveAll(filepath.Join(stateDir, svc)); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
 func trimSpace(b []byte) []byte {
 	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == ' ') {
 		b = b[:len(b)-1]
