@@ -121,6 +121,14 @@ func (l *Loop) pass(ctx context.Context, me string) (wait bool, err error) {
 	allReady := true
 	if l.wasReady == nil {
 		l.wasReady = map[string]bool{}
+		// A role started again on an instance that was enabled before (after a crash or a
+		// reboot) skips the ordering: the overlay addresses the later services use exist, and
+		// a client that is down must not hold back the load balancer.
+		if v, _ := run.Value(me + ":" + params.ServicesEnabled); v == "true" {
+			for _, s := range l.Services {
+				l.wasReady[s.Name()] = true
+			}
+		}
 	}
 	for i, s := range l.Services {
 		// Order on the way up: a service is first reconciled once every service before it has

@@ -229,3 +229,34 @@ func TestLoopKeepsReconcilingLaterServicesWhenAnEarlierOneGoesUnready(t *testing
 	assert.Equal(t, vpn.passes-1, lb.passes)
 	assert.Equal(t, 3, notReady, "the passes with the VPN down are not all-ready")
 }
+
+// A role started again on an instance that was enabled before reconciles every service from its
+// first pass, even while an earlier one is not ready (a client of the VPN is down).
+func TestLoopRestartedOnEnabledInstanceSkipsTheOrdering(t *testing.T) {
+	p := newFake("cnsmo.1")
+	require.NoError(t, p.Set(context.Background(), "net.services.enabled", "true"))
+	vpn := &fakeService{name: "vpn", after: 1000} // never ready in this test
+	lb := &fakeService{name: "lb"}
+	l := fastLoop(p, vpn, lb)
+	ctx, cancel := context.WithCancel(context.Background())
+	l.OnPass = func(bool) {
+		if vpn.passes == 3 {
+			cancel()
+		}
+	}
+	require.ErrorIs(t, l.Run(ctx), context.Canceled)
+	assert.Equal(t, vpn.passes, lb.passes, "lb reconciled on every pass")
+
+	// A fresh instance keeps the order: lb waits for the VPN.
+	p2 := newFake("cnsmo.1")
+	vpn2, lb2 := &fakeService{name: "vpn", after: 1000}, &fakeService{name: "lb"}
+	l2 := fastLoop(p2, vpn2, lb2)
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	l2.OnPass = func(bool) {
+		if vpn2.passes == 3 {
+			cancel2()
+		}
+	}
+	require.ErrorIs(t, l2.Run(ctx2), context.Canceled)
+	assert.Zero(t, lb2.passes)
+}
