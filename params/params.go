@@ -46,6 +46,8 @@ const (
 	LBNode        = "lb.node"
 	LBBackendPort = "lb.backend.port"
 	LBCheckInter  = "lb.check.inter"
+	LBCheckFall   = "lb.check.fall"
+	LBCheckRise   = "lb.check.rise"
 	LBReady       = "net.i2cat.cnsmo.service.lb.ready"
 	URLService    = "url.service"
 	SSURLService  = "ss:url.service"
@@ -88,6 +90,8 @@ var Table = []Spec{
 	{LBNode, "developer (input of the CNSMO server component)", "server", "node name, comma-separated names or a JSON list"},
 	{LBBackendPort, "developer (input of the CNSMO server component)", "server", "TCP port of the backends; default lb.port"},
 	{LBCheckInter, "developer (input of the CNSMO server component)", "server", "health-check interval in ms; default 2000"},
+	{LBCheckFall, "developer (input of the CNSMO server component)", "server", "failed checks before a backend is DOWN, 1-100; default 2"},
+	{LBCheckRise, "developer (input of the CNSMO server component)", "server", "passed checks before a DOWN backend is UP again, 1-100; default 2"},
 	{LBReady, "server, when HAProxy accepts connections and a backend is up", "recipes, operators", "`true`"},
 	{URLService, "server (load balancer)", "users", "`host:port` of the load balancer"},
 	{SSURLService, "server (load balancer)", "Nuvla UI", "`host:port` of the load balancer"},

@@ -74,6 +74,18 @@ func ParseConfig(get func(key string) string, nodes []string) (Config, error) {
 		}
 		cfg.CheckInter = n
 	}
+	for _, c := range []struct {
+		param string
+		dst   *int
+	}{{params.LBCheckFall, &cfg.Fall}, {params.LBCheckRise, &cfg.Rise}} {
+		if v := strings.TrimSpace(get(c.param)); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 || n > 100 {
+				return Config{}, &InputError{c.param, fmt.Sprintf("%q is not a number of checks from 1 to 100", v)}
+			}
+			*c.dst = n
+		}
+	}
 	return cfg, nil
 }
 

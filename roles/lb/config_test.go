@@ -45,6 +45,10 @@ func TestParseConfig(t *testing.T) {
 		{name: "node missing", in: map[string]string{params.LBPort: "80"}, wantErr: "lb.node: is not set (the node whose instances are the backends)"},
 		{name: "node empty list", in: map[string]string{params.LBPort: "80", params.LBNode: " , "}, wantErr: "lb.node: names no node"},
 		{name: "node bad json", in: map[string]string{params.LBPort: "80", params.LBNode: `["web"`}, wantErr: "lb.node: not a JSON list of node names: unexpected end of JSON input"},
+		{name: "fall and rise", in: map[string]string{params.LBPort: "80", params.LBNode: "web", params.LBCheckFall: "3", params.LBCheckRise: "5"},
+			want: Config{Port: 80, BackendPort: 80, Mode: "leastconn", Nodes: []string{"web"}, CheckInter: 2000, Fall: 3, Rise: 5, StatsPort: DefaultStatsPort}},
+		{name: "fall zero", in: map[string]string{params.LBPort: "80", params.LBNode: "web", params.LBCheckFall: "0"}, wantErr: `lb.check.fall: "0" is not a number of checks from 1 to 100`},
+		{name: "rise text", in: map[string]string{params.LBPort: "80", params.LBNode: "web", params.LBCheckRise: "often"}, wantErr: `lb.check.rise: "often" is not a number of checks from 1 to 100`},
 		{name: "check inter", in: map[string]string{params.LBPort: "80", params.LBNode: "web", params.LBCheckInter: "5"}, wantErr: `lb.check.inter: "5" is not a whole number of milliseconds from 100 to 3600000`},
 	}
 	for _, tt := range tests {
