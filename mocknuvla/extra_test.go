@@ -222,12 +222,15 @@ func TestCounters(t *testing.T) {
 	assert.Equal(t, want, f.srv.Counters(), "admin requests are not counted")
 	r := f.do("GET", "/admin/counters", "")
 	var got struct {
-		Routes map[string]int64 `json:"routes"`
+		Routes  map[string]int64 `json:"routes"`
+		Clients map[string]int64 `json:"clients"`
 	}
 	require.NoError(t, json.Unmarshal([]byte(r.body), &got))
 	assert.Equal(t, want, got.Routes)
+	assert.Equal(t, map[string]int64{"127.0.0.1": 10}, got.Clients, "the same requests, by client address")
 	assert.Equal(t, http.StatusNoContent, f.do("DELETE", "/admin/counters", "").code)
 	assert.Empty(t, f.srv.Counters())
+	assert.Empty(t, f.srv.ClientCounters())
 	f.do("GET", "web.1:vmstate", "")
 	f.srv.ResetCounters()
 	assert.Empty(t, f.srv.Counters())
