@@ -208,6 +208,12 @@ func testLBFollows(t *testing.T, services string, useVPN bool) {
 	require.Zero(t, after[""], "no request fails once the backend is marked down: %v", after)
 	require.Zero(t, after["web.3"])
 
+	// The server's role dies and starts again (kill -9, as a reboot would) while web.3 is down:
+	// the instance was enabled, so the load balancer follows at once, without waiting for web.3.
+	_, _, err = server.Exec(ctx, "sh", "-c", "kill -9 $(cat "+deploy.StateDir+"/role.pid)")
+	require.NoError(t, err)
+	require.NoError(t, d.Launch(ctx, "cnsmo.1"))
+
 	// Scale out: web.4 joins (web.3 is still in the run, its tunnel down) and receives traffic.
 	names, err := d.Mock.ScaleUp(d.Run.UUID, "web", 1)
 	require.NoError(t, err)
