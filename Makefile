@@ -20,9 +20,9 @@ images: deps
 	@bash images/build.sh
 
 # All tests, unit and end to end. CNSMO_REQUIRE_ALL=1 turns a missing capability into a failure
-# instead of a skip, so CI cannot pass by skipping.
+# instead of a skip (deps and images installed everything), so neither CI nor a developer passes by skipping.
 test: deps images build
-	CNSMO_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	CNSMO_REQUIRE_ALL=1 CNSMO_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 	$(GO) test -run '^$$' -fuzz FuzzParseRules -fuzztime 10s ./roles/fw
 
 # Unit tests only (no root, Docker or packages needed).

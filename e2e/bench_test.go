@@ -15,6 +15,7 @@ import (
 	"github.com/cnsmo/cnsmo/internal/deploy"
 	"github.com/cnsmo/cnsmo/internal/hoststate"
 	"github.com/cnsmo/cnsmo/internal/testutil"
+	"github.com/cnsmo/cnsmo/params"
 	"github.com/cnsmo/cnsmo/roles/vpn"
 	"github.com/cnsmo/cnsmo/testbed"
 )
@@ -106,10 +107,13 @@ func TestBenchDeploy(t *testing.T) {
 	defer d.Stop(context.Background()) //nolint:errcheck
 	t.Logf("1+10: %s, %d requests", took.Round(time.Millisecond), reqs)
 
-	// Steady state: let the roles settle (their steady poll is 5 s), then count each client's
-	// requests over a fixed window.
-	settle := time.NewTimer(10 * time.Second)
-	<-settle.C
+	// Steady state: every role has shown "services ready" (its loop then polls every 5 s); count
+	// each client's requests over a fixed window.
+	steady := []string{"cnsmo.1"}
+	for i := 1; i <= 10; i++ {
+		steady = append(steady, fmt.Sprintf("web.%d", i))
+	}
+	require.NoError(t, d.WaitParam(ctx, params.Statecustom, "cnsmo: services ready", steady...))
 	const window = 30 * time.Second
 	c0 := d.Mock.ClientCounters()
 	w := time.NewTimer(window)

@@ -5,6 +5,7 @@ package e2e
 import (
 	"context"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -29,15 +30,13 @@ func requireBin(t *testing.T) {
 
 // vmState is what a role could leave behind inside a VM.
 func vmState(t *testing.T, ctx context.Context, vm *testbed.VM) hoststate.Snapshot {
-	s, err := hoststate.Take(ctx, func(ctx context.Context, argv ...string) (string, error) {
-		out, _, err := vm.Exec(ctx, argv...)
-		return out, err
-	}, false)
+	t.Helper()
+	s, err := deploy.VMState(ctx, vm)
 	require.NoError(t, err)
 	return s
 }
 
-// The seed's deployment, automated: a CNSMO server and three application VMs in three clouds,
+// The seed's deployment, automated: a CNSMO server and three application VMs, each in a cloud of its own,
 // firewall and load balancer through the real recipes; then a fourth VM joins by scale-out; then
 // every role stops and each VM is as before.
 func TestFullDeployment(t *testing.T) {
@@ -49,10 +48,7 @@ func TestFullDeployment(t *testing.T) {
 			tb := testbed.New(t, testbed.Options{Clouds: deploy.FullClouds})
 			ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 			defer cancel()
-			before := map[string]hoststate.Snapshot{}
-			for _, vm := range tb.VMs() {
-				before[vm.Name] = vmState(t, ctx, vm)
-			}
+			before := state(t, ctx, tb)
 			var progress strings.Builder
 			report, d, err := deploy.RunFull(ctx, tb, drv, &progress)
 			if d != nil {
@@ -69,10 +65,44 @@ func TestFullDeployment(t *testing.T) {
 				t.Fatalf("deployment: %v\nfailures: %v\n%s\n%s", err, report.Failures, progress.String(), b.String())
 			}
 			require.NotEmpty(t, report.LBURL, "ss:url.service is published")
-			require.NoError(t, d.Stop(ctx))
-			for _, vm := range tb.VMs() {
-				require.Empty(t, hoststate.Diff(before[vm.Name], vmState(t, ctx, vm)), "VM %s after stop", vm.Name)
+			// The onstop recipe (`cnsmo-role stop`: SIGTERM, then wait for the teardown) on every VM.
+			for _, in := range d.Instances() {
+				t0 := time.Now()
+				_, err := d.Recipe(ctx, in, "onstop.sh")
+				require.NoError(t, err, "onstop on %s", in)
+				require.Less(t, time.Since(t0), 10*time.Second, "the role of %s removed what it created within 10 s", in)
 			}
+			requireSameState(t, ctx, tb, before, "after stop")
 		})
 	}
+}
+
+// state is what a deployment on tb could leave behind (deploy.State).
+func state(t *testing.T, ctx context.Context, tb *testbed.Testbed) map[string]hoststate.Snapshot {
+	t.Helper()
+	s, err := deploy.State(ctx, tb)
+	require.NoError(t, err)
+	return s
+}
+
+// requireSameState fails with the differences of every VM and the host from before.
+func requireSameState(t *testing.T, ctx context.Context, tb *testbed.Testbed, before map[string]hoststate.Snapshot, what string) {
+	t.Helper()
+	require.Empty(t, deploy.StateDiff(before, state(t, ctx, tb)), "%s: differences from before the run", what)
+}
+
+// createdContainers lists the containers created for a run (label cnsmo.run, and cnsmo.instance
+// when instance is not "") since the given time, from the engine's event log: what was started,
+// even if it was removed since.
+func createdContainers(t *testing.T, ctx context.Context, run, instance string, since time.Time) []string {
+	t.Helper()
+	argv := []string{"docker", "events", "--since", strconv.FormatInt(since.Unix()-1, 10),
+		"--until", strconv.FormatInt(time.Now().Unix(), 10), "--filter", "type=container", "--filter", "event=create",
+		"--filter", "label=cnsmo.run=" + run, "--format", "{{.Actor.Attributes.name}}"}
+	if instance != "" {
+		argv = append(argv, "--filter", "label=cnsmo.instance="+instance)
+	}
+	out, err := hoststate.Host(ctx, argv...)
+	require.NoError(t, err)
+	return strings.Fields(out)
 }

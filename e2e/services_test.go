@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -13,7 +14,6 @@ import (
 	"github.com/cnsmo/cnsmo/internal/testutil"
 	"github.com/cnsmo/cnsmo/params"
 	"github.com/cnsmo/cnsmo/roles/lb"
-	"github.com/cnsmo/cnsmo/roles/vpn"
 	"github.com/cnsmo/cnsmo/testbed"
 )
 
@@ -63,6 +63,7 @@ func TestBadInputsAbortTheRun(t *testing.T) {
 		overrides [][3]string
 		want      string
 		prepare   func(*deploy.Deployment)
+		instance  string // where nothing may have been started ("" = anywhere in the run)
 	}{
 		{name: "unknown service", overrides: [][3]string{{"cnsmo", params.ServicesEnable, `["fw","dns"]`}}, want: `net.services.enable[1]: unknown service "dns" (known: vpn, fw, lb)`},
 		{name: "invalid rules", overrides: [][3]string{{"web", params.FWRules, `[{"direction":"in","protocol":"tcp","dst_port":"8081","action":"drop"},{"direction":"in","protocol":"tcp","dst_port":"70000","action":"drop"}]`}},
@@ -72,7 +73,7 @@ func TestBadInputsAbortTheRun(t *testing.T) {
 		{name: "invalid vpn.subnet", overrides: [][3]string{{"cnsmo", params.VPNSubnet, "198.19.200.0/33"}}, want: "vpn.subnet: "},
 		// The developer's recipe hands cnsmo a rule file too long for a parameter: the recipe
 		// aborts the run naming the parameter, before the agent starts.
-		{name: "value over 4096 characters", want: params.FWRules + ": /srv/rules.json is 4",
+		{name: "value over 4096 characters", want: params.FWRules + ": /srv/rules.json is 4", instance: "web.1",
 			prepare: func(d *deploy.Deployment) {
 				rule := `{"direction":"in","protocol":"tcp","dst_port":"9000","ip_range":"198.18.0.0/15","action":"drop"},`
 				long := "[" + strings.Repeat(rule, 4200/len(rule)+1) + rule[:len(rule)-1] + "]"
@@ -84,26 +85,21 @@ func TestBadInputsAbortTheRun(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			ctx := context.Background()
-			before := map[string]string{}
-			for _, vm := range tb.VMs() {
-				out, _, err := vm.Exec(ctx, "iptables-save")
-				require.NoError(t, err)
-				before[vm.Name] = out
-			}
+			before := state(t, ctx, tb)
+			started := time.Now()
 			d, err := startPrepared(t, tb, "docker", c.overrides, c.prepare, true)
 			require.ErrorIs(t, err, deploy.ErrAborted)
 			require.Contains(t, d.Param("ss:abort"), c.want)
-			require.NoError(t, d.Stop(ctx))
-			for _, vm := range tb.VMs() {
-				out, _, err := vm.Exec(ctx, "iptables-save")
-				require.NoError(t, err)
-				require.NotContains(t, out, "CNSMO-", "no rule applied on %s", vm.Name)
-				out, _, err = vm.Exec(ctx, "ip", "-o", "link")
-				require.NoError(t, err)
-				require.NotContains(t, out, vpn.Device, "no VPN device left on %s", vm.Name)
+			// Nothing was applied: every role validates every input of the run before it starts
+			// anything, so no function was ever created for the run. A rule file is known only
+			// to its own VM's recipe, which refuses it before that VM's role starts.
+			created := createdContainers(t, ctx, d.Run.UUID, c.instance, started)
+			require.Empty(t, created, "no function created (%s)", c.name)
+			for _, in := range []string{"cnsmo.1", "web.1", "web.2", "web.3"} {
+				require.True(t, roleGone(ctx, d.VMOf(in)), "the role of %s exits after the abort", in)
 			}
-			require.Eventually(t, func() bool { return len(ownedContainers(t, ctx, d.Run.UUID)) == 0 }, 15*time.Second, 100*time.Millisecond,
-				"every function of the aborted run is removed")
+			require.NoError(t, d.Stop(ctx))
+			requireSameState(t, ctx, tb, before, c.name)
 		})
 	}
 }
@@ -227,40 +223,56 @@ func testLBFollows(t *testing.T, services string, useVPN bool) {
 	wctx, wcancel := context.WithTimeout(ctx, 2*time.Minute)
 	require.NoError(t, d.WaitEnabled(wctx, joined))
 	wcancel()
+	failed := 0
 	for i := 0; i < 30; i++ {
 		last, err = deploy.Distribution(ctx, client, server.PublicAddr, deploy.WebPort, 20)
 		require.NoError(t, err)
+		failed += last[""]
 		if last[joined] > 0 {
 			break
 		}
 	}
 	require.Positive(t, last[joined], "the new backend %s receives traffic: %v", joined, last)
-	require.Zero(t, last[""], "no request fails while it joins: %v", last)
+	require.Zero(t, failed, "no request fails while it joins")
 
-	// Scale in the new backend (its VM goes away): it stops receiving requests.
-	require.NoError(t, d.VMOf(joined).Stop(ctx))
+	// Scale in the new backend while it still serves: the load balancer drops it from its
+	// configuration (not the health checks: it answers), and it receives no more requests.
 	require.NoError(t, d.Mock.ScaleDown(d.Run.UUID, "web", []int{4}))
 	require.NoError(t, d.Mock.SetState(d.Run.UUID, "Ready"))
 	_, err = d.Recipe(ctx, "cnsmo.1", "onvmremove.sh", "SLIPSTREAM_SCALING_NODE=web", "SLIPSTREAM_SCALING_VMS="+joined)
 	require.NoError(t, err)
-	require.Eventually(t, func() bool { return !strings.Contains(haproxyConfig(t, ctx, d), joined) }, time.Minute, 200*time.Millisecond,
-		"the scaled-in backend leaves HAProxy's configuration")
+	require.Eventually(t, func() bool {
+		conf, err := haproxyConfigE(ctx, d)
+		return err == nil && !strings.Contains(conf, joined)
+	}, time.Minute, 200*time.Millisecond, "the scaled-in backend leaves HAProxy's configuration")
+	if !useVPN { // with the VPN its tunnel is revoked too; over the underlay it still answers
+		_, err := deploy.Get(ctx, client, d.VMOf(joined).PublicAddr, deploy.WebPort)
+		require.NoError(t, err, "the scaled-in backend still serves: only the load balancer dropped it")
+	}
 	steady, err := deploy.Distribution(ctx, client, server.PublicAddr, deploy.WebPort, 40)
 	require.NoError(t, err)
 	require.Equal(t, 40, steady["web.1"]+steady["web.2"], "after the reload every request reaches a remaining backend: %v", steady)
 	require.InDelta(t, 20, steady["web.1"], 2, "roundrobin between web.1 and web.2: %v", steady)
+	require.NoError(t, d.VMOf(joined).Stop(ctx))
 }
 
 // haproxyConfig reads the configuration of the run's running HAProxy.
 func haproxyConfig(t *testing.T, ctx context.Context, d *deploy.Deployment) string {
 	t.Helper()
-	for _, n := range ownedContainers(t, ctx, d.Run.UUID) {
+	conf, err := haproxyConfigE(ctx, d)
+	require.NoError(t, err)
+	return conf
+}
+
+func haproxyConfigE(ctx context.Context, d *deploy.Deployment) (string, error) {
+	out, err := hoststate.Host(ctx, "docker", "ps", "-a", "--filter", "label=cnsmo.run="+d.Run.UUID, "--format", "{{.Names}}")
+	if err != nil {
+		return "", err
+	}
+	for _, n := range strings.Fields(out) {
 		if strings.Contains(n, "lb-haproxy") && !strings.Contains(n, "check") {
-			out, err := hoststate.Host(ctx, "docker", "exec", n, "cat", lb.ConfigPath)
-			require.NoError(t, err)
-			return out
+			return hoststate.Host(ctx, "docker", "exec", n, "cat", lb.ConfigPath)
 		}
 	}
-	t.Fatal("no HAProxy container in the run")
-	return ""
+	return "", fmt.Errorf("no HAProxy container in the run %s", d.Run.UUID)
 }

@@ -86,6 +86,23 @@ func (l *vpnLab) functions(ctx context.Context, instance, name string) []string 
 	return strings.Fields(out)
 }
 
+// started identifies the running container of a function (id and start time): the same value
+// later means it was neither restarted nor replaced.
+func (l *vpnLab) started(ctx context.Context, instance, name string) string {
+	ids := l.functions(ctx, instance, name)
+	require.Len(l.t, ids, 1, "one %s on %s", name, instance)
+	out, err := hoststate.Host(ctx, "docker", "inspect", "-f", "{{.Id}} {{.State.StartedAt}} {{.State.Running}}", ids[0])
+	require.NoError(l.t, err)
+	return strings.TrimSpace(out)
+}
+
+// deviceHas tells whether the VPN device of instance's VM carries addr (the address the
+// server's client-config-dir gave this client on its last connection).
+func (l *vpnLab) deviceHas(ctx context.Context, instance, addr string) bool {
+	out, _, err := l.d.VMOf(instance).Exec(ctx, "ip", "-o", "addr", "show", "dev", vpn.Device)
+	return err == nil && strings.Contains(out, " "+addr+"/")
+}
+
 // capture runs tcpdump on vm's link with filter; stop ends it and returns the pcap's bytes.
 func capture(t *testing.T, ctx context.Context, vm *testbed.VM, dev, filter string) (stop func() []byte) {
 	t.Helper()
@@ -218,11 +235,22 @@ func TestVPNAppendixA(t *testing.T) {
 	require.Equal(t, caBefore, l.param("cnsmo.1:"+params.VPNCACert), "same CA after the restart")
 	for _, in := range []string{"cnsmo.1", "web.1", "web.2"} {
 		require.Equal(t, addr[in], [2]string{l.param(in + ":" + params.VPNAddress), l.param(in + ":" + params.VPNAddress6)}, "%s keeps its addresses", in)
+		// The clients reconnected to the new OpenVPN server, which pushed their addresses again.
+		for _, a := range addr[in] {
+			require.Eventually(t, func() bool { return l.deviceHas(ctx, in, a) }, 30*time.Second, 200*time.Millisecond,
+				"%s's device has %s after the server's restart", in, a)
+		}
 	}
 	require.Len(t, l.functions(ctx, "cnsmo.1", vpn.ServerFunction), 1, "still one OpenVPN server")
 
-	// Scale out: a third client joins without touching the others, and reaches both.
+	// Scale out: a third client joins without touching the others (the server's and the
+	// clients' OpenVPN keep running, neither restarted nor replaced), and reaches both.
+	untouched := map[string]string{"cnsmo.1": l.started(ctx, "cnsmo.1", vpn.ServerFunction),
+		"web.1": l.started(ctx, "web.1", vpn.ClientFunction), "web.2": l.started(ctx, "web.2", vpn.ClientFunction)}
 	third := l.scaleOut(ctx, "web3", "cnsmo.1", "web.1", "web.2")
+	require.Equal(t, untouched, map[string]string{"cnsmo.1": l.started(ctx, "cnsmo.1", vpn.ServerFunction),
+		"web.1": l.started(ctx, "web.1", vpn.ClientFunction), "web.2": l.started(ctx, "web.2", vpn.ClientFunction)},
+		"the server and the other clients are not restarted by a join")
 	a3 := l.param(third + ":" + params.VPNAddress)
 	require.True(t, v4net.Contains(netip.MustParseAddr(a3)))
 	for _, in := range []string{"web.1", "web.2"} {

@@ -27,15 +27,21 @@ type Loop struct {
 	// Steady is the poll interval once every service is ready (default 5 s); while converging the
 	// loop polls with a jittered backoff from MinPoll to MaxPoll (defaults 100 ms and 2 s).
 	Steady, MinPoll, MaxPoll time.Duration
-	// TeardownTimeout bounds the teardown on abort or stop (default 10 s).
+	// TeardownTimeout bounds the teardown on abort or stop (default 5 s): an abort is seen within
+	// Steady, so a role has removed what it created within 10 s of it.
 	TeardownTimeout time.Duration
 	// OnPass, when set, is called after every pass with whether all services were ready (tests).
 	OnPass func(allReady bool)
 	// Kick, when set, makes the loop start a pass at once (SIGHUP from the onvmadd/onvmremove hooks).
 	Kick <-chan struct{}
+	// Validate, when set, checks every input of the run that any enabled service reads, without
+	// side effects, before each pass reconciles anything: invalid input anywhere in the run aborts
+	// it before this role starts a function or applies a changed input.
+	Validate func(run *ssclient.Run) error
 
 	lastDisplay string
 	wasReady    map[string]bool // services that have been ready at least once
+	ready       bool            // the last pass found every service ready
 }
 
 // ErrRunAborted is returned by Run when the run's abort flag was raised.
@@ -52,7 +58,7 @@ func (l *Loop) defaults() {
 		l.MaxPoll = 2 * time.Second
 	}
 	if l.TeardownTimeout == 0 {
-		l.TeardownTimeout = 10 * time.Second
+		l.TeardownTimeout = 5 * time.Second
 	}
 }
 
@@ -118,6 +124,11 @@ func (l *Loop) pass(ctx context.Context, me string) (wait bool, err error) {
 	if v, ok := run.Value("ss:abort"); ok && v != "" {
 		return false, ErrRunAborted
 	}
+	if l.Validate != nil {
+		if err := l.Validate(run); err != nil {
+			return false, role.Terminal(err)
+		}
+	}
 	allReady := true
 	if l.wasReady == nil {
 		l.wasReady = map[string]bool{}
@@ -161,17 +172,28 @@ func (l *Loop) pass(ctx context.Context, me string) (wait bool, err error) {
 		defer l.OnPass(allReady)
 	}
 	if !allReady {
+		l.ready = false
 		return true, nil
 	}
+	published := false
 	if v, _ := run.Value(me + ":" + params.ServicesEnabled); v != "true" {
 		if err := l.Params.Set(ctx, params.ServicesEnabled, "true"); err != nil {
 			return true, err
 		}
-		l.Log.Info().Msg("all services ready: net.services.enabled=true")
+		published = true
 	}
+	if !l.ready || published {
+		// Once per way up of this process (its first ready pass after a restart too).
+		l.Log.Info().Bool("published", published).Msg(MsgAllReady)
+	}
+	l.ready = true
 	l.display(ctx, "cnsmo: services ready")
 	return false, nil
 }
+
+// MsgAllReady is logged when every service of the role has become ready (published: this pass
+// set net.services.enabled=true).
+const MsgAllReady = "all services ready"
 
 // display shows progress in the Nuvla UI, once per change of message.
 func (l *Loop) display(ctx context.Context, msg string) {

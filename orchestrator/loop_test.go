@@ -260,3 +260,33 @@ func TestLoopRestartedOnEnabledInstanceSkipsTheOrdering(t *testing.T) {
 	require.ErrorIs(t, l2.Run(ctx2), context.Canceled)
 	assert.Zero(t, lb2.passes)
 }
+
+// An invalid input anywhere in the run (Validate) aborts it before any service is reconciled,
+// and also when a valid input is later changed to an invalid one.
+func TestLoopValidatesTheRunBeforeReconcilingAnything(t *testing.T) {
+	for _, c := range []struct {
+		name      string
+		badAfter  int // passes that validate before the input turns invalid
+		wantPass0 bool
+	}{{name: "invalid from the start"}, {name: "changed to invalid later", badAfter: 3, wantPass0: true}} {
+		t.Run(c.name, func(t *testing.T) {
+			p := newFake("app.1")
+			vpn := &fakeService{name: "vpn"}
+			l := fastLoop(p, vpn)
+			validations := 0
+			l.Validate = func(*ssclient.Run) error {
+				validations++
+				if validations > c.badAfter {
+					return errors.New("web.2: net.i2cat.cnsmo.service.fw.rules[1].dst_port: 70000 is out of range 1-65535")
+				}
+				return nil
+			}
+			err := l.Run(context.Background())
+			require.True(t, role.IsTerminal(err), "%v", err)
+			assert.Equal(t, c.badAfter, vpn.passes, "services reconciled only on passes whose run validated")
+			assert.Equal(t, c.wantPass0, vpn.passes > 0)
+			assert.Contains(t, p.aborted, "cnsmo on app.1: web.2: net.i2cat.cnsmo.service.fw.rules[1].dst_port")
+			assert.Equal(t, 1, vpn.torn)
+		})
+	}
+}

@@ -92,7 +92,7 @@ var Table = []Spec{
 	{LBCheckInter, "developer (input of the CNSMO server component)", "server", "health-check interval in ms; default 2000"},
 	{LBCheckFall, "developer (input of the CNSMO server component)", "server", "failed checks before a backend is DOWN, 1-100; default 2"},
 	{LBCheckRise, "developer (input of the CNSMO server component)", "server", "passed checks before a DOWN backend is UP again, 1-100; default 2"},
-	{LBReady, "server, when HAProxy accepts connections and a backend is up", "recipes, operators", "`true`"},
+	{LBReady, "server, when HAProxy accepts connections and a backend is up", "recipes, operators", "`true`, or `false` while no backend is up"},
 	{URLService, "server (load balancer)", "users", "`host:port` of the load balancer"},
 	{SSURLService, "server (load balancer)", "Nuvla UI", "`host:port` of the load balancer"},
 }

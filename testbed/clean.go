@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -25,15 +26,31 @@ func RemoveSlot(ctx context.Context, cli *client.Client, slot int) error {
 	if err != nil {
 		return fmt.Errorf("testbed: slot %d: list containers: %w", slot, err)
 	}
-	mine := map[string]bool{} // ids and names of the slot's containers and of their dependents
-	var infra, deps []string
+	infra, deps := slotContainers(all, slot)
+	errs := removeAll(ctx, cli, deps)
+	errs = append(errs, removeAll(ctx, cli, infra)...)
+	// The current host link, and the one of the testbed's first version.
+	for _, n := range []string{hostLink(slot), fmt.Sprintf("cnsmotb%dh", slot)} {
+		if l, err := netlink.LinkByName(n); err == nil {
+			if err := netlink.LinkDel(l); err != nil {
+				errs = append(errs, fmt.Errorf("testbed: slot %d: delete host link %s: %w", slot, n, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// slotContainers splits the containers of a slot: its own (VMs, routers, internet) and those that
+// join their namespaces, transitively (the functions the roles started in a VM, whatever labels
+// they carry; a container may join a function's namespace in turn).
+func slotContainers(all []container.Summary, slot int) (infra, deps []string) {
+	mine := map[string]bool{}
 	for _, c := range all {
 		if isSlot(c, slot) {
 			infra = append(infra, c.ID)
 			markNames(mine, c)
 		}
 	}
-	// Dependents, transitively (a container may join a function's namespace in turn).
 	for grew := true; grew; {
 		grew = false
 		for _, c := range all {
@@ -47,17 +64,33 @@ func RemoveSlot(ctx context.Context, cli *client.Client, slot int) error {
 			}
 		}
 	}
-	errs := removeAll(ctx, cli, deps)
-	errs = append(errs, removeAll(ctx, cli, infra)...)
-	// The current host link, and the one of the testbed's first version.
-	for _, n := range []string{hostLink(slot), fmt.Sprintf("cnsmotb%dh", slot)} {
-		if l, err := netlink.LinkByName(n); err == nil {
-			if err := netlink.LinkDel(l); err != nil {
-				errs = append(errs, fmt.Errorf("testbed: slot %d: delete host link %s: %w", slot, n, err))
-			}
-		}
+	return infra, deps
+}
+
+// Functions lists the containers, running or not, that share a namespace of this testbed's VMs
+// or routers, whatever their labels: what the roles started in the simulated VMs and left. Each
+// is "name image", sorted.
+func (tb *Testbed) Functions(ctx context.Context) ([]string, error) {
+	all, err := tb.cli.ContainerList(ctx, container.ListOptions{All: true})
+	if err != nil {
+		return nil, fmt.Errorf("testbed: list containers: %w", err)
 	}
-	return errors.Join(errs...)
+	_, deps := slotContainers(all, tb.slot)
+	byID := map[string]container.Summary{}
+	for _, c := range all {
+		byID[c.ID] = c
+	}
+	out := []string{}
+	for _, id := range deps {
+		c := byID[id]
+		name := id[:12]
+		if len(c.Names) > 0 {
+			name = strings.TrimPrefix(c.Names[0], "/")
+		}
+		out = append(out, name+" "+c.Image)
+	}
+	sort.Strings(out)
+	return out, nil
 }
 
 func isSlot(c container.Summary, slot int) bool {

@@ -61,6 +61,21 @@ func Run(t *testing.T, cfg Config) {
 		require.Equal(t, "oops\n", string(res.Stderr))
 	})
 
+	t.Run("a one-shot's files are there for it and gone after it", func(t *testing.T) {
+		dir := "/tmp/cnsmo-suite-oneshot-" + owner.Instance
+		path := dir + "/sub/check.cfg"
+		res, err := d.Run(ctx, driver.Spec{Name: "check", Service: "test", Image: cfg.Image, Cmd: []string{"cat", path},
+			Files: []driver.File{{Path: path, Data: []byte("checked\n")}}}, nil)
+		require.NoError(t, err)
+		require.Equal(t, 0, res.ExitCode, "%s", res.Stderr)
+		require.Equal(t, "checked\n", string(res.Stdout))
+		if cfg.Leftovers != nil {
+			for _, l := range cfg.Leftovers(t, owner) {
+				require.NotContains(t, l, dir, "the one-shot left %s", l)
+			}
+		}
+	})
+
 	t.Run("start is idempotent, a changed spec replaces", func(t *testing.T) {
 		require.NoError(t, d.Start(ctx, long("fn", "first")))
 		eventually(t, "first output", func() bool { l, _ := d.Logs(ctx, "fn"); return strings.Contains(l, "first") })

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -111,6 +112,33 @@ func writeFiles(files []driver.File) ([]string, error) {
 	return paths, nil
 }
 
+// missingDirs lists the directories that writing files would create, deepest first.
+func missingDirs(files []driver.File) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, f := range files {
+		for dir := filepath.Dir(f.Path); dir != "/" && dir != "." && !seen[dir]; dir = filepath.Dir(dir) {
+			if _, err := os.Stat(dir); err == nil {
+				break
+			}
+			seen[dir] = true
+			out = append(out, dir)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return len(out[i]) > len(out[j]) })
+	return out
+}
+
+// removeAll deletes files, then the directories (empty ones only).
+func removeAll(files, dirs []string) {
+	for _, p := range files {
+		_ = os.Remove(p)
+	}
+	for _, d := range dirs {
+		_ = os.Remove(d)
+	}
+}
+
 func (d *Driver) recordFiles(name string, paths []string) error {
 	p := filepath.Join(d.fdir(name), "files")
 	old := read(p)
@@ -188,14 +216,18 @@ func (d *Driver) Run(ctx context.Context, spec driver.Spec, stdin io.Reader) (dr
 	if len(spec.Cmd) == 0 {
 		return driver.Result{}, fmt.Errorf("execdriver: %s: empty command", spec.Name)
 	}
-	if _, err := writeFiles(spec.Files); err != nil {
+	// The files of a one-shot are for it alone: removed after it, with the directories made for them.
+	newDirs := missingDirs(spec.Files)
+	paths, err := writeFiles(spec.Files)
+	defer removeAll(paths, newDirs)
+	if err != nil {
 		return driver.Result{}, fmt.Errorf("execdriver: %s: files: %w", spec.Name, err)
 	}
 	cmd := exec.CommandContext(ctx, spec.Cmd[0], spec.Cmd[1:]...)
 	cmd.Env = append(os.Environ(), spec.Env...)
 	var out, errOut bytes.Buffer
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, &out, &errOut
-	err := cmd.Run()
+	err = cmd.Run()
 	res := driver.Result{Stdout: out.Bytes(), Stderr: errOut.Bytes()}
 	var ee *exec.ExitError
 	switch {

@@ -29,6 +29,9 @@ func TestSuite(t *testing.T) {
 			if _, err := os.Stat("/tmp/cnsmo-suite-" + o.Instance + "/conf"); err == nil {
 				out = append(out, "file written by a spec")
 			}
+			if _, err := os.Stat("/tmp/cnsmo-suite-oneshot-" + o.Instance); err == nil {
+				out = append(out, "/tmp/cnsmo-suite-oneshot-"+o.Instance)
+			}
 			return out
 		},
 	})

@@ -25,12 +25,13 @@ const (
 	BlockedPort = 8081 // dropped by the demo's rules
 )
 
-// FullClouds is the testbed of the full scenario: the CNSMO server in one cloud, three
-// application VMs in two others, and a spare VM that joins on scale-out.
+// FullClouds is the testbed of the full scenario: the CNSMO server in one cloud, each of the
+// three application VMs in a cloud of its own, and a spare VM that joins on scale-out.
 var FullClouds = []testbed.CloudSpec{
 	{Name: "cloud-a", VMs: []string{"cnsmo1"}},
 	{Name: "cloud-b", VMs: []string{"web1", "web4"}},
-	{Name: "cloud-c", VMs: []string{"web2", "web3"}},
+	{Name: "cloud-c", VMs: []string{"web2"}},
+	{Name: "cloud-d", VMs: []string{"web3"}},
 }
 
 // FullPlacement places the run's instances on FullClouds' VMs.

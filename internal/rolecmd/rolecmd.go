@@ -82,7 +82,7 @@ reconcile at once (the onvmadd/onvmremove hooks send it).`,
 
 func stopCmd() *cobra.Command {
 	stateDir := defaultStateDir()
-	timeout := 15 * time.Second
+	timeout := 10 * time.Second
 	purge := false
 	c := &cobra.Command{
 		Use:   "stop",

@@ -40,6 +40,8 @@ var errAlreadyRunning = errors.New("another cnsmo-role runs with this state dir"
 
 // Run is the whole life of one role: connect, learn the enabled services, reconcile until the
 // run is aborted or the role is stopped (SIGTERM, SIGINT, `cnsmo-role stop`), then tear down.
+// A role that cannot start on an instance of the run (no driver, no state dir) aborts the run
+// with a message that says what failed and where, so no recipe waits in vain for it.
 func Run(ctx context.Context, opts Options, log zerolog.Logger) error {
 	cfg, err := ssclient.LoadConfig()
 	if err != nil {
@@ -49,13 +51,33 @@ func Run(ctx context.Context, opts Options, log zerolog.Logger) error {
 	if err != nil {
 		return err
 	}
-	me := client.Instance()
 	roleName := "agent"
 	if opts.Server {
 		roleName = "server"
 	}
-	log = log.With().Str("run", cfg.RunUUID).Str("instance", me).Str("role", roleName).Logger()
+	log = log.With().Str("run", cfg.RunUUID).Str("instance", client.Instance()).Str("role", roleName).Logger()
+	err = run(ctx, opts, cfg, client, roleName, log)
+	switch {
+	case err == nil, errors.Is(err, errAlreadyRunning), errors.Is(err, orchestrator.ErrRunAborted),
+		errors.Is(err, ssclient.ErrAborted), errors.Is(err, errRunAbortedByRole), ctx.Err() != nil:
+		return err
+	}
+	// The role could not run: say so in the run, as a service's invalid input does.
+	msg := fmt.Sprintf("cnsmo %s on %s: %v", roleName, client.Instance(), err)
+	log.Error().Err(err).Msg("the role cannot run: aborting the run")
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if aerr := client.Abort(actx, msg); aerr != nil {
+		log.Error().Err(aerr).Msg("could not abort the run")
+	}
+	return err
+}
 
+// errRunAbortedByRole marks an error after which the run was already aborted by this role.
+var errRunAbortedByRole = errors.New("run aborted by this role")
+
+func run(ctx context.Context, opts Options, cfg ssclient.Config, client *ssclient.Client, roleName string, log zerolog.Logger) error {
+	me := client.Instance()
 	if err := os.MkdirAll(opts.StateDir, 0o700); err != nil {
 		return fmt.Errorf("state dir %s: %w", opts.StateDir, err)
 	}
@@ -91,7 +113,7 @@ func Run(ctx context.Context, opts Options, log zerolog.Logger) error {
 	}()
 
 	_ = client.Display(ctx, "cnsmo: "+roleName+" starting")
-	services, err := enabledServices(ctx, client, opts, log)
+	services, server, err := enabledServices(ctx, client, opts, log)
 	if err != nil {
 		return err
 	}
@@ -133,11 +155,15 @@ func Run(ctx context.Context, opts Options, log zerolog.Logger) error {
 		}
 	}
 	log.Info().Strs("services", services).Msg("reconciling")
-	loop := &orchestrator.Loop{Params: client, Services: list, Log: log, Kick: kick}
+	loop := &orchestrator.Loop{Params: client, Services: list, Log: log, Kick: kick,
+		Validate: func(r *ssclient.Run) error { return ValidateRun(r, services, server) }}
 	err = loop.Run(ctx)
-	if errors.Is(err, context.Canceled) {
+	switch {
+	case errors.Is(err, context.Canceled):
 		log.Info().Msg("stopped; everything this role created is removed")
 		return nil
+	case role.IsTerminal(err):
+		return fmt.Errorf("%w: %w", errRunAbortedByRole, err) // the loop aborted the run
 	}
 	return err
 }
@@ -145,36 +171,30 @@ func Run(ctx context.Context, opts Options, log zerolog.Logger) error {
 // enabledServices reads net.services.enable: the server's own input, or, on an agent, the
 // server's (found through the mapped input cnsmo.server.nodeinstanceid). An invalid list aborts
 // the run with a message naming the parameter.
-func enabledServices(ctx context.Context, c *ssclient.Client, opts Options, log zerolog.Logger) ([]string, error) {
+func enabledServices(ctx context.Context, c *ssclient.Client, opts Options, log zerolog.Logger) (services []string, server string, err error) {
 	raw := opts.Services
 	key := params.ServicesEnable
-	if raw == "" {
-		if !opts.Server {
-			_ = c.Display(ctx, "cnsmo: waiting for the CNSMO server")
-			server, err := c.Wait(ctx, params.ServerInstanceID)
-			if err != nil {
-				return nil, fmt.Errorf("waiting for %s: %w", params.ServerInstanceID, err)
-			}
-			key = server + ":" + params.ServicesEnable
+	server = c.Instance()
+	if !opts.Server {
+		_ = c.Display(ctx, "cnsmo: waiting for the CNSMO server")
+		if server, err = c.Wait(ctx, params.ServerInstanceID); err != nil {
+			return nil, "", fmt.Errorf("waiting for %s: %w", params.ServerInstanceID, err)
 		}
+		key = server + ":" + params.ServicesEnable
+	}
+	if raw == "" {
 		v, err := c.Wait(ctx, key)
 		if err != nil {
-			return nil, fmt.Errorf("reading %s: %w", key, err)
+			return nil, "", fmt.Errorf("reading %s: %w", key, err)
 		}
 		raw = v
 	}
-	services, err := orchestrator.ParseServices(raw)
+	services, err = orchestrator.ParseServices(raw)
 	if err != nil {
-		msg := fmt.Sprintf("cnsmo on %s: %v", c.Instance(), err)
-		log.Error().Err(err).Msg("invalid service list: aborting the run")
-		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		defer cancel()
-		if aerr := c.Abort(actx, msg); aerr != nil {
-			log.Error().Err(aerr).Msg("could not abort the run")
-		}
-		return nil, err
+		// Run aborts the run with this message, naming the instance.
+		return nil, "", err
 	}
-	return services, nil
+	return services, server, nil
 }
 
 // lockStateDir makes sure one role at a time uses a state dir.

@@ -86,6 +86,9 @@ func ParseConfig(get func(key string) string, nodes []string) (Config, error) {
 			*c.dst = n
 		}
 	}
+	if cfg.Port == cfg.StatsPort {
+		cfg.StatsPort-- // the runtime API moves out of the front end's way
+	}
 	return cfg, nil
 }
 

@@ -47,6 +47,8 @@ func TestParseConfig(t *testing.T) {
 		{name: "node bad json", in: map[string]string{params.LBPort: "80", params.LBNode: `["web"`}, wantErr: "lb.node: not a JSON list of node names: unexpected end of JSON input"},
 		{name: "fall and rise", in: map[string]string{params.LBPort: "80", params.LBNode: "web", params.LBCheckFall: "3", params.LBCheckRise: "5"},
 			want: Config{Port: 80, BackendPort: 80, Mode: "leastconn", Nodes: []string{"web"}, CheckInter: 2000, Fall: 3, Rise: 5, StatsPort: DefaultStatsPort}},
+		{name: "front port on the runtime API's port", in: map[string]string{params.LBPort: "9999", params.LBNode: "web"},
+			want: Config{Port: 9999, BackendPort: 9999, Mode: "leastconn", Nodes: []string{"web"}, CheckInter: 2000, Fall: 2, Rise: 2, StatsPort: DefaultStatsPort - 1}},
 		{name: "fall zero", in: map[string]string{params.LBPort: "80", params.LBNode: "web", params.LBCheckFall: "0"}, wantErr: `lb.check.fall: "0" is not a number of checks from 1 to 100`},
 		{name: "rise text", in: map[string]string{params.LBPort: "80", params.LBNode: "web", params.LBCheckRise: "often"}, wantErr: `lb.check.rise: "often" is not a number of checks from 1 to 100`},
 		{name: "check inter", in: map[string]string{params.LBPort: "80", params.LBNode: "web", params.LBCheckInter: "5"}, wantErr: `lb.check.inter: "5" is not a whole number of milliseconds from 100 to 3600000`},
@@ -94,6 +96,18 @@ func renderCases() map[string]struct {
 		cfg      Config
 		backends []Backend
 	}{c, bk[:1]}
+	c = base
+	c.Mode, c.Fall, c.Rise = "source", 3, 5
+	out["fall_and_rise"] = struct {
+		cfg      Config
+		backends []Backend
+	}{c, bk}
+	c = base
+	c.Mode, c.Port, c.BackendPort, c.StatsPort = "roundrobin", DefaultStatsPort, DefaultStatsPort, DefaultStatsPort-1
+	out["front_on_the_default_stats_port"] = struct {
+		cfg      Config
+		backends []Backend
+	}{c, bk[:2]}
 	c = base
 	c.Mode = "leastconn"
 	out["no_backends"] = struct {

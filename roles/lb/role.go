@@ -93,11 +93,17 @@ func (r *Role) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error) {
 	}
 
 	up, err := r.backendsUp(ctx, cfg)
-	if err != nil || up == 0 {
-		r.Log.Debug().Err(err).Int("up", up).Str("service", "lb").Msg("load balancer not ready yet")
-		return false, nil
+	if err == nil && up > 0 {
+		err = r.probe(ctx, cfg.Port)
 	}
-	if err := r.probe(ctx, cfg.Port); err != nil {
+	if err != nil || up == 0 {
+		r.Log.Debug().Err(err).Int("up", up).Str("service", "lb").Msg("load balancer not ready")
+		// Ready means serving: with no backend up (or HAProxy not answering) it is not.
+		if role.Get(run, me, params.LBReady) == "true" {
+			if err := r.Params.Set(ctx, params.LBReady, "false"); err != nil {
+				return false, fmt.Errorf("lb: set %s: %w", params.LBReady, err)
+			}
+		}
 		return false, nil
 	}
 	for _, kv := range [][2]string{

@@ -90,7 +90,18 @@ func (f *fakeParams) Display(_ context.Context, m string) error {
 
 // runtimeAPI answers HAProxy's runtime API commands over an in-memory connection: every server
 // UP, and a server-state dump.
-func runtimeAPI(_ context.Context, _ string) (net.Conn, error) {
+func runtimeAPI(ctx context.Context, addr string) (net.Conn, error) {
+	return runtimeAPIWith("UP")(ctx, addr)
+}
+
+// runtimeAPIWith answers "show stat" with every server in the given status.
+func runtimeAPIWith(status string) func(context.Context, string) (net.Conn, error) {
+	return func(context.Context, string) (net.Conn, error) {
+		return fakeRuntimeAPI(status)
+	}
+}
+
+func fakeRuntimeAPI(status string) (net.Conn, error) {
 	c, s := net.Pipe()
 	go func() {
 		defer s.Close()
@@ -100,7 +111,7 @@ func runtimeAPI(_ context.Context, _ string) (net.Conn, error) {
 		}
 		switch strings.TrimSpace(cmd) {
 		case "show stat":
-			_, _ = io.WriteString(s, "# pxname,svname,status\ncnsmo_backends,web.1,UP\ncnsmo_backends,BACKEND,UP\n")
+			_, _ = io.WriteString(s, "# pxname,svname,status\ncnsmo_backends,web.1,"+status+"\ncnsmo_backends,BACKEND,"+status+"\n")
 		case "show servers state":
 			_, _ = io.WriteString(s, "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state\n3 cnsmo_backends 1 web.1 198.18.0.11 2\n")
 		}
@@ -165,4 +176,32 @@ func TestReconcileReloadsCheckedConfigsOnly(t *testing.T) {
 	require.Len(t, drv.signals, 1, "no reload")
 	require.Contains(t, fp.displays[len(fp.displays)-1], "configuration rejected by haproxy -c, old one kept")
 	require.NotEqual(t, first, second)
+}
+
+// lb.ready means serving: with every backend down the load balancer is not ready, and a
+// published lb.ready=true is withdrawn (false); it comes back when a backend is up again.
+func TestReadyOnlyWhileABackendIsUp(t *testing.T) {
+	ctx := context.Background()
+	drv := &fakeDriver{files: map[string]string{}}
+	fp := &fakeParams{set: map[string]string{}}
+	r := &Role{Params: fp, Driver: drv, Log: zerolog.Nop(), Dial: runtimeAPIWith("DOWN")}
+
+	ready, err := r.Reconcile(ctx, lbRun("web.1"))
+	require.NoError(t, err)
+	require.False(t, ready, "no backend up: not ready")
+	require.NotContains(t, fp.set, params.LBReady, "never published ready")
+
+	r.Dial = runtimeAPI
+	ready, err = r.Reconcile(ctx, lbRun("web.1"))
+	require.NoError(t, err)
+	require.True(t, ready)
+	require.Equal(t, "true", fp.set[params.LBReady])
+
+	r.Dial = runtimeAPIWith("DOWN")
+	run := lbRun("web.1")
+	run.Params["cnsmo.1:"+params.LBReady] = ssclient.Param{Value: "true", IsSet: true}
+	ready, err = r.Reconcile(ctx, run)
+	require.NoError(t, err)
+	require.False(t, ready, "every backend down: not ready")
+	require.Equal(t, "false", fp.set[params.LBReady], "lb.ready withdrawn")
 }

@@ -102,11 +102,15 @@ func TestParsePrefixes(t *testing.T) {
 	assert.Equal(t, DefaultSubnet6, v6.String())
 	assert.True(t, netip.MustParsePrefix("100.64.0.0/10").Contains(v4.Addr()), "default IPv4 is in 100.64.0.0/10")
 	assert.True(t, netip.MustParsePrefix("fc00::/7").Contains(v6.Addr()), "default IPv6 is a ULA")
-	for _, bad := range [][2]string{
-		{"10.0.0.1/24", ""}, {"nonsense", ""}, {"2001:db8::/64", ""}, {"198.18.0.0/30", ""}, {"198.0.0.0/7", ""},
-		{"", "198.18.0.0/16"}, {"", "2001:db8::1/64"}, {"", "2001:db8::/32"}, {"", "2001:db8::/126"},
+	for _, bad := range [][3]string{
+		{"198.19.0.1/24", "", "host bits set"}, {"nonsense", "", "is not an IPv4 prefix"}, {"2001:db8::/64", "", "is not an IPv4 prefix"},
+		{"198.18.0.0/30", "", "between /8 and /29"}, {"0.0.0.0/7", "", "between /8 and /29"},
+		{"198.19.200.0/24", "198.18.0.0/16", "is not an IPv6 prefix"}, {"198.19.200.0/24", "2001:db8::1/64", "host bits set"},
+		{"198.19.200.0/24", "2001:db8::/32", "between /64 and /124"}, {"198.19.200.0/24", "2001:db8::/126", "between /64 and /124"},
 	} {
 		_, _, err := ParsePrefixes(bad[0], bad[1])
-		assert.Error(t, err, "%q", bad)
+		if assert.Error(t, err, "%q", bad) {
+			assert.Contains(t, err.Error(), bad[2], "%q", bad)
+		}
 	}
 }

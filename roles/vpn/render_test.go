@@ -36,8 +36,8 @@ func testServerConfig(t *testing.T, device, s4, s6 string, port int) ServerConfi
 }
 
 func TestRenderGolden(t *testing.T) {
-	tap := testServerConfig(t, "tap", "", "", DefaultPort)
-	golden(t, "server_tap_default", RenderServer(tap))
+	tap := testServerConfig(t, "tap", "198.19.240.0/24", "2001:db8:f0::/64", DefaultPort)
+	golden(t, "server_tap", RenderServer(tap))
 	tun := testServerConfig(t, "tun", "198.19.200.0/24", "2001:db8:c5e0::/64", 11940)
 	golden(t, "server_tun_test_subnets", RenderServer(tun))
 
@@ -54,14 +54,14 @@ func TestRenderGolden(t *testing.T) {
 
 func TestRenderProperties(t *testing.T) {
 	for _, dev := range []string{"tap", "tun"} {
-		c := testServerConfig(t, dev, "", "", 1194)
+		c := testServerConfig(t, dev, "198.19.240.0/24", "2001:db8:f0::/64", 1194)
 		s := RenderServer(c)
 		for _, want := range []string{
 			"dev-type " + dev, "port 1194", "proto udp", "client-to-client", "keepalive 5 20",
 			"data-ciphers AES-256-GCM:AES-128-GCM:CHACHA20-POLY1305", "tls-version-min 1.2", "dh none",
 			"crl-verify /var/lib/cnsmo/vpn/server/crl.pem", "ccd-exclusive",
 			"management 127.0.0.1 7505 /var/lib/cnsmo/vpn/server/mgmt.pw",
-			"ifconfig 100.96.0.1 255.255.0.0", "ifconfig-ipv6 fd63:6e73:6d6f::1/64 fd63:6e73:6d6f::2",
+			"ifconfig 198.19.240.1 255.255.255.0", "ifconfig-ipv6 2001:db8:f0::1/64 2001:db8:f0::2",
 		} {
 			assert.Contains(t, s, want+"\n", dev)
 		}
@@ -79,7 +79,7 @@ func TestParseInputs(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, Inputs{Device: "tap", Port: 1194, V4: in.V4, V6: in.V6}, in)
 	assert.Equal(t, DefaultSubnet, in.V4.String())
-	for k, v := range map[string]string{params.VPNDevice: "tcp", params.VPNPort: "70000", params.VPNSubnet: "10.10.10.0/33"} {
+	for k, v := range map[string]string{params.VPNDevice: "tcp", params.VPNPort: "70000", params.VPNSubnet: "198.19.200.0/33"} {
 		_, err := ParseInputs(func(key string) string {
 			if key == k {
 				return v
