@@ -276,3 +276,37 @@ func haproxyConfigE(ctx context.Context, d *deploy.Deployment) (string, error) {
 	}
 	return "", fmt.Errorf("no HAProxy container in the run %s", d.Run.UUID)
 }
+
+// net.services.enable is followed at run time: a deployment with the firewall only gets the load
+// balancer when the list changes to ["lb"], and the firewall's rules leave every VM.
+func TestEnabledServicesFollowTheParameter(t *testing.T) {
+	requireBin(t)
+	testutil.RequireImage(t, "cnsmo/fw:latest")
+	testutil.RequireImage(t, "cnsmo/haproxy:latest")
+	tb := testbed.New(t, testbed.Options{Clouds: deploy.FullClouds})
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	d, err := start(t, tb, "docker", [][3]string{{"cnsmo", params.ServicesEnable, `["fw"]`}}, true)
+	require.NoError(t, err)
+	webs := []string{"web.1", "web.2", "web.3"}
+	rules := func(in string) string {
+		out, _, err := d.VMOf(in).Exec(ctx, "iptables", "-S")
+		require.NoError(t, err)
+		return out
+	}
+	for _, w := range webs {
+		require.Contains(t, rules(w), "-A INPUT -j CNSMO-INPUT", "the firewall runs on %s", w)
+	}
+	require.Empty(t, d.Param("ss:url.service"), "no load balancer yet")
+
+	require.NoError(t, d.Mock.SetParam(d.Run.UUID, "cnsmo.1:"+params.ServicesEnable, `["lb"]`))
+	require.NoError(t, d.WaitParam(ctx, params.LBReady, "true", "cnsmo.1"), "the load balancer starts")
+	counts, err := deploy.Distribution(ctx, d.VMOf("web.1"), d.VMOf("cnsmo.1").PublicAddr, deploy.WebPort, 30)
+	require.NoError(t, err)
+	require.Zero(t, counts[""], "the load balancer serves: %v", counts)
+	for _, w := range webs {
+		require.Eventually(t, func() bool { return !strings.Contains(rules(w), "CNSMO-") }, time.Minute, 250*time.Millisecond,
+			"the firewall's chains leave %s", w)
+	}
+	require.Empty(t, d.Param("ss:abort"), "the run is not aborted")
+}

@@ -47,6 +47,10 @@ type Loop struct {
 // ErrRunAborted is returned by Run when the run's abort flag was raised.
 var ErrRunAborted = errors.New("run aborted")
 
+// ErrServicesChanged, returned by Validate, makes Run return it at once, without a teardown: the
+// caller replaces the services (net.services.enable changed) and tears down those it drops.
+var ErrServicesChanged = errors.New("the enabled services changed")
+
 func (l *Loop) defaults() {
 	if l.Steady == 0 {
 		l.Steady = 5 * time.Second
@@ -74,6 +78,8 @@ func (l *Loop) Run(ctx context.Context) error {
 	for {
 		wait, err := l.pass(ctx, me)
 		switch {
+		case errors.Is(err, ErrServicesChanged):
+			return err
 		case errors.Is(err, ErrRunAborted) || errors.Is(err, ssclient.ErrAborted):
 			l.Log.Warn().Err(err).Msg("run aborted: tearing down")
 			l.teardown()
@@ -125,7 +131,9 @@ func (l *Loop) pass(ctx context.Context, me string) (wait bool, err error) {
 		return false, ErrRunAborted
 	}
 	if l.Validate != nil {
-		if err := l.Validate(run); err != nil {
+		if err := l.Validate(run); errors.Is(err, ErrServicesChanged) {
+			return false, err
+		} else if err != nil {
 			return false, role.Terminal(err)
 		}
 	}

@@ -290,3 +290,25 @@ func TestLoopValidatesTheRunBeforeReconcilingAnything(t *testing.T) {
 		})
 	}
 }
+
+// A changed service list (Validate says ErrServicesChanged) ends Run without a teardown: the
+// caller keeps what stays enabled and tears down only what it drops.
+func TestLoopReturnsOnChangedServicesWithoutTeardown(t *testing.T) {
+	p := newFake("app.1")
+	fw := &fakeService{name: "fw"}
+	l := fastLoop(p, fw)
+	passes := 0
+	l.Validate = func(*ssclient.Run) error {
+		passes++
+		if passes > 2 {
+			return ErrServicesChanged
+		}
+		return nil
+	}
+	err := l.Run(context.Background())
+	require.ErrorIs(t, err, ErrServicesChanged)
+	assert.False(t, role.IsTerminal(err))
+	assert.Equal(t, 2, fw.passes)
+	assert.Zero(t, fw.torn, "no teardown")
+	assert.Empty(t, p.aborted, "the run is not aborted")
+}

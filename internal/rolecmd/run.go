@@ -121,51 +121,96 @@ func run(ctx context.Context, opts Options, cfg ssclient.Config, client *ssclien
 	if err != nil {
 		return err
 	}
-	env := func(service string) role.Env {
-		dir := filepath.Join(opts.StateDir, service)
-		return role.Env{
-			Params: client, Driver: drv, Instance: me, StateDir: dir,
-			Log:    log.With().Str("service", service).Logger(),
-			UseVPN: has(services, "vpn"), Exec: opts.Driver == "exec", Endpoint: cfg.ServiceURL,
+	build := func(services []string) ([]role.Service, error) {
+		env := func(service string) role.Env {
+			return role.Env{
+				Params: client, Driver: drv, Instance: me, StateDir: filepath.Join(opts.StateDir, service),
+				Log:    log.With().Str("service", service).Logger(),
+				UseVPN: has(services, "vpn"), Exec: opts.Driver == "exec", Endpoint: cfg.ServiceURL,
+			}
 		}
+		var list []role.Service
+		if opts.Server {
+			list = append(list, &orchestrator.Core{Params: client})
+			if has(services, "vpn") {
+				list = append(list, vpn.NewServer(env("vpn")))
+			}
+			if has(services, "lb") {
+				list = append(list, lb.New(env("lb")))
+			}
+		} else {
+			if has(services, "vpn") {
+				list = append(list, vpn.NewClient(env("vpn")))
+			}
+			if has(services, "fw") {
+				list = append(list, fw.New(env("fw")))
+			}
+		}
+		for _, s := range list {
+			if s.Name() == "core" {
+				continue
+			}
+			if err := os.MkdirAll(filepath.Join(opts.StateDir, s.Name()), 0o700); err != nil {
+				return nil, fmt.Errorf("state dir: %w", err)
+			}
+		}
+		return list, nil
 	}
-	var list []role.Service
-	if opts.Server {
-		list = append(list, &orchestrator.Core{Params: client})
-		if has(services, "vpn") {
-			list = append(list, vpn.NewServer(env("vpn")))
+	// One loop per service list: when net.services.enable changes at run time, the loop returns,
+	// the services no longer enabled tear down, and a loop over the new list takes over (the
+	// services that stay converge to what already runs: nothing restarts).
+	for {
+		list, err := build(services)
+		if err != nil {
+			return err
 		}
-		if has(services, "lb") {
-			list = append(list, lb.New(env("lb")))
-		}
-	} else {
-		if has(services, "vpn") {
-			list = append(list, vpn.NewClient(env("vpn")))
-		}
-		if has(services, "fw") {
-			list = append(list, fw.New(env("fw")))
-		}
-	}
-	for _, s := range list {
-		if s.Name() == "core" {
+		log.Info().Strs("services", services).Msg("reconciling")
+		var next []string
+		loop := &orchestrator.Loop{Params: client, Services: list, Log: log, Kick: kick,
+			Validate: func(r *ssclient.Run) error {
+				if err := ValidateRun(r, services, server); err != nil {
+					return err
+				}
+				if opts.Services != "" {
+					return nil // fixed by the flag
+				}
+				raw := role.Get(r, server, params.ServicesEnable)
+				if raw == "" {
+					return nil // unset for a moment: keep what runs
+				}
+				now, err := orchestrator.ParseServices(raw)
+				if err != nil {
+					return fmt.Errorf("%s: %w", server, err)
+				}
+				if !slices.Equal(now, services) {
+					next = now
+					return orchestrator.ErrServicesChanged
+				}
+				return nil
+			}}
+		err = loop.Run(ctx)
+		switch {
+		case errors.Is(err, orchestrator.ErrServicesChanged):
+			log.Info().Strs("from", services).Strs("to", next).Msg("net.services.enable changed")
+			tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			for i := len(list) - 1; i >= 0; i-- {
+				if s := list[i]; s.Name() != "core" && !has(next, s.Name()) {
+					if terr := s.Teardown(tctx); terr != nil {
+						log.Error().Err(terr).Str("service", s.Name()).Msg("teardown of a disabled service failed")
+					}
+				}
+			}
+			cancel()
+			services = next
 			continue
+		case errors.Is(err, context.Canceled):
+			log.Info().Msg("stopped; everything this role created is removed")
+			return nil
+		case role.IsTerminal(err):
+			return fmt.Errorf("%w: %w", errRunAbortedByRole, err) // the loop aborted the run
 		}
-		if err := os.MkdirAll(filepath.Join(opts.StateDir, s.Name()), 0o700); err != nil {
-			return fmt.Errorf("state dir: %w", err)
-		}
+		return err
 	}
-	log.Info().Strs("services", services).Msg("reconciling")
-	loop := &orchestrator.Loop{Params: client, Services: list, Log: log, Kick: kick,
-		Validate: func(r *ssclient.Run) error { return ValidateRun(r, services, server) }}
-	err = loop.Run(ctx)
-	switch {
-	case errors.Is(err, context.Canceled):
-		log.Info().Msg("stopped; everything this role created is removed")
-		return nil
-	case role.IsTerminal(err):
-		return fmt.Errorf("%w: %w", errRunAbortedByRole, err) // the loop aborted the run
-	}
-	return err
 }
 
 // enabledServices reads net.services.enable: the server's own input, or, on an agent, the
