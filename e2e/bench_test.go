@@ -107,7 +107,7 @@ func TestBenchDeploy(t *testing.T) {
 	defer d.Stop(context.Background()) //nolint:errcheck
 	t.Logf("1+10: %s, %d requests", took.Round(time.Millisecond), reqs)
 
-	// Steady state: every role has shown "services ready" (its loop then polls every 5 s); count
+	// Steady state: every role has shown "services ready" (its loop then polls every 3 s); count
 	// each client's requests over a fixed window.
 	steady := []string{"cnsmo.1"}
 	for i := 1; i <= 10; i++ {

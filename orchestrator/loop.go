@@ -24,7 +24,8 @@ type Loop struct {
 	Params   ssclient.Params
 	Services []role.Service // in reconcile order
 	Log      zerolog.Logger
-	// Steady is the poll interval once every service is ready (default 5 s); while converging the
+	// Steady is the poll interval once every service is ready (default 3 s: an abort or a change
+	// is seen within it, at one whole-run read per 3 s); while converging the
 	// loop polls with a jittered backoff from MinPoll to MaxPoll (defaults 100 ms and 2 s).
 	Steady, MinPoll, MaxPoll time.Duration
 	// TeardownTimeout bounds the teardown on abort or stop (default 5 s): an abort is seen within
@@ -53,7 +54,7 @@ var ErrServicesChanged = errors.New("the enabled services changed")
 
 func (l *Loop) defaults() {
 	if l.Steady == 0 {
-		l.Steady = 5 * time.Second
+		l.Steady = 3 * time.Second
 	}
 	if l.MinPoll == 0 {
 		l.MinPoll = 100 * time.Millisecond
