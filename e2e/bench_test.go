@@ -15,7 +15,6 @@ import (
 	"github.com/cnsmo/cnsmo/internal/deploy"
 	"github.com/cnsmo/cnsmo/internal/hoststate"
 	"github.com/cnsmo/cnsmo/internal/testutil"
-	"github.com/cnsmo/cnsmo/params"
 	"github.com/cnsmo/cnsmo/roles/vpn"
 	"github.com/cnsmo/cnsmo/testbed"
 )
@@ -107,13 +106,16 @@ func TestBenchDeploy(t *testing.T) {
 	defer d.Stop(context.Background()) //nolint:errcheck
 	t.Logf("1+10: %s, %d requests", took.Round(time.Millisecond), reqs)
 
-	// Steady state: every role has shown "services ready" (its loop then polls every 3 s); count
-	// each client's requests over a fixed window.
+	// Steady state: every role has logged that all its services are ready (its loop then polls
+	// every 3 s); count each client's requests over a fixed window.
 	steady := []string{"cnsmo.1"}
 	for i := 1; i <= 10; i++ {
 		steady = append(steady, fmt.Sprintf("web.%d", i))
 	}
-	require.NoError(t, d.WaitParam(ctx, params.Statecustom, "cnsmo: services ready", steady...))
+	for _, in := range steady {
+		require.Eventually(t, func() bool { n, err := d.ReadyPasses(ctx, in); return err == nil && n > 0 },
+			2*time.Minute, 250*time.Millisecond, "%s at steady state", in)
+	}
 	const window = 30 * time.Second
 	c0 := d.Mock.ClientCounters()
 	w := time.NewTimer(window)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -14,7 +13,6 @@ import (
 	"github.com/cnsmo/cnsmo/internal/deploy"
 	"github.com/cnsmo/cnsmo/internal/hoststate"
 	"github.com/cnsmo/cnsmo/internal/testutil"
-	"github.com/cnsmo/cnsmo/orchestrator"
 	"github.com/cnsmo/cnsmo/params"
 	"github.com/cnsmo/cnsmo/roles/vpn"
 	"github.com/cnsmo/cnsmo/testbed"
@@ -208,9 +206,7 @@ func TestCrashAndRestartConverges(t *testing.T) {
 	// readyPasses counts the role log's "all services ready" lines of instance: each process logs
 	// one on its way up, so a restarted role that converged adds one.
 	readyPasses := func(in string) int {
-		out, _, err := d.VMOf(in).Exec(ctx, "sh", "-c", "grep -c '\"message\":\""+orchestrator.MsgAllReady+"\"' "+deploy.StateDir+"/role.log || true")
-		require.NoError(t, err)
-		n, err := strconv.Atoi(strings.TrimSpace(out))
+		n, err := d.ReadyPasses(ctx, in)
 		require.NoError(t, err)
 		return n
 	}

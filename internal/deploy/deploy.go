@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -20,6 +21,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/cnsmo/cnsmo/mocknuvla"
+	"github.com/cnsmo/cnsmo/orchestrator"
 	"github.com/cnsmo/cnsmo/params"
 	"github.com/cnsmo/cnsmo/recipes"
 	"github.com/cnsmo/cnsmo/testbed"
@@ -320,4 +322,15 @@ func (d *Deployment) Adopt(ctx context.Context, instance, vmName string) error {
 	d.creds[instance] = in
 	d.mu.Unlock()
 	return d.Place(ctx, instance, vmName)
+}
+
+// ReadyPasses counts the "all services ready" lines in the role log of instance: each role
+// process logs one on its way up, so a role (re)started and converged has added one.
+func (d *Deployment) ReadyPasses(ctx context.Context, instance string) (int, error) {
+	out, _, err := d.VMOf(instance).Exec(ctx, "sh", "-c",
+		"grep -c '\"message\":\""+orchestrator.MsgAllReady+"\"' "+StateDir+"/role.log || true")
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(out))
 }
