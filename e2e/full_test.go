@@ -5,11 +5,13 @@ package e2e
 import (
 	"context"
 	"os"
-	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/docker/docker/api/types/events"
+	"github.com/docker/docker/api/types/filters"
 	"github.com/stretchr/testify/require"
 
 	"github.com/cnsmo/cnsmo/internal/deploy"
@@ -91,18 +93,44 @@ func requireSameState(t *testing.T, ctx context.Context, tb *testbed.Testbed, be
 	require.Empty(t, deploy.StateDiff(before, state(t, ctx, tb)), "%s: differences from before the run", what)
 }
 
-// createdContainers lists the containers created for a run (label cnsmo.run, and cnsmo.instance
-// when instance is not "") since the given time, from the engine's event log: what was started,
-// even if it was removed since.
-func createdContainers(t *testing.T, ctx context.Context, run, instance string, since time.Time) []string {
+// watchCreates records, from now until the returned function is called, every container the
+// engine creates (a live event stream: nothing is missed however busy the engine is). The
+// function returns the names of those labelled with run (and instance, when not "").
+func watchCreates(t *testing.T, tb *testbed.Testbed) func(run, instance string) []string {
 	t.Helper()
-	argv := []string{"docker", "events", "--since", strconv.FormatInt(since.Unix()-1, 10),
-		"--until", strconv.FormatInt(time.Now().Unix(), 10), "--filter", "type=container", "--filter", "event=create",
-		"--filter", "label=cnsmo.run=" + run, "--format", "{{.Actor.Attributes.name}}"}
-	if instance != "" {
-		argv = append(argv, "--filter", "label=cnsmo.instance="+instance)
+	ctx, cancel := context.WithCancel(context.Background())
+	msgs, errs := tb.Docker().Events(ctx, events.ListOptions{Filters: filters.NewArgs(
+		filters.Arg("type", string(events.ContainerEventType)), filters.Arg("event", string(events.ActionCreate)))})
+	var mu sync.Mutex
+	var seen []events.Message
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case m := <-msgs:
+				mu.Lock()
+				seen = append(seen, m)
+				mu.Unlock()
+			case <-errs:
+				return // cancelled
+			}
+		}
+	}()
+	t.Cleanup(cancel)
+	return func(run, instance string) []string {
+		// Called once the roles have exited: their creates are long in the stream.
+		cancel()
+		<-done
+		mu.Lock()
+		defer mu.Unlock()
+		var out []string
+		for _, m := range seen {
+			a := m.Actor.Attributes
+			if a["cnsmo.run"] == run && (instance == "" || a["cnsmo.instance"] == instance) {
+				out = append(out, a["name"])
+			}
+		}
+		return out
 	}
-	out, err := hoststate.Host(ctx, argv...)
-	require.NoError(t, err)
-	return strings.Fields(out)
 }

@@ -86,18 +86,17 @@ func TestBadInputsAbortTheRun(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			ctx := context.Background()
 			before := state(t, ctx, tb)
-			started := time.Now()
+			creates := watchCreates(t, tb)
 			d, err := startPrepared(t, tb, "docker", c.overrides, c.prepare, true)
 			require.ErrorIs(t, err, deploy.ErrAborted)
 			require.Contains(t, d.Param("ss:abort"), c.want)
-			// Nothing was applied: every role validates every input of the run before it starts
-			// anything, so no function was ever created for the run. A rule file is known only
-			// to its own VM's recipe, which refuses it before that VM's role starts.
-			created := createdContainers(t, ctx, d.Run.UUID, c.instance, started)
-			require.Empty(t, created, "no function created (%s)", c.name)
 			for _, in := range []string{"cnsmo.1", "web.1", "web.2", "web.3"} {
 				require.True(t, roleGone(ctx, d.VMOf(in)), "the role of %s exits after the abort", in)
 			}
+			// Nothing was applied: every role validates every input of the run before it starts
+			// anything, so no function was ever created for the run. A rule file is known only
+			// to its own VM's recipe, which refuses it before that VM's role starts.
+			require.Empty(t, creates(d.Run.UUID, c.instance), "no function created (%s)", c.name)
 			require.NoError(t, d.Stop(ctx))
 			requireSameState(t, ctx, tb, before, c.name)
 		})
@@ -307,6 +306,8 @@ func TestEnabledServicesFollowTheParameter(t *testing.T) {
 	for _, w := range webs {
 		require.Eventually(t, func() bool { return !strings.Contains(rules(w), "CNSMO-") }, time.Minute, 250*time.Millisecond,
 			"the firewall's chains leave %s", w)
+		require.Eventually(t, func() bool { return d.Param(w+":"+params.FWReady) == "false" }, time.Minute, 250*time.Millisecond,
+			"%s withdraws fw.ready", w)
 	}
 	require.Empty(t, d.Param("ss:abort"), "the run is not aborted")
 }

@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -28,13 +29,17 @@ type Loop struct {
 	// is seen within it, at one whole-run read per 3 s); while converging the
 	// loop polls with a jittered backoff from MinPoll to MaxPoll (defaults 100 ms and 2 s).
 	Steady, MinPoll, MaxPoll time.Duration
-	// TeardownTimeout bounds the teardown on abort or stop (default 5 s): an abort is seen within
-	// Steady, so a role has removed what it created within 10 s of it.
+	// TeardownTimeout bounds the teardown on abort or stop (default 7 s): an abort is seen within
+	// Steady (3 s), so a role has removed what it created within 10 s of it.
 	TeardownTimeout time.Duration
 	// OnPass, when set, is called after every pass with whether all services were ready (tests).
 	OnPass func(allReady bool)
 	// Kick, when set, makes the loop start a pass at once (SIGHUP from the onvmadd/onvmremove hooks).
 	Kick <-chan struct{}
+	// Ready, when set, names the services already ready when the loop starts (a loop that takes
+	// over after the service list changed keeps the readiness of the services that stay). Unset,
+	// a role whose instance has net.services.enabled=true treats every service as ready once.
+	Ready map[string]bool
 	// Validate, when set, checks every input of the run that any enabled service reads, without
 	// side effects, before each pass reconciles anything: invalid input anywhere in the run aborts
 	// it before this role starts a function or applies a changed input.
@@ -63,7 +68,7 @@ func (l *Loop) defaults() {
 		l.MaxPoll = 2 * time.Second
 	}
 	if l.TeardownTimeout == 0 {
-		l.TeardownTimeout = 5 * time.Second
+		l.TeardownTimeout = 7 * time.Second
 	}
 }
 
@@ -139,6 +144,9 @@ func (l *Loop) pass(ctx context.Context, me string) (wait bool, err error) {
 		}
 	}
 	allReady := true
+	if l.wasReady == nil && l.Ready != nil {
+		l.wasReady = maps.Clone(l.Ready)
+	}
 	if l.wasReady == nil {
 		l.wasReady = map[string]bool{}
 		// A role started again on an instance that was enabled before (after a crash or a
@@ -203,6 +211,9 @@ func (l *Loop) pass(ctx context.Context, me string) (wait bool, err error) {
 // MsgAllReady is logged when every service of the role has become ready (published: this pass
 // set net.services.enabled=true).
 const MsgAllReady = "all services ready"
+
+// ReadyServices returns the services that have been ready in this loop (see Ready).
+func (l *Loop) ReadyServices() map[string]bool { return maps.Clone(l.wasReady) }
 
 // display shows progress in the Nuvla UI, once per change of message.
 func (l *Loop) display(ctx context.Context, msg string) {

@@ -47,6 +47,14 @@ type Driver struct {
 	network string
 }
 
+// Ping checks that the engine answers.
+func (d *Driver) Ping(ctx context.Context) error {
+	if _, err := d.cli.Ping(ctx); err != nil {
+		return fmt.Errorf("dockerdriver: the Docker engine does not answer: %w", err)
+	}
+	return nil
+}
+
 // Option configures New.
 type Option func(*Driver)
 

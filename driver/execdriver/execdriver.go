@@ -129,6 +129,20 @@ func missingDirs(files []driver.File) []string {
 	return out
 }
 
+// created keeps the paths written that did not exist before.
+func created(paths []string, fresh []driver.File) []string {
+	var out []string
+	for _, p := range paths {
+		for _, f := range fresh {
+			if f.Path == p {
+				out = append(out, p)
+				break
+			}
+		}
+	}
+	return out
+}
+
 // removeAll deletes files, then the directories (empty ones only).
 func removeAll(files, dirs []string) {
 	for _, p := range files {
@@ -216,10 +230,17 @@ func (d *Driver) Run(ctx context.Context, spec driver.Spec, stdin io.Reader) (dr
 	if len(spec.Cmd) == 0 {
 		return driver.Result{}, fmt.Errorf("execdriver: %s: empty command", spec.Name)
 	}
-	// The files of a one-shot are for it alone: removed after it, with the directories made for them.
+	// The files of a one-shot are for it alone: removed after it, with the directories made for
+	// them; a file that was there before it stays.
 	newDirs := missingDirs(spec.Files)
+	var fresh []driver.File
+	for _, f := range spec.Files {
+		if _, err := os.Lstat(f.Path); errors.Is(err, os.ErrNotExist) {
+			fresh = append(fresh, f)
+		}
+	}
 	paths, err := writeFiles(spec.Files)
-	defer removeAll(paths, newDirs)
+	defer removeAll(created(paths, fresh), newDirs)
 	if err != nil {
 		return driver.Result{}, fmt.Errorf("execdriver: %s: files: %w", spec.Name, err)
 	}

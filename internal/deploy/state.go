@@ -37,7 +37,7 @@ func VMState(ctx context.Context, vm *testbed.VM) (hoststate.Snapshot, error) {
 }
 
 // State is what a deployment on tb could leave behind: every VM's VMState, and under "host" the
-// host's iptables, the links, namespaces and containers of this testbed (other tests may run
+// host's cnsmo rules, the links, namespaces and containers of this testbed (other tests may run
 // beside it) and every container that shares a namespace of its VMs, whatever its labels (the
 // functions the roles start).
 func State(ctx context.Context, tb *testbed.Testbed) (map[string]hoststate.Snapshot, error) {
@@ -53,7 +53,9 @@ func State(ctx context.Context, tb *testbed.Testbed) (map[string]hoststate.Snaps
 	if err != nil {
 		return nil, err
 	}
-	host = host.Keep(tb.Prefix(), "links", "netns", "containers")
+	// Other tests change the host beside this one: keep this testbed's objects, and in the
+	// host's tables what cnsmo could have put there (its chains are CNSMO-*).
+	host = host.Keep(tb.Prefix(), "links", "netns", "containers").Keep("CNSMO", "iptables", "ip6tables")
 	fns, err := tb.Functions(ctx)
 	if err != nil {
 		return nil, err

@@ -5,6 +5,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -70,6 +71,29 @@ func TestSecondRoleOnAStateDirDoesNotAbortTheRun(t *testing.T) {
 	defer cancel()
 	err = Run(ctx, Options{Driver: "exec", StateDir: dir}, zerolog.Nop())
 	require.ErrorIs(t, err, errAlreadyRunning)
+	_, set, err := srv.Param(ri.UUID, "ss:abort")
+	require.NoError(t, err)
+	require.False(t, set, "the run is not aborted")
+}
+
+// A role stopped while it still waits for the CNSMO server stops; it does not abort the run.
+func TestRoleStoppedWhileStartingDoesNotAbortTheRun(t *testing.T) {
+	srv, ri := startRun(t, "web.1")
+	done := make(chan error, 1)
+	go func() { done <- Run(context.Background(), Options{Driver: "exec", StateDir: t.TempDir()}, zerolog.Nop()) }()
+	// The agent displays that it waits for the server: it is in its startup wait.
+	require.Eventually(t, func() bool {
+		v, _, _ := srv.Param(ri.UUID, "web.1:"+params.Statecustom)
+		return v == "cnsmo: waiting for the CNSMO server"
+	}, 20*time.Second, 20*time.Millisecond)
+	// SIGTERM, as `cnsmo-role stop` sends it: the role catches it (it registered before it
+	// displayed anything), so this test process lives on.
+	require.NoError(t, syscall.Kill(os.Getpid(), syscall.SIGTERM))
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the role did not stop")
+	}
 	_, set, err := srv.Param(ri.UUID, "ss:abort")
 	require.NoError(t, err)
 	require.False(t, set, "the run is not aborted")

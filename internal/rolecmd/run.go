@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	"github.com/rs/zerolog"
 
 	"github.com/cnsmo/cnsmo/driver"
@@ -56,10 +57,17 @@ func Run(ctx context.Context, opts Options, log zerolog.Logger) error {
 		roleName = "server"
 	}
 	log = log.With().Str("run", cfg.RunUUID).Str("instance", client.Instance()).Str("role", roleName).Logger()
+	// A stop (SIGTERM, SIGINT) is a stop wherever the role is, starting up included: never a
+	// failure that aborts the run.
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
 	err = run(ctx, opts, cfg, client, roleName, log)
 	switch {
-	case err == nil, errors.Is(err, errAlreadyRunning), errors.Is(err, orchestrator.ErrRunAborted),
-		errors.Is(err, ssclient.ErrAborted), errors.Is(err, errRunAbortedByRole), ctx.Err() != nil:
+	case err == nil, ctx.Err() != nil, errors.Is(err, errAlreadyRunning), errors.Is(err, orchestrator.ErrRunAborted),
+		errors.Is(err, ssclient.ErrAborted), errors.Is(err, errRunAbortedByRole),
+		errors.Is(err, ssclient.ErrUnknownKey), errors.Is(err, ssclient.ErrUnauthorized):
+		// Stopped, or the run is aborted already (an unknown key aborts it on the server), or
+		// this role may not write to it.
 		return err
 	}
 	// The role could not run: say so in the run, as a service's invalid input does.
@@ -92,8 +100,6 @@ func run(ctx context.Context, opts Options, cfg ssclient.Config, client *ssclien
 	}
 	defer os.Remove(pidFile)
 
-	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
 	kick := make(chan struct{}, 1)
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -157,8 +163,10 @@ func run(ctx context.Context, opts Options, cfg ssclient.Config, client *ssclien
 		return list, nil
 	}
 	// One loop per service list: when net.services.enable changes at run time, the loop returns,
-	// the services no longer enabled tear down, and a loop over the new list takes over (the
-	// services that stay converge to what already runs: nothing restarts).
+	// the services no longer enabled tear down and withdraw their outputs, and a loop over the new
+	// list takes over (the services that stay keep their readiness and converge to what already
+	// runs: nothing of theirs restarts).
+	var ready map[string]bool
 	for {
 		list, err := build(services)
 		if err != nil {
@@ -166,41 +174,28 @@ func run(ctx context.Context, opts Options, cfg ssclient.Config, client *ssclien
 		}
 		log.Info().Strs("services", services).Msg("reconciling")
 		var next []string
-		loop := &orchestrator.Loop{Params: client, Services: list, Log: log, Kick: kick,
+		loop := &orchestrator.Loop{Params: client, Services: list, Log: log, Kick: kick, Ready: ready,
 			Validate: func(r *ssclient.Run) error {
-				if err := ValidateRun(r, services, server); err != nil {
-					return err
+				if opts.Services == "" {
+					if raw := role.Get(r, server, params.ServicesEnable); raw != "" { // unset for a moment: keep what runs
+						now, err := orchestrator.ParseServices(raw)
+						if err != nil {
+							return fmt.Errorf("%s: %w", server, err)
+						}
+						if !slices.Equal(now, services) {
+							next = now
+							return orchestrator.ErrServicesChanged
+						}
+					}
 				}
-				if opts.Services != "" {
-					return nil // fixed by the flag
-				}
-				raw := role.Get(r, server, params.ServicesEnable)
-				if raw == "" {
-					return nil // unset for a moment: keep what runs
-				}
-				now, err := orchestrator.ParseServices(raw)
-				if err != nil {
-					return fmt.Errorf("%s: %w", server, err)
-				}
-				if !slices.Equal(now, services) {
-					next = now
-					return orchestrator.ErrServicesChanged
-				}
-				return nil
+				return ValidateRun(r, services, server)
 			}}
 		err = loop.Run(ctx)
 		switch {
 		case errors.Is(err, orchestrator.ErrServicesChanged):
 			log.Info().Strs("from", services).Strs("to", next).Msg("net.services.enable changed")
-			tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-			for i := len(list) - 1; i >= 0; i-- {
-				if s := list[i]; s.Name() != "core" && !has(next, s.Name()) {
-					if terr := s.Teardown(tctx); terr != nil {
-						log.Error().Err(terr).Str("service", s.Name()).Msg("teardown of a disabled service failed")
-					}
-				}
-			}
-			cancel()
+			ready = loop.ReadyServices()
+			dropService(ctx, client, list, next, opts.Server, log)
 			services = next
 			continue
 		case errors.Is(err, context.Canceled):
@@ -213,6 +208,43 @@ func run(ctx context.Context, opts Options, cfg ssclient.Config, client *ssclien
 	}
 }
 
+// dropService tears down the services of list that next no longer enables (in reverse order)
+// and withdraws what they published: their ready flags become false, their addresses and URLs
+// are unset.
+func dropService(ctx context.Context, c *ssclient.Client, list []role.Service, next []string, server bool, log zerolog.Logger) {
+	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 7*time.Second)
+	defer cancel()
+	for i := len(list) - 1; i >= 0; i-- {
+		s := list[i]
+		if s.Name() == "core" || has(next, s.Name()) {
+			continue
+		}
+		if err := s.Teardown(tctx); err != nil {
+			log.Error().Err(err).Str("service", s.Name()).Msg("teardown of a disabled service failed")
+		}
+		for _, kv := range withdrawn(s.Name(), server) {
+			if err := c.Set(tctx, kv[0], kv[1]); err != nil {
+				log.Warn().Err(err).Str("param", kv[0]).Msg("could not withdraw an output of a disabled service")
+			}
+		}
+	}
+}
+
+// withdrawn lists the outputs a disabled service takes back, with the value they get ("" unsets).
+func withdrawn(service string, server bool) [][2]string {
+	switch {
+	case service == "vpn" && server:
+		return [][2]string{{params.VPNServerListening, "false"}, {params.VPNReady, "false"}, {params.VPNAddress, ""}, {params.VPNAddress6, ""}}
+	case service == "vpn":
+		return [][2]string{{params.VPNClientListening, "false"}, {params.VPNAddress, ""}, {params.VPNAddress6, ""}}
+	case service == "fw":
+		return [][2]string{{params.FWReady, "false"}}
+	case service == "lb":
+		return [][2]string{{params.LBReady, "false"}, {params.URLService, ""}, {params.SSURLService, ""}}
+	}
+	return nil
+}
+
 // enabledServices reads net.services.enable: the server's own input, or, on an agent, the
 // server's (found through the mapped input cnsmo.server.nodeinstanceid). An invalid list aborts
 // the run with a message naming the parameter.
@@ -221,18 +253,20 @@ func enabledServices(ctx context.Context, c *ssclient.Client, opts Options, log 
 	key := params.ServicesEnable
 	server = c.Instance()
 	if !opts.Server {
-		_ = c.Display(ctx, "cnsmo: waiting for the CNSMO server")
-		if server, err = c.Wait(ctx, params.ServerInstanceID); err != nil {
-			return nil, "", fmt.Errorf("waiting for %s: %w", params.ServerInstanceID, err)
+		if raw != "" {
+			server, _ = c.Get(ctx, params.ServerInstanceID) // the list is fixed by the flag: do not wait
+		} else {
+			_ = c.Display(ctx, "cnsmo: waiting for the CNSMO server")
+			if server, err = waitThrough(ctx, c, params.ServerInstanceID, log); err != nil {
+				return nil, "", err
+			}
+			key = server + ":" + params.ServicesEnable
 		}
-		key = server + ":" + params.ServicesEnable
 	}
 	if raw == "" {
-		v, err := c.Wait(ctx, key)
-		if err != nil {
-			return nil, "", fmt.Errorf("reading %s: %w", key, err)
+		if raw, err = waitThrough(ctx, c, key, log); err != nil {
+			return nil, "", err
 		}
-		raw = v
 	}
 	services, err = orchestrator.ParseServices(raw)
 	if err != nil {
@@ -240,6 +274,32 @@ func enabledServices(ctx context.Context, c *ssclient.Client, opts Options, log 
 		return nil, "", err
 	}
 	return services, server, nil
+}
+
+// waitThrough waits for key, and keeps waiting through failures of the parameter API (the
+// client's own retries are bounded): only a stop, an aborted run or a refused key end it.
+func waitThrough(ctx context.Context, c *ssclient.Client, key string, log zerolog.Logger) (string, error) {
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval, bo.MaxInterval, bo.MaxElapsedTime = time.Second, 30*time.Second, 0
+	for {
+		v, err := c.Wait(ctx, key)
+		switch {
+		case err == nil:
+			return v, nil
+		case ctx.Err() != nil:
+			return "", ctx.Err()
+		case errors.Is(err, ssclient.ErrAborted), errors.Is(err, ssclient.ErrUnknownKey), errors.Is(err, ssclient.ErrUnauthorized):
+			return "", fmt.Errorf("reading %s: %w", key, err)
+		}
+		log.Warn().Err(err).Str("param", key).Msg("parameter API failing; waiting on")
+		t := time.NewTimer(bo.NextBackOff())
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return "", ctx.Err()
+		case <-t.C:
+		}
+	}
 }
 
 // lockStateDir makes sure one role at a time uses a state dir.
@@ -323,11 +383,25 @@ func trimSpace(b []byte) []byte {
 
 func has(list []string, s string) bool { return slices.Contains(list, s) }
 
-// newDriver returns the runtime of the network functions.
-func newDriver(_ context.Context, kind string, owner driver.Owner, stateDir string) (driver.Driver, error) {
+// newDriver returns the runtime of the network functions. The Docker engine must answer within
+// a minute (it may still be starting on a VM that just booted).
+func newDriver(ctx context.Context, kind string, owner driver.Owner, stateDir string) (driver.Driver, error) {
 	switch kind {
 	case "docker":
-		return dockerdriver.New(owner)
+		d, err := dockerdriver.New(owner)
+		if err != nil {
+			return nil, err
+		}
+		bo := backoff.NewExponentialBackOff()
+		bo.InitialInterval, bo.MaxInterval, bo.MaxElapsedTime = 200*time.Millisecond, 5*time.Second, time.Minute
+		if err := backoff.Retry(func() error {
+			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			return d.Ping(pctx)
+		}, backoff.WithContext(bo, ctx)); err != nil {
+			return nil, err
+		}
+		return d, nil
 	case "exec":
 		return execdriver.New(owner, filepath.Join(stateDir, "exec"))
 	}

@@ -98,8 +98,9 @@ func (r *Role) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error) {
 	}
 	if err != nil || up == 0 {
 		r.Log.Debug().Err(err).Int("up", up).Str("service", "lb").Msg("load balancer not ready")
-		// Ready means serving: with no backend up (or HAProxy not answering) it is not.
-		if role.Get(run, me, params.LBReady) == "true" {
+		// Ready means serving: with every backend known down it is not. A runtime API that
+		// does not answer for a moment (during a reload) withdraws nothing.
+		if err == nil && role.Get(run, me, params.LBReady) == "true" {
 			if err := r.Params.Set(ctx, params.LBReady, "false"); err != nil {
 				return false, fmt.Errorf("lb: set %s: %w", params.LBReady, err)
 			}
