@@ -80,7 +80,9 @@ func TestSecondRoleOnAStateDirDoesNotAbortTheRun(t *testing.T) {
 func TestRoleStoppedWhileStartingDoesNotAbortTheRun(t *testing.T) {
 	srv, ri := startRun(t, "web.1")
 	done := make(chan error, 1)
-	go func() { done <- Run(context.Background(), Options{Driver: "exec", StateDir: t.TempDir()}, zerolog.Nop()) }()
+	go func() {
+		done <- Run(context.Background(), Options{Driver: "exec", StateDir: t.TempDir()}, zerolog.Nop())
+	}()
 	// The agent displays that it waits for the server: it is in its startup wait.
 	require.Eventually(t, func() bool {
 		v, _, _ := srv.Param(ri.UUID, "web.1:"+params.Statecustom)

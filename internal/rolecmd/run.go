@@ -167,6 +167,7 @@ func run(ctx context.Context, opts Options, cfg ssclient.Config, client *ssclien
 	// list takes over (the services that stay keep their readiness and converge to what already
 	// runs: nothing of theirs restarts).
 	var ready map[string]bool
+	var drop func() // tears down what the last list change dropped, once the new list had a pass
 	for {
 		list, err := build(services)
 		if err != nil {
@@ -189,13 +190,26 @@ func run(ctx context.Context, opts Options, cfg ssclient.Config, client *ssclien
 					}
 				}
 				return ValidateRun(r, services, server)
+			},
+			// The services that stay converge first (the load balancer serves from the public
+			// addresses while the VPN still runs), then the dropped ones go.
+			OnPass: func(allReady bool) {
+				if allReady && drop != nil {
+					drop()
+					drop = nil
+				}
 			}}
 		err = loop.Run(ctx)
+		if drop != nil { // stopped or aborted before a pass
+			drop()
+			drop = nil
+		}
 		switch {
 		case errors.Is(err, orchestrator.ErrServicesChanged):
 			log.Info().Strs("from", services).Strs("to", next).Msg("net.services.enable changed")
 			ready = loop.ReadyServices()
-			dropService(ctx, client, list, next, opts.Server, log)
+			old, keep := list, next
+			drop = func() { dropService(ctx, client, old, keep, opts.Server, server, log) }
 			services = next
 			continue
 		case errors.Is(err, context.Canceled):
@@ -211,21 +225,46 @@ func run(ctx context.Context, opts Options, cfg ssclient.Config, client *ssclien
 // dropService tears down the services of list that next no longer enables (in reverse order)
 // and withdraws what they published: their ready flags become false, their addresses and URLs
 // are unset.
-func dropService(ctx context.Context, c *ssclient.Client, list []role.Service, next []string, server bool, log zerolog.Logger) {
-	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 7*time.Second)
-	defer cancel()
+func dropService(ctx context.Context, c *ssclient.Client, list []role.Service, next []string, isServer bool, server string, log zerolog.Logger) {
 	for i := len(list) - 1; i >= 0; i-- {
 		s := list[i]
 		if s.Name() == "core" || has(next, s.Name()) {
 			continue
 		}
+		if s.Name() == "vpn" && !isServer {
+			// The overlay closes from the hub: the server withdraws its address once its load
+			// balancer no longer sends to overlay addresses; a client leaves after that.
+			waitGone(ctx, c, server+":"+params.VPNAddress, 30*time.Second)
+		}
+		tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 7*time.Second)
 		if err := s.Teardown(tctx); err != nil {
 			log.Error().Err(err).Str("service", s.Name()).Msg("teardown of a disabled service failed")
 		}
-		for _, kv := range withdrawn(s.Name(), server) {
+		for _, kv := range withdrawn(s.Name(), isServer) {
 			if err := c.Set(tctx, kv[0], kv[1]); err != nil {
 				log.Warn().Err(err).Str("param", kv[0]).Msg("could not withdraw an output of a disabled service")
 			}
+		}
+		cancel()
+	}
+}
+
+// waitGone polls until key is unset, for at most limit (or until ctx ends).
+func waitGone(ctx context.Context, c *ssclient.Client, key string, limit time.Duration) {
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval, bo.MaxInterval, bo.MaxElapsedTime = 100*time.Millisecond, 2*time.Second, 0
+	for {
+		if v, err := c.Get(ctx, key); errors.Is(err, ssclient.ErrNotSet) || (err == nil && v == "") {
+			return
+		}
+		t := time.NewTimer(bo.NextBackOff())
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
 		}
 	}
 }

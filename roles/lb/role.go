@@ -51,7 +51,8 @@ type Role struct {
 	// nil means net.Dialer on the host's namespace.
 	Dial func(ctx context.Context, addr string) (net.Conn, error)
 
-	applied string // the configuration last applied by this process
+	applied string            // the configuration last applied by this process
+	skipped map[string]string // backends left out for an address that is not an IP (warned once)
 }
 
 // New returns the load balancer of the instance described by env (the CNSMO server).
@@ -147,8 +148,18 @@ func (r *Role) backends(run *ssclient.Run, cfg Config) []Backend {
 	var out []Backend
 	for _, node := range cfg.Nodes {
 		for _, inst := range run.Instances(node) {
-			a, err := netip.ParseAddr(strings.TrimSpace(role.Get(run, inst, key)))
+			v := strings.TrimSpace(role.Get(run, inst, key))
+			a, err := netip.ParseAddr(v)
 			if err != nil {
+				if v != "" && r.skipped[inst] != v {
+					// HAProxy gets addresses, not names: say which backend is left out and why.
+					r.Log.Warn().Str("service", "lb").Str("backend", inst).Str("param", key).Str("value", v).
+						Msg("backend left out: its address is not an IP address")
+					if r.skipped == nil {
+						r.skipped = map[string]string{}
+					}
+					r.skipped[inst] = v
+				}
 				continue // no address yet: it joins on a later pass
 			}
 			out = append(out, Backend{Instance: inst, Addr: a})
