@@ -249,9 +249,14 @@ func testLBFollows(t *testing.T, services string, useVPN bool) {
 		_, err := deploy.Get(ctx, client, d.VMOf(joined).PublicAddr, deploy.WebPort)
 		require.NoError(t, err, "the scaled-in backend still serves: only the load balancer dropped it")
 	}
+	// Every request reaches a remaining backend at once; the even split is measured once the
+	// reload has settled (while the old worker drains, two workers keep their own rotations).
+	first, err := deploy.Distribution(ctx, client, server.PublicAddr, deploy.WebPort, 20)
+	require.NoError(t, err)
+	require.Equal(t, 20, first["web.1"]+first["web.2"], "after the reload every request reaches a remaining backend: %v", first)
 	steady, err := deploy.Distribution(ctx, client, server.PublicAddr, deploy.WebPort, 40)
 	require.NoError(t, err)
-	require.Equal(t, 40, steady["web.1"]+steady["web.2"], "after the reload every request reaches a remaining backend: %v", steady)
+	require.Equal(t, 40, steady["web.1"]+steady["web.2"], "every request reaches a remaining backend: %v", steady)
 	require.InDelta(t, 20, steady["web.1"], 2, "roundrobin between web.1 and web.2: %v", steady)
 	require.NoError(t, d.VMOf(joined).Stop(ctx))
 }
