@@ -353,5 +353,8 @@ func TestEnabledServicesFollowTheParameter(t *testing.T) {
 	after, err := deploy.Distribution(ctx, client, server.PublicAddr, deploy.WebPort, 30)
 	require.NoError(t, err)
 	require.Zero(t, after[""], "the load balancer serves without the VPN: %v", after)
+	for _, w := range webs {
+		require.Positive(t, after[w], "%s serves through the load balancer at its public address: %v", w, after)
+	}
 	require.Empty(t, d.Param("ss:abort"), "the run is not aborted")
 }
