@@ -74,9 +74,15 @@ func TestAbortMidDeployment(t *testing.T) {
 
 // ownedContainers lists the containers the drivers created for a run (label cnsmo.run).
 func ownedContainers(t *testing.T, ctx context.Context, run string) []string {
-	out, err := hoststate.Host(ctx, "docker", "ps", "-a", "--filter", "label=cnsmo.run="+run, "--format", "{{.Names}}")
+	names, err := listOwned(ctx, run)
 	require.NoError(t, err)
-	return strings.Fields(out)
+	return names
+}
+
+// listOwned is ownedContainers for callers that handle the error (inside Eventually).
+func listOwned(ctx context.Context, run string) ([]string, error) {
+	out, err := hoststate.Host(ctx, "docker", "ps", "-a", "--filter", "label=cnsmo.run="+run, "--format", "{{.Names}}")
+	return strings.Fields(out), err
 }
 
 // Faults: with mocknuvla answering 20% of requests with 5xx, 200 ms latency and dropped

@@ -270,11 +270,11 @@ func haproxyConfig(t *testing.T, ctx context.Context, d *deploy.Deployment) stri
 }
 
 func haproxyConfigE(ctx context.Context, d *deploy.Deployment) (string, error) {
-	out, err := hoststate.Host(ctx, "docker", "ps", "-a", "--filter", "label=cnsmo.run="+d.Run.UUID, "--format", "{{.Names}}")
+	names, err := listOwned(ctx, d.Run.UUID)
 	if err != nil {
 		return "", err
 	}
-	for _, n := range strings.Fields(out) {
+	for _, n := range names {
 		if strings.Contains(n, "lb-haproxy") && !strings.Contains(n, "check") {
 			return hoststate.Host(ctx, "docker", "exec", n, "cat", lb.ConfigPath)
 		}
