@@ -663,3 +663,91 @@ func TestVPNDockerDriver(t *testing.T) {
 		require.Error(t, err, "device left in %s", h.ns)
 	}
 }
+
+// forgeCSR is what a VM of the run can publish for another instance: a CSR naming it, made with
+// a key of its own.
+func forgeCSR(t *testing.T, instance string) string {
+	k, err := pki.NewKey()
+	require.NoError(t, err)
+	csr, err := pki.NewCSR(k, instance)
+	require.NoError(t, err)
+	return string(csr)
+}
+
+// waitPasses waits until m's loop has made n more passes (counted, not timed).
+func (m *member) waitPasses(t *testing.T, n int64) {
+	t.Helper()
+	from := m.passes.Load()
+	eventually(t, 60*time.Second, fmt.Sprintf("%d passes of %s", n, m.instance), func() bool { return m.passes.Load() >= from+n })
+}
+
+// TestVPNForgedCSRChangesNothing: a VM writes web.2's vpn.csr with a key of its own. The server
+// has pinned web.2's first key: it signs nothing, revokes nothing and moves no address; web.2
+// keeps its certificate, its address and its connection.
+func TestVPNForgedCSRChangesNothing(t *testing.T) {
+	l := newLab(t, 2, "tap")
+	srv := l.start("cnsmo.1", "s")
+	l.start("web.1", "1")
+	w2 := l.start("web.2", "2")
+	l.waitReady(90*time.Second, "web.1", "web.2")
+	cert, addr, addr6 := l.param("web.2:"+params.VPNCert), l.param("web.2:"+params.VPNAddress), l.param("web.2:"+params.VPNAddress6)
+	crl := l.param("cnsmo.1:" + params.VPNCRL)
+
+	w2.kill() // web.2's role would put its own CSR back: leave the forgery in place
+	require.NoError(t, l.mock.SetParam(l.uuid, "web.2:"+params.VPNCSR, forgeCSR(t, "web.2")))
+	srv.waitPasses(t, 3)
+
+	require.Equal(t, cert, l.param("web.2:"+params.VPNCert), "web.2's certificate was replaced")
+	require.Equal(t, crl, l.param("cnsmo.1:"+params.VPNCRL), "the CRL changed")
+	serials, err := crlSerials(l.param("cnsmo.1:" + params.VPNCRL))
+	require.NoError(t, err)
+	require.Empty(t, serials, "a certificate was revoked")
+	as, ok := srv.svc.(*Server).alloc.Get("web.2")
+	require.True(t, ok)
+	require.Equal(t, addr, as.V4.String())
+	require.Equal(t, addr6, as.V6.String())
+	connected := false
+	for _, st := range l.mgmtStatus(srv) {
+		connected = connected || st.CN == "web.2"
+	}
+	require.True(t, connected, "web.2 is still connected")
+
+	// web.2's role comes back, puts its own CSR back and is ready with the same address.
+	l.start("web.2", "2")
+	l.waitReady(90*time.Second, "web.1", "web.2")
+	require.Equal(t, cert, l.param("web.2:"+params.VPNCert))
+	require.Equal(t, addr, l.param("web.2:"+params.VPNAddress))
+}
+
+// TestVPNClientPinsItsCA: while the server's role is down, a VM publishes a CA of its own, a
+// certificate it signed for web.1's public key and an endpoint of its choosing. web.1's role,
+// restarted, refuses the changed CA (it pinned the first one in its state dir) and keeps its
+// tunnel to the real server.
+func TestVPNClientPinsItsCA(t *testing.T) {
+	l := newLab(t, 2, "tap")
+	srv := l.start("cnsmo.1", "s")
+	w1 := l.start("web.1", "1")
+	l.start("web.2", "2")
+	l.waitReady(90*time.Second, "web.1", "web.2")
+	caFile := filepath.Join(l.base, "web.1", "fn", "ca.crt")
+	before, err := os.ReadFile(caFile)
+	require.NoError(t, err)
+
+	srv.kill() // its OpenVPN keeps running; the role would put its own CA back
+	evil, err := pki.LoadOrCreateCA(t.TempDir())
+	require.NoError(t, err)
+	csr := l.param("web.1:" + params.VPNCSR)
+	forged, err := evil.Sign([]byte(csr), "web.1")
+	require.NoError(t, err)
+	require.NoError(t, l.mock.SetParam(l.uuid, "cnsmo.1:"+params.VPNCACert, string(evil.CertPEM())))
+	require.NoError(t, l.mock.SetParam(l.uuid, "web.1:"+params.VPNCert, string(forged)))
+	require.NoError(t, l.mock.SetParam(l.uuid, "cnsmo.1:"+params.VPNEndpoint, "198.18.240.3:11940/udp"))
+	w1.kill()
+	w1 = l.start("web.1", "1")
+	w1.waitPasses(t, 3)
+
+	after, err := os.ReadFile(caFile)
+	require.NoError(t, err)
+	require.Equal(t, string(before), string(after), "web.1 followed a changed CA")
+	require.NoError(t, l.ping(w1.host, l.param("cnsmo.1:"+params.VPNAddress)), "web.1's tunnel to the real server")
+}

@@ -675,3 +675,10 @@ func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
 
 // SamePEM reports whether two PEM texts hold the same bytes ignoring surrounding whitespace.
 func SamePEM(a, b []byte) bool { return bytes.Equal(bytes.TrimSpace(a), bytes.TrimSpace(b)) }
+
+// ErrKeyPinned is returned (wrapped) when a CSR for an instance carries another key than the one
+// the CA first signed for it.
+var ErrKeyPinned = errors.New("another key is pinned for this instance")
+
+// ErrLeft is returned (wrapped) when a CSR names an instance that has left the run.
+var ErrLeft = errors.New("the instance has left the run")

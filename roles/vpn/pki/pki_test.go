@@ -3,6 +3,7 @@ package pki
 import (
 	"crypto/x509"
 	"errors"
+	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
@@ -245,21 +246,103 @@ func TestRevokeAndCRL(t *testing.T) {
 	assert.Len(t, serials, 2)
 }
 
-func TestNewKeyForInstanceRevokesOld(t *testing.T) {
+// An instance's first signed key is pinned: a CSR with another key for the same instance (what a
+// VM writing another's vpn.csr publishes) is refused and changes nothing: no revocation, no new
+// certificate, the same certificate for the pinned key.
+func TestSignPinsTheFirstKey(t *testing.T) {
 	ca, err := LoadOrCreateCA(t.TempDir())
 	require.NoError(t, err)
 	k1, _ := NewKey()
 	csr1, _ := NewCSR(k1, "web.1")
 	p1, err := ca.Sign(csr1, "web.1")
 	require.NoError(t, err)
-	c1, _ := ParseCert(p1)
 	k2, _ := NewKey()
 	csr2, _ := NewCSR(k2, "web.1")
 	_, err = ca.Sign(csr2, "web.1")
-	require.NoError(t, err)
+	require.ErrorIs(t, err, ErrKeyPinned)
+	assert.Contains(t, err.Error(), "scale")
 	crl, _ := ca.CRLPEM()
 	serials, err := ca.RevokedSerials(crl)
 	require.NoError(t, err)
-	assert.Equal(t, []string{c1.SerialNumber.String()}, serials)
+	assert.Empty(t, serials, "nothing revoked")
 	assert.Equal(t, []string{"web.1"}, ca.Active())
+	assert.Len(t, ca.IssuedTo("web.1"), 1)
+	again, err := ca.Sign(csr1, "web.1")
+	require.NoError(t, err)
+	assert.Equal(t, string(p1), string(again))
+
+	// The pin survives a restart of the CA.
+	ca, err = LoadOrCreateCA(ca.Dir())
+	require.NoError(t, err)
+	_, err = ca.Sign(csr2, "web.1")
+	require.ErrorIs(t, err, ErrKeyPinned)
+}
+
+// A name that left the run (RevokeInstance) is never signed again, whatever the key.
+func TestSignRefusesAnInstanceThatLeft(t *testing.T) {
+	ca, err := LoadOrCreateCA(t.TempDir())
+	require.NoError(t, err)
+	k1, _ := NewKey()
+	csr1, _ := NewCSR(k1, "web.2")
+	_, err = ca.Sign(csr1, "web.2")
+	require.NoError(t, err)
+	revoked, err := ca.RevokeInstance("web.2")
+	require.NoError(t, err)
+	require.True(t, revoked)
+	_, err = ca.Sign(csr1, "web.2")
+	require.ErrorIs(t, err, ErrLeft)
+	k2, _ := NewKey()
+	csr2, _ := NewCSR(k2, "web.2")
+	_, err = ca.Sign(csr2, "web.2")
+	require.ErrorIs(t, err, ErrLeft)
+	ca, err = LoadOrCreateCA(ca.Dir())
+	require.NoError(t, err)
+	_, err = ca.Sign(csr2, "web.2")
+	require.ErrorIs(t, err, ErrLeft, "persisted")
+	// An instance that never held a certificate and is told to leave is refused later too.
+	_, err = ca.RevokeInstance("web.9")
+	require.NoError(t, err)
+	k3, _ := NewKey()
+	csr3, _ := NewCSR(k3, "web.9")
+	_, err = ca.Sign(csr3, "web.9")
+	require.ErrorIs(t, err, ErrLeft)
+}
+
+// A CA whose state (issued certificates, revocations) was lost while its key stayed refuses to
+// start instead of clearing every revocation; the message says what is missing and how to recover.
+func TestLoadRefusesACAWithoutItsState(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := LoadOrCreateCA(dir)
+	require.NoError(t, err)
+	k, _ := NewKey()
+	csr, _ := NewCSR(k, "web.1")
+	_, err = ca.Sign(csr, "web.1")
+	require.NoError(t, err)
+	require.NoError(t, os.Remove(filepath.Join(dir, "state.json")))
+	_, err = LoadOrCreateCA(dir)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "state.json")
+	assert.Contains(t, err.Error(), "ca.key")
+	assert.Contains(t, err.Error(), "restore")
+}
+
+// Serials are random (128 bits), never a counter that a lost state would reuse.
+func TestSerialsAreRandom(t *testing.T) {
+	ca, err := LoadOrCreateCA(t.TempDir())
+	require.NoError(t, err)
+	var prev *big.Int
+	for _, in := range []string{"web.1", "web.2", "web.3"} {
+		k, _ := NewKey()
+		csr, _ := NewCSR(k, in)
+		p, err := ca.Sign(csr, in)
+		require.NoError(t, err)
+		c, err := ParseCert(p)
+		require.NoError(t, err)
+		assert.GreaterOrEqual(t, c.SerialNumber.BitLen(), 64, "serial %s", c.SerialNumber)
+		if prev != nil {
+			d := new(big.Int).Sub(c.SerialNumber, prev)
+			assert.NotEqual(t, 0, d.Cmp(big.NewInt(1)), "consecutive serials")
+		}
+		prev = c.SerialNumber
+	}
 }
