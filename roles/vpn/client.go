@@ -121,6 +121,9 @@ func (c *Client) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error)
 	if caPEM == "" || endpoint == "" || certPEM == "" {
 		return false, nil
 	}
+	if err := c.pinCA(caPEM, srv); err != nil {
+		return false, err
+	}
 	if _, err := pki.VerifyClientCert([]byte(certPEM), []byte(caPEM), me, &c.key.PublicKey); err != nil {
 		// A certificate for an older key, or not yet re-signed: wait for the server.
 		c.env.Log.Debug().Err(err).Msg("vpn: waiting for a certificate for this key")
@@ -206,6 +209,35 @@ func (c *Client) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error)
 	return true, nil
 }
 
+// caPinFile keeps the CA this client first trusted, in its state dir.
+const caPinFile = "ca.pin.pem"
+
+// pinCA trusts the first valid CA certificate it sees and refuses any other later: a VM of the
+// run that rewrites vpn.ca.cert (or points vpn.server.nodeinstanceid elsewhere) cannot make this
+// client follow a CA of its own. `cnsmo-role stop --purge` forgets the pin.
+func (c *Client) pinCA(caPEM, srv string) error {
+	p := filepath.Join(c.env.StateDir, caPinFile)
+	pinned, err := os.ReadFile(p)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		ca, err := pki.ParseCert([]byte(caPEM))
+		if err != nil || !ca.IsCA {
+			return fmt.Errorf("vpn: %s:%s is not a CA certificate (%v): not trusted", srv, params.VPNCACert, err)
+		}
+		if err := pki.WriteFileAtomic(p, []byte(caPEM), 0o644); err != nil {
+			return err
+		}
+		c.env.Log.Info().Str("server", srv).Msg("vpn: CA pinned on first use")
+		return nil
+	case err != nil:
+		return fmt.Errorf("vpn: %w", err)
+	case !pki.SamePEM(pinned, []byte(caPEM)):
+		return fmt.Errorf("vpn: %s:%s is not the CA this VM pinned on first use (%s): refused, the tunnel stays with the pinned CA; "+
+			"if the CNSMO server was really re-created, run `cnsmo-role stop --purge` on this VM and start the role again", srv, params.VPNCACert, p)
+	}
+	return nil
+}
+
 func sameKeyCSR(csrPEM string, key *ecdsa.PrivateKey, instance string) bool {
 	r, err := pki.CheckCSR([]byte(csrPEM), instance)
 	return err == nil && key.PublicKey.Equal(r.PublicKey)
@@ -229,7 +261,7 @@ func (c *Client) Teardown(ctx context.Context) error {
 		_ = os.Remove(c.Dir)
 	}
 	if c.RemoveKey && c.env.StateDir != "" {
-		for _, f := range []string{"client.key", "client.csr"} {
+		for _, f := range []string{"client.key", "client.csr", caPinFile} {
 			if err := os.Remove(filepath.Join(c.env.StateDir, f)); err != nil && !errors.Is(err, os.ErrNotExist) {
 				errs = append(errs, err)
 			}

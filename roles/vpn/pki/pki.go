@@ -27,6 +27,7 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -73,9 +74,12 @@ type Issued struct {
 }
 
 type state struct {
-	NextSerial int64     `json:"next_serial"`
+	NextSerial int64     `json:"next_serial"` // kept for older state files; serials are random now
 	CRLNumber  int64     `json:"crl_number"`
 	Issued     []*Issued `json:"issued"`
+	// Left lists the instances that left the run: their names are never signed again
+	// (SlipStream never reuses an instance index).
+	Left []string `json:"left,omitempty"`
 }
 
 // CA is a certificate authority persisted in a directory. Its methods are safe for concurrent use.
@@ -193,6 +197,10 @@ func (ca *CA) load() error {
 	b, err := os.ReadFile(filepath.Join(ca.dir, stateFile))
 	switch {
 	case errors.Is(err, os.ErrNotExist):
+		// Starting afresh would clear every revocation and every pinned key.
+		return fmt.Errorf("pki: %s is missing while %s exists: the CA's issued certificates, pinned keys and revocations are lost; "+
+			"restore state.json from a backup, or remove the whole directory %s to start a new CA (every member then gets a new certificate)",
+			filepath.Join(ca.dir, stateFile), caKeyFile, ca.dir)
 	case err != nil:
 		return fmt.Errorf("pki: %w", err)
 	default:
@@ -225,15 +233,14 @@ func (ca *CA) ensureServer() error {
 	if err != nil {
 		return fmt.Errorf("pki: server key: %w", err)
 	}
-	tmpl := ca.leafTemplateLocked(ServerCN, x509.ExtKeyUsageServerAuth)
+	tmpl, err := ca.leafTemplateLocked(ServerCN, x509.ExtKeyUsageServerAuth)
+	if err != nil {
+		return err
+	}
 	tmpl.DNSNames = []string{ServerCN}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
 	if err != nil {
 		return fmt.Errorf("pki: server certificate: %w", err)
-	}
-	ca.st.NextSerial++
-	if err := writeJSON(filepath.Join(ca.dir, stateFile), ca.st); err != nil {
-		return err
 	}
 	keyPEM, err := MarshalKey(key)
 	if err != nil {
@@ -245,12 +252,16 @@ func (ca *CA) ensureServer() error {
 	return WriteFileAtomic(crtPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
 }
 
-// leafTemplateLocked returns a template for an end-entity certificate with the next serial
-// (the caller persists NextSerial+1 before handing the certificate out).
-func (ca *CA) leafTemplateLocked(cn string, eku x509.ExtKeyUsage) *x509.Certificate {
+// leafTemplateLocked returns a template for an end-entity certificate with a random 128-bit
+// serial (never reused, even by a CA whose state was restored from an old backup).
+func (ca *CA) leafTemplateLocked(cn string, eku x509.ExtKeyUsage) (*x509.Certificate, error) {
+	serial, err := randomSerial()
+	if err != nil {
+		return nil, err
+	}
 	now := ca.now()
 	return &x509.Certificate{
-		SerialNumber:          big.NewInt(ca.st.NextSerial),
+		SerialNumber:          serial,
 		Subject:               pkix.Name{CommonName: cn},
 		NotBefore:             now.Add(-time.Hour),
 		NotAfter:              now.Add(CertValidity),
@@ -258,7 +269,7 @@ func (ca *CA) leafTemplateLocked(cn string, eku x509.ExtKeyUsage) *x509.Certific
 		ExtKeyUsage:           []x509.ExtKeyUsage{eku},
 		BasicConstraintsValid: true,
 		AuthorityKeyId:        ca.cert.SubjectKeyId,
-	}
+	}, nil
 }
 
 // Dir is the CA's directory.
@@ -324,9 +335,10 @@ func CheckCSR(csrPEM []byte, instance string) (*x509.CertificateRequest, error) 
 }
 
 // Sign issues a client certificate (clientAuth) for the CSR published by instance. It refuses a
-// CSR whose subject CN is not instance, or whose signature or key is bad. The same instance and
-// public key get the same certificate again (persisted); a new key for the instance gets a new
-// certificate and the instance's older certificates are revoked.
+// CSR whose subject CN is not instance, or whose signature or key is bad. The first key signed for
+// an instance is pinned: the same key gets the same certificate again (persisted, so a role that
+// crashed after signing converges without duplicates), another key is refused (ErrKeyPinned) and
+// changes nothing. A name that left the run is never signed again (ErrLeft).
 func (ca *CA) Sign(csrPEM []byte, instance string) (certPEM []byte, err error) {
 	csr, err := CheckCSR(csrPEM, instance)
 	if err != nil {
@@ -336,33 +348,34 @@ func (ca *CA) Sign(csrPEM []byte, instance string) (certPEM []byte, err error) {
 	kidHex := hex.EncodeToString(kid)
 	ca.mu.Lock()
 	defer ca.mu.Unlock()
+	if slices.Contains(ca.st.Left, instance) {
+		return nil, fmt.Errorf("pki: %s: %w: its name is never signed again (a new instance of the node gets a new name)", instance, ErrLeft)
+	}
 	for _, is := range ca.st.Issued {
-		if is.Instance == instance && is.KeyID == kidHex && !is.Revoked {
+		if is.Instance != instance {
+			continue
+		}
+		if is.KeyID != kidHex {
+			return nil, fmt.Errorf("pki: %s: %w (key %.16s…, the request's is %.16s…): request refused, nothing changed; "+
+				"a member that lost its own key recovers by being scaled in and replaced by a new instance", instance, ErrKeyPinned, is.KeyID, kidHex)
+		}
+		if !is.Revoked {
 			return []byte(is.CertPEM), nil
 		}
 	}
-	tmpl := ca.leafTemplateLocked(instance, x509.ExtKeyUsageClientAuth)
+	tmpl, err := ca.leafTemplateLocked(instance, x509.ExtKeyUsageClientAuth)
+	if err != nil {
+		return nil, err
+	}
 	tmpl.SubjectKeyId = kid[:20]
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, csr.PublicKey, ca.key)
 	if err != nil {
 		return nil, fmt.Errorf("pki: sign %s: %w", instance, err)
 	}
 	certPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	revokedOld := false
-	for _, is := range ca.st.Issued {
-		if is.Instance == instance && !is.Revoked {
-			is.Revoked, is.RevokedAt, revokedOld = true, ca.now(), true
-		}
-	}
 	ca.st.Issued = append(ca.st.Issued, &Issued{Instance: instance, Serial: tmpl.SerialNumber.String(), KeyID: kidHex, CertPEM: string(certPEM)})
-	ca.st.NextSerial++
 	if err := writeJSON(filepath.Join(ca.dir, stateFile), ca.st); err != nil {
 		return nil, err
-	}
-	if revokedOld {
-		if err := ca.writeCRLLocked(); err != nil {
-			return nil, err
-		}
 	}
 	return certPEM, nil
 }
@@ -417,21 +430,29 @@ func (ca *CA) Revoke(serial string) error {
 	return fmt.Errorf("pki: revoke: no certificate with serial %s", serial)
 }
 
-// RevokeInstance revokes every certificate of instance; it reports whether any was revoked now.
+// RevokeInstance is called when instance has left the run: it revokes every certificate of
+// instance and records that the name is never signed again. It reports whether a certificate
+// was revoked now.
 func (ca *CA) RevokeInstance(instance string) (bool, error) {
 	ca.mu.Lock()
 	defer ca.mu.Unlock()
-	changed := false
+	changed, left := false, slices.Contains(ca.st.Left, instance)
 	for _, is := range ca.st.Issued {
 		if is.Instance == instance && !is.Revoked {
 			is.Revoked, is.RevokedAt, changed = true, ca.now(), true
 		}
 	}
-	if !changed {
+	if !left {
+		ca.st.Left = append(ca.st.Left, instance)
+	}
+	if !changed && left {
 		return false, nil
 	}
 	if err := writeJSON(filepath.Join(ca.dir, stateFile), ca.st); err != nil {
 		return false, err
+	}
+	if !changed {
+		return false, nil
 	}
 	return true, ca.writeCRLLocked()
 }
