@@ -62,12 +62,14 @@ func TestRenderProperties(t *testing.T) {
 			"crl-verify /var/lib/cnsmo/vpn/server/crl.pem", "ccd-exclusive",
 			"management 127.0.0.1 7505 /var/lib/cnsmo/vpn/server/mgmt.pw",
 			"ifconfig 198.19.240.1 255.255.255.0", "ifconfig-ipv6 2001:db8:f0::1/64 2001:db8:f0::2",
+			// Clients must present client certificates; OpenVPN gives up root once started.
+			"remote-cert-tls client", "user nobody", "group nogroup",
 		} {
 			assert.Contains(t, s, want+"\n", dev)
 		}
 		assert.Equal(t, dev == "tun", strings.Contains(s, "topology subnet"), dev)
 		cl := RenderClient(ClientConfig{Dir: DefaultClientDir, Device: dev, Host: "198.18.0.9", Port: 1194})
-		for _, want := range []string{"client", "remote 198.18.0.9 1194", "remote-cert-tls server", "verify-x509-name cnsmo-vpn-server name", "nobind"} {
+		for _, want := range []string{"client", "remote 198.18.0.9 1194", "remote-cert-tls server", "verify-x509-name cnsmo-vpn-server name", "nobind", "user nobody", "group nogroup"} {
 			assert.Contains(t, cl, want+"\n", dev)
 		}
 		assert.NotContains(t, s+cl, "PRIVATE KEY")
