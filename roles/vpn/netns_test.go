@@ -201,6 +201,10 @@ func newLabWith(t testing.TB, hosts int, device string, docker bool) *lab {
 	}
 	testutil.RequireBinary(t, "ip", "openvpn", "ping")
 	l := &lab{docker: docker, t: t, id: fmt.Sprintf("%04d", (time.Now().UnixNano()/1000+labSeq.Add(1))%10000), base: t.TempDir(), hosts: map[string]*host{}, roles: map[string]*member{}}
+	// OpenVPN drops root to nobody: the server's files must be reachable (as under /var/lib).
+	for _, d := range []string{l.base, filepath.Dir(l.base)} {
+		require.NoError(t, os.Chmod(d, 0o711))
+	}
 	l.bridge = "cvb" + l.id
 	run(t, "ip", "netns", "add", l.bridge)
 	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", l.bridge).Run() })
@@ -516,6 +520,17 @@ func TestVPNRolesInNamespaces(t *testing.T) {
 	}
 	require.ElementsMatch(t, []string{"198.19.240.2", "198.19.240.3"}, []string{addr["web.1"][0], addr["web.2"][0]})
 	require.Equal(t, "198.18.240.1:11940/udp", l.param("cnsmo.1:"+params.VPNEndpoint))
+
+	// OpenVPN gave up root (user nobody) on the server and the clients.
+	for _, h := range []*host{srv.host, w1.host, w2.host} {
+		pids := nsPids(h.ns, "openvpn")
+		require.NotEmpty(t, pids, h.ns)
+		for _, pid := range pids {
+			st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+			require.NoError(t, err)
+			require.Regexp(t, `(?m)^Uid:\s+65534\s`, string(st), "openvpn %d in %s", pid, h.ns)
+		}
+	}
 
 	// Client to client through the overlay, both families; and the server from a client.
 	require.NoError(t, l.ping(w1.host, addr["web.2"][0]))

@@ -109,6 +109,7 @@ func RenderServer(c ServerConfig) string {
 	w("ca %s", c.path("ca.crt"))
 	w("cert %s", c.path("server.crt"))
 	w("key %s", c.path("server.key"))
+	w("remote-cert-tls client") // a server certificate of the same CA is no client
 	w("crl-verify %s", c.CRLPath())
 	w("management 127.0.0.1 %d %s", c.MgmtPort, c.MgmtPasswordPath())
 	w("status %s 10", c.path("status.log"))
@@ -121,8 +122,17 @@ func RenderServer(c ServerConfig) string {
 	w(`push "sndbuf %d"`, sockBuf)
 	w(`push "rcvbuf %d"`, sockBuf)
 	w("txqueuelen 1000")
+	dropRoot(w)
 	w("verb 3")
 	return b.String()
+}
+
+// dropRoot makes OpenVPN give up root once its device, sockets and files are open (persist-key
+// and persist-tun keep them across a restart). What it reads later (the server's CRL and
+// client-config-dir on each connection) is world-readable in a traversable directory.
+func dropRoot(w func(string, ...any)) {
+	w("user nobody")
+	w("group nogroup")
 }
 
 // RenderCCD renders a client's client-config-dir file: its fixed addresses.
@@ -179,6 +189,7 @@ func RenderClient(c ClientConfig) string {
 	w("sndbuf %d", sockBuf)
 	w("rcvbuf %d", sockBuf)
 	w("txqueuelen 1000")
+	dropRoot(w)
 	w("verb 3")
 	return b.String()
 }

@@ -116,6 +116,11 @@ func (s *Server) open(in Inputs) error {
 	if err := os.MkdirAll(s.env.StateDir, 0o700); err != nil {
 		return fmt.Errorf("vpn: state dir: %w", err)
 	}
+	if s.env.Exec {
+		if err := traversable(s.Dir, filepath.Dir(s.env.StateDir)); err != nil {
+			return role.Terminal(err)
+		}
+	}
 	if s.ca == nil {
 		ca, err := pki.LoadOrCreateCA(filepath.Join(s.env.StateDir, "ca"))
 		if err != nil {
@@ -154,6 +159,34 @@ func (s *Server) open(in Inputs) error {
 		s.pw = strings.TrimSpace(string(b))
 	}
 	return nil
+}
+
+// traversable makes sure OpenVPN, once it dropped root to nobody, can reach the files it reads
+// on every connection (the CRL and client-config-dir) in dir: every directory above dir needs
+// the execute bit for others. Directories under own (the role's state dir) get it (0711: no
+// listing, and every secret in them is 0600); any other directory without it is an error that
+// names it.
+func traversable(dir, own string) error {
+	own = filepath.Clean(own)
+	for d := filepath.Dir(filepath.Clean(dir)); ; d = filepath.Dir(d) {
+		st, err := os.Stat(d)
+		switch {
+		case errors.Is(err, os.ErrNotExist):
+		case err != nil:
+			return fmt.Errorf("vpn: %w", err)
+		case st.Mode().Perm()&0o001 == 0:
+			if d != own && !strings.HasPrefix(d, own+string(filepath.Separator)) {
+				return fmt.Errorf("vpn: %s (mode %04o) is not traversable by others: OpenVPN runs as nobody once started and reads its CRL and client configs under %s; chmod o+x %s",
+					d, st.Mode().Perm(), dir, d)
+			}
+			if err := os.Chmod(d, st.Mode().Perm()|0o011); err != nil {
+				return fmt.Errorf("vpn: %w", err)
+			}
+		}
+		if d == filepath.Dir(d) {
+			return nil
+		}
+	}
 }
 
 // seedCRL is the CRL the function starts with: fixed at the first start so that the start spec
