@@ -45,6 +45,8 @@ type Role struct {
 	Log    zerolog.Logger
 	// UseVPN addresses backends at their vpn.address instead of their hostname.
 	UseVPN bool
+	// Assigned returns the overlay address the VPN server assigned to an instance (with UseVPN).
+	Assigned func(instance string) (netip.Addr, bool)
 	// Exec: functions run on this VM's filesystem (the exec driver); teardown removes the socket.
 	Exec bool
 	// Dial opens a TCP connection to the local HAProxy (the runtime API and the readiness probe);

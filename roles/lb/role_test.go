@@ -3,8 +3,11 @@ package lb
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"io"
 	"net"
+	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -204,4 +207,74 @@ func TestReadyOnlyWhileABackendIsUp(t *testing.T) {
 	require.NoError(t, err)
 	require.False(t, ready, "every backend down: not ready")
 	require.Equal(t, "false", fp.set[params.LBReady], "lb.ready withdrawn")
+}
+
+// runWith is lbRun with each backend's hostname and vpn.address as given.
+func runWith(hosts map[string][2]string) *ssclient.Run {
+	run := lbRun()
+	var ids []string
+	for inst, hv := range hosts {
+		ids = append(ids, strings.TrimPrefix(inst, "web."))
+		if hv[0] != "" {
+			run.Params[inst+":"+params.Hostname] = ssclient.Param{Value: hv[0], IsSet: true}
+		}
+		if hv[1] != "" {
+			run.Params[inst+":"+params.VPNAddress] = ssclient.Param{Value: hv[1], IsSet: true}
+		}
+	}
+	slices.Sort(ids)
+	run.Params["web:ids"] = ssclient.Param{Value: strings.Join(ids, ","), IsSet: true}
+	return run
+}
+
+// A VM's claimed address never makes the load balancer forward into the LB VM itself or to the
+// cloud's metadata service: loopback, link-local, multicast and unspecified addresses are left
+// out (IPv4-mapped forms too); other backends are served.
+func TestBackendsRefuseLocalAddresses(t *testing.T) {
+	bad := []string{"127.0.0.1", "127.1.2.3", "169.254.169.254", "0.0.0.0", "224.0.0.1", "255.255.255.255",
+		"::1", "::", "fe80::1", "ff02::1", "::ffff:127.0.0.1", "::ffff:169.254.169.254"}
+	hosts := map[string][2]string{"web.1": {"198.18.0.11", ""}}
+	for i, a := range bad {
+		hosts[fmt.Sprintf("web.%d", i+2)] = [2]string{a, ""}
+	}
+	drv := &fakeDriver{files: map[string]string{}}
+	r := &Role{Params: &fakeParams{set: map[string]string{}}, Driver: drv, Log: zerolog.Nop(), Dial: runtimeAPI}
+	_, err := r.Reconcile(context.Background(), runWith(hosts))
+	require.NoError(t, err)
+	conf := drv.files[ConfigPath]
+	require.Contains(t, conf, "server web.1 198.18.0.11:8080 check")
+	for i, a := range bad {
+		require.NotContains(t, conf, fmt.Sprintf("server web.%d ", i+2), "backend at %s rendered", a)
+	}
+}
+
+// With the VPN on, a backend is served at the address the VPN server assigned to it, never at the
+// vpn.address it claims; an instance without an assignment is left out.
+func TestBackendsAtAssignedVPNAddresses(t *testing.T) {
+	assigned := map[string]netip.Addr{"web.1": netip.MustParseAddr("198.19.0.2"), "web.2": netip.MustParseAddr("198.19.0.3")}
+	drv := &fakeDriver{files: map[string]string{}}
+	r := &Role{Params: &fakeParams{set: map[string]string{}}, Driver: drv, Log: zerolog.Nop(), Dial: runtimeAPI, UseVPN: true,
+		Assigned: func(inst string) (netip.Addr, bool) { a, ok := assigned[inst]; return a, ok }}
+	_, err := r.Reconcile(context.Background(), runWith(map[string][2]string{
+		"web.1": {"198.18.0.11", "198.19.0.2"},
+		"web.2": {"198.18.0.21", "127.0.0.1"},       // claims loopback
+		"web.3": {"198.18.0.31", "169.254.169.254"}, // never assigned
+	}))
+	require.NoError(t, err)
+	conf := drv.files[ConfigPath]
+	require.Contains(t, conf, "server web.1 198.19.0.2:8080 check")
+	require.Contains(t, conf, "server web.2 198.19.0.3:8080 check")
+	require.NotContains(t, conf, "127.0.0.1:8080")
+	require.NotContains(t, conf, "web.3")
+}
+
+// HAProxy's runtime API is no TCP listener at admin level.
+func TestRuntimeAPINotAdminOverTCP(t *testing.T) {
+	conf := Render(Config{Port: 8080, BackendPort: 8080, Mode: "roundrobin", StatsPort: DefaultStatsPort, CheckInter: 2000, Fall: 2, Rise: 2}, nil)
+	for _, line := range strings.Split(conf, "\n") {
+		if strings.Contains(line, "stats socket ipv4@") || strings.Contains(line, "stats socket ipv6@") {
+			require.NotContains(t, line, "level admin", line)
+			require.Contains(t, line, "@127.0.0.1:", line)
+		}
+	}
 }
