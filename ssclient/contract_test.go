@@ -139,6 +139,18 @@ func TestAbortAndDisplay(t *testing.T) {
 	require.ErrorIs(t, err, ssclient.ErrAborted)
 }
 
+// An over-long reason is cut in the middle as the reference client does (truncate_middle with
+// "\n(truncated)\n": the first and last 2041 characters stay).
+func TestAbortTruncatesTheReasonInTheMiddle(t *testing.T) {
+	e := setup(t, mocknuvla.Options{})
+	ctx := context.Background()
+	reason := "HEAD" + strings.Repeat("a", 3000) + strings.Repeat("b", 3000) + "TAIL"
+	require.NoError(t, e.client(t, "web.1").Abort(ctx, reason))
+	v, _, _ := e.srv.Param(e.ri.UUID, "ss:abort")
+	require.Equal(t, reason[:2041]+"\n(truncated)\n"+reason[len(reason)-2041:], v)
+	require.Len(t, v, 4095)
+}
+
 func TestTooLongRefusedLocallyAndByServer(t *testing.T) {
 	e := setup(t, mocknuvla.Options{})
 	ctx := context.Background()

@@ -114,6 +114,11 @@ func TestSSToolsAgainstMocknuvlaBinary(t *testing.T) {
 	require.Equal(t, 0, code)
 	out, _, _ = run("web.2", "ss-get", "--ignore-abort", "ss:abort")
 	require.Equal(t, "stop here\n", out)
+	// As SlipStream's own ss-abort (no ignoreabort): aborting an aborted run is refused, exit 8.
+	_, _, code = run("web.2", "ss-abort", "again")
+	require.Equal(t, 8, code, "ss-abort on an aborted run")
+	out, _, _ = run("web.2", "ss-get", "--ignore-abort", "ss:abort")
+	require.Equal(t, "stop here\n", out, "the first reason stays")
 
 	_, errOut, code = run("web.1", "cnsmo-role", "agent", "--driver", "podman")
 	require.Equal(t, 2, code, "a bad --driver is a usage error")
