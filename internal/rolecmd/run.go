@@ -138,11 +138,17 @@ func run(ctx context.Context, opts Options, cfg ssclient.Config, client *ssclien
 		var list []role.Service
 		if opts.Server {
 			list = append(list, &orchestrator.Core{Params: client})
+			var srv *vpn.Server
 			if has(services, "vpn") {
-				list = append(list, vpn.NewServer(env("vpn")))
+				srv = vpn.NewServer(env("vpn"))
+				list = append(list, srv)
 			}
 			if has(services, "lb") {
-				list = append(list, lb.New(env("lb")))
+				l := lb.New(env("lb"))
+				if srv != nil {
+					l.Assigned = srv.Assigned
+				}
+				list = append(list, l)
 			}
 		} else {
 			if has(services, "vpn") {

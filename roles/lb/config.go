@@ -159,9 +159,10 @@ func Render(cfg Config, backends []Backend) string {
 	w("# Rendered by cnsmo-role; do not edit: it is replaced on every change of the backends.")
 	w("global")
 	w("    master-worker")
-	// The role's runtime API (show stat) on loopback; the unix socket hands the listening sockets
+	// The role's runtime API (show stat, show servers state) on loopback at operator level (no
+	// admin command over TCP); the unix socket hands the listening sockets
 	// to the next worker on a reload (the master adds -x with it): no connection is refused.
-	w("    stats socket ipv4@127.0.0.1:%d level admin", cfg.StatsPort)
+	w("    stats socket ipv4@127.0.0.1:%d level operator", cfg.StatsPort)
 	w("    stats socket %s mode 600 level admin expose-fd listeners", SocketPath)
 	w("    maxconn 4096")
 	w("    server-state-file %s", StatePath)

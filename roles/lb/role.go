@@ -54,7 +54,7 @@ type Role struct {
 	Dial func(ctx context.Context, addr string) (net.Conn, error)
 
 	applied string            // the configuration last applied by this process
-	skipped map[string]string // backends left out for an address that is not an IP (warned once)
+	warned  map[string]string // backend -> what was last warned about it (warned once)
 }
 
 // New returns the load balancer of the instance described by env (the CNSMO server).
@@ -141,26 +141,19 @@ func urlService(run *ssclient.Run, me string, port int) string {
 	return net.JoinHostPort(host, strconv.Itoa(port))
 }
 
-// backends lists every current instance of the configured nodes with a usable address.
+// backends lists every current instance of the configured nodes with a usable address: with the
+// VPN, the overlay address the VPN server assigned to it (once the instance says its tunnel is up
+// by publishing vpn.address), never the value it claims; without, its hostname, unless that is
+// an address of the LB VM itself or of the cloud (loopback, link-local such as the metadata
+// service 169.254.169.254, multicast, unspecified). A backend left out is warned about once.
 func (r *Role) backends(run *ssclient.Run, cfg Config) []Backend {
-	key := params.Hostname
-	if r.UseVPN {
-		key = params.VPNAddress
-	}
 	var out []Backend
 	for _, node := range cfg.Nodes {
 		for _, inst := range run.Instances(node) {
-			v := strings.TrimSpace(role.Get(run, inst, key))
-			a, err := netip.ParseAddr(v)
-			if err != nil {
-				if v != "" && r.skipped[inst] != v {
-					// HAProxy gets addresses, not names: say which backend is left out and why.
-					r.Log.Warn().Str("service", "lb").Str("backend", inst).Str("param", key).Str("value", v).
-						Msg("backend left out: its address is not an IP address")
-					if r.skipped == nil {
-						r.skipped = map[string]string{}
-					}
-					r.skipped[inst] = v
+			a, key, v, why := r.address(run, inst)
+			if why != "" {
+				if v != "" {
+					r.warnOnce(inst, key+"="+v, func(e *zerolog.Event) *zerolog.Event { return e.Str("param", key).Str("value", v) }, "backend left out: "+why)
 				}
 				continue // no address yet: it joins on a later pass
 			}
@@ -168,6 +161,73 @@ func (r *Role) backends(run *ssclient.Run, cfg Config) []Backend {
 		}
 	}
 	return out
+}
+
+// address returns the address inst is served at, or why it is not (with the parameter and value
+// that were looked at).
+func (r *Role) address(run *ssclient.Run, inst string) (a netip.Addr, key, v, why string) {
+	if r.UseVPN {
+		key = params.VPNAddress
+		v = strings.TrimSpace(role.Get(run, inst, key))
+		if v == "" {
+			return a, key, v, "" // its tunnel is not up yet
+		}
+		if r.Assigned != nil {
+			if as, ok := r.Assigned(inst); ok {
+				if claimed, err := netip.ParseAddr(v); err != nil || claimed != as {
+					r.warnOnce(inst, "claim="+v, func(e *zerolog.Event) *zerolog.Event { return e.Str("claimed", v).Str("assigned", as.String()) },
+						"backend claims another overlay address than the VPN server assigned: served at the assigned one")
+				}
+				return as, key, v, ""
+			}
+		}
+		return a, key, v, "the VPN server assigned it no address"
+	}
+	key = params.Hostname
+	v = strings.TrimSpace(role.Get(run, inst, key))
+	if v == "" {
+		return a, key, v, ""
+	}
+	a, err := netip.ParseAddr(v)
+	if err != nil {
+		// HAProxy gets addresses, not names.
+		return a, key, v, "its address is not an IP address"
+	}
+	if why := LocalAddress(a); why != "" {
+		return netip.Addr{}, key, v, "its address is " + why
+	}
+	return a, key, v, ""
+}
+
+// warnOnce logs msg about backend inst once per distinct what.
+func (r *Role) warnOnce(inst, what string, fields func(*zerolog.Event) *zerolog.Event, msg string) {
+	if r.warned[inst] == what {
+		return
+	}
+	if r.warned == nil {
+		r.warned = map[string]string{}
+	}
+	r.warned[inst] = what
+	fields(r.Log.Warn().Str("backend", inst)).Msg(msg)
+}
+
+// LocalAddress says why a is never a backend (a loopback, link-local, multicast or unspecified
+// address, also in its IPv4-mapped IPv6 form), or "" when it may be one.
+func LocalAddress(a netip.Addr) string {
+	a = a.Unmap()
+	switch {
+	case a.IsLoopback():
+		return "a loopback address"
+	case a.IsLinkLocalUnicast():
+		return "link-local (the cloud's metadata service lives there)"
+	case a.IsMulticast() || a.IsLinkLocalMulticast() || a.IsInterfaceLocalMulticast():
+		return "a multicast address"
+	case a.IsUnspecified():
+		return "unspecified"
+	case a == netip.MustParseAddr("255.255.255.255"):
+		return "the broadcast address"
+	}
+	return ""
 }
 
 func (r *Role) image() string {

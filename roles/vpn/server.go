@@ -56,7 +56,7 @@ type Server struct {
 }
 
 // NewServer returns the VPN server service of the instance described by env.
-func NewServer(env role.Env) role.Service { return newServer(env) }
+func NewServer(env role.Env) *Server { return newServer(env) }
 
 func newServer(env role.Env) *Server {
 	return &Server{env: env, Image: DefaultImage, Dir: DefaultServerDir, MgmtPort: DefaultMgmtPort}
@@ -64,6 +64,16 @@ func newServer(env role.Env) *Server {
 
 // Name implements role.Service.
 func (s *Server) Name() string { return "vpn" }
+
+// Assigned returns the overlay IPv4 address this server assigned to instance (the load balancer
+// serves a backend there, never at the address the instance claims).
+func (s *Server) Assigned(instance string) (netip.Addr, bool) {
+	if s.alloc == nil {
+		return netip.Addr{}, false
+	}
+	a, ok := s.alloc.Get(instance)
+	return a.V4, ok
+}
 
 // Inputs are the server's validated inputs.
 type Inputs struct {
