@@ -359,10 +359,23 @@ func (c *Client) Abort(ctx context.Context, reason string) error {
 	if reason == "" {
 		reason = "aborted by " + c.cfg.NodeInstance
 	}
-	if r := []rune(reason); len(r) > MaxValueLen {
-		reason = string(r[:MaxValueLen-14]) + "\n(truncated)\n"
+	// As the reference client: no ignoreabort, so aborting an aborted run is refused (409,
+	// ErrAborted) and the first reason stays.
+	return c.Set(ctx, "abort", TruncateMiddle(reason, MaxValueLen))
+}
+
+// truncMarker is what the reference client puts where it cut a value.
+const truncMarker = "\n(truncated)\n"
+
+// TruncateMiddle cuts s to at most max characters by keeping its start and its end around
+// "\n(truncated)\n", as the reference client's truncate_middle does.
+func TruncateMiddle(s string, max int) string {
+	r := []rune(s)
+	if len(r) <= max {
+		return s
 	}
-	return c.IgnoreAbort().Set(ctx, "abort", reason)
+	keep := (max - len(truncMarker)) / 2
+	return string(r[:keep]) + truncMarker + string(r[len(r)-keep:])
 }
 
 // CancelAbort clears the abort flags of this instance and of the run.

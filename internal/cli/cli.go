@@ -263,7 +263,7 @@ func abortCmd(g *globals) *cobra.Command {
 		Short: "Abort the run with a reason (or, with --cancel, clear the abort flag)",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := client(cmd, true)
+			cl, err := client(cmd, false) // as the reference: an aborted run refuses a second abort (exit 8)
 			if err != nil {
 				return err
 			}
