@@ -1,6 +1,7 @@
 package execdriver_test
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"testing"
@@ -35,4 +36,49 @@ func TestSuite(t *testing.T) {
 			return out
 		},
 	})
+}
+
+// A symlink planted where a temporary file could go is never followed: the file lands at its
+// path with its mode, and the symlink's target is untouched.
+func TestPutFilesNeverFollowsAPlantedSymlink(t *testing.T) {
+	dir := t.TempDir()
+	target := filepath.Join(dir, "victim")
+	if err := os.WriteFile(target, []byte("keep\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "fn", "server.key")
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{path + ".cnsmo-tmp", path + ".tmp", filepath.Join(filepath.Dir(path), ".server.key.tmp")} {
+		if err := os.Symlink(target, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d, err := execdriver.New(driver.Owner{Run: "r", Instance: "web.1"}, filepath.Join(dir, "state"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	spec := driver.Spec{Name: "fn", Service: "vpn", Cmd: []string{"sleep", "30"}, Files: []driver.File{{Path: path, Mode: 0o600, Data: []byte("secret\n")}}}
+	if err := d.Start(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = d.Remove(context.Background(), "fn") })
+	if err := d.PutFiles(ctx, "fn", []driver.File{{Path: path, Mode: 0o600, Data: []byte("secret 2\n")}}); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(target); string(b) != "keep\n" {
+		t.Fatalf("the symlink's target was written: %q", b)
+	}
+	st, err := os.Lstat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm() != 0o600 || !st.Mode().IsRegular() {
+		t.Fatalf("%s: mode %v", path, st.Mode())
+	}
+	if b, _ := os.ReadFile(path); string(b) != "secret 2\n" {
+		t.Fatalf("content %q", b)
+	}
 }
