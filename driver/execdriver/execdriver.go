@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/cnsmo/cnsmo/driver"
+	"github.com/cnsmo/cnsmo/internal/atomicfile"
 )
 
 // Driver is the exec driver of one owner.
@@ -97,14 +98,7 @@ func writeFiles(files []driver.File) ([]string, error) {
 		if mode == 0 {
 			mode = 0o644
 		}
-		tmp := f.Path + ".cnsmo-tmp"
-		if err := os.WriteFile(tmp, f.Data, mode); err != nil {
-			return paths, err
-		}
-		if err := os.Chmod(tmp, mode); err != nil {
-			return paths, err
-		}
-		if err := os.Rename(tmp, f.Path); err != nil {
+		if err := atomicfile.Write(f.Path, f.Data, mode); err != nil {
 			return paths, err
 		}
 		paths = append(paths, f.Path)

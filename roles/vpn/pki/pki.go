@@ -31,6 +31,8 @@ import (
 	"sort"
 	"sync"
 	"time"
+
+	"github.com/cnsmo/cnsmo/internal/atomicfile"
 )
 
 // ServerCN is the subject common name of the OpenVPN server's certificate; clients check it
@@ -659,39 +661,9 @@ func writeJSON(path string, v any) error {
 	return WriteFileAtomic(path, append(b, '\n'), 0o600)
 }
 
-// WriteFileAtomic writes data to path through a temporary file, fsync and rename, so a crash
-// leaves the old or the new content, never a torn file. The file gets mode exactly.
+// WriteFileAtomic writes data to path atomically with mode exactly (see atomicfile.Write).
 func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // no-op after the rename
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		d.Close()
-	}
-	return nil
+	return atomicfile.Write(path, data, mode)
 }
 
 // SamePEM reports whether two PEM texts hold the same bytes ignoring surrounding whitespace.
