@@ -141,3 +141,19 @@ func TestAdminAPI(t *testing.T) {
 	// Requests are also counted per client address (the run API only).
 	assert.Equal(t, int64(1), f.srv.ClientCounters()["127.0.0.1"], "the one run request of this test, from loopback")
 }
+
+// The run API's listener, which every VM reaches, serves no admin route: the admin API (no
+// login) has a listener of its own.
+func TestAdminNotOnTheRunListener(t *testing.T) {
+	f := demo(t)
+	for _, p := range []string{"/admin/runs", "/admin/runs/" + f.ri.UUID + "/params", "/admin/faults", "/admin/counters"} {
+		res, err := f.hs.Client().Get(f.hs.URL + p)
+		require.NoError(t, err)
+		res.Body.Close()
+		assert.Equal(t, http.StatusNotFound, res.StatusCode, p)
+	}
+	res, err := f.hs.Client().Post(f.hs.URL+"/admin/runs/"+f.ri.UUID+"/nodes/web?n=1", "text/plain", nil)
+	require.NoError(t, err)
+	res.Body.Close()
+	assert.Equal(t, http.StatusNotFound, res.StatusCode)
+}
