@@ -260,7 +260,11 @@ func (s *Server) newAdminMux() *http.ServeMux {
 			}
 			url := r.URL.Query().Get("serviceurl")
 			if url == "" {
-				url = "http://" + r.Host
+				url = s.serviceURL
+			}
+			if url == "" {
+				adminError(w, http.StatusBadRequest, "no service URL: pass ?serviceurl=URL (the run API's URL as instances reach it)")
+				return
 			}
 			txt, err := render(ri, url, r.PathValue("name"))
 			if err != nil {
@@ -323,7 +327,10 @@ func (s *Server) newAdminMux() *http.ServeMux {
 	return m
 }
 
-func (s *Server) serveAdmin(w http.ResponseWriter, r *http.Request) {
+// Admin returns the handler of the admin API (routes under /admin/). It needs no login, so it is
+// served on a listener of its own that the simulated VMs do not reach (loopback by default),
+// never on the run API's.
+func (s *Server) Admin() http.Handler {
 	s.adminOnce.Do(func() { s.admin = s.newAdminMux() })
-	s.admin.ServeHTTP(w, r)
+	return s.admin
 }

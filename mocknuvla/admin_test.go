@@ -105,7 +105,7 @@ func TestAdminAPI(t *testing.T) {
 	assert.Contains(t, r.body, "export SLIPSTREAM_SERVICEURL='http://198.18.0.1:9'\n")
 	assert.Contains(t, r.body, "export SLIPSTREAM_API_SECRET='"+in.APISecret+"'\n")
 	r = f.do("GET", base+"/instances/web.4/context", "")
-	assert.Contains(t, r.body, "serviceurl = "+f.hs.URL+"\n", "default service URL: the admin request's host")
+	assert.Contains(t, r.body, "serviceurl = "+f.hs.URL+"\n", "default service URL: Options.ServiceURL, the run API's")
 	assert.Equal(t, http.StatusNotFound, f.do("GET", base+"/instances/web.99/env", "").code)
 
 	// Complete and abort.

@@ -17,6 +17,7 @@ type fixture struct {
 	t   *testing.T
 	srv *mocknuvla.Server
 	hs  *httptest.Server
+	adm *httptest.Server // the admin API's own listener
 	ri  *mocknuvla.RunInfo
 }
 
@@ -29,12 +30,17 @@ func load(t *testing.T, file string) *mocknuvla.Deployment {
 
 func newFixture(t *testing.T, d *mocknuvla.Deployment, opts mocknuvla.Options) *fixture {
 	t.Helper()
+	hs := httptest.NewUnstartedServer(nil)
+	opts.ServiceURL = "http://" + hs.Listener.Addr().String()
 	srv := mocknuvla.New(opts)
-	hs := httptest.NewServer(srv)
+	hs.Config.Handler = srv
+	hs.Start()
 	t.Cleanup(hs.Close)
+	adm := httptest.NewServer(srv.Admin())
+	t.Cleanup(adm.Close)
 	ri, err := srv.CreateRun(d)
 	require.NoError(t, err)
-	return &fixture{t: t, srv: srv, hs: hs, ri: ri}
+	return &fixture{t: t, srv: srv, hs: hs, adm: adm, ri: ri}
 }
 
 // demo is the two-cloud demo run (mutable, Ready), served without auth.
@@ -59,7 +65,11 @@ func (f *fixture) do(method, path, body string, headers ...string) resp {
 	if body != "" {
 		rd = strings.NewReader(body)
 	}
-	req, err := http.NewRequest(method, f.hs.URL+path, rd)
+	base := f.hs.URL
+	if strings.HasPrefix(path, "/admin") {
+		base = f.adm.URL
+	}
+	req, err := http.NewRequest(method, base+path, rd)
 	require.NoError(f.t, err)
 	for i := 0; i+1 < len(headers); i += 2 {
 		req.Header.Set(headers[i], headers[i+1])

@@ -51,12 +51,9 @@ func parseRoute(r *http.Request) route {
 	return route{pattern: r.Method + " (unknown route)"}
 }
 
-// ServeHTTP serves the legacy run API, /api/session and the admin API under /admin/.
+// ServeHTTP serves the legacy run API and /api/session: what every VM reaches. The admin API
+// (no login) is served by Admin, on a listener of its own.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.URL.Path == "/admin" || strings.HasPrefix(r.URL.Path, "/admin/") {
-		s.serveAdmin(w, r)
-		return
-	}
 	rt := parseRoute(r)
 	s.mu.Lock()
 	s.counters[rt.pattern]++

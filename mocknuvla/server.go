@@ -24,6 +24,9 @@ type Options struct {
 	Logger zerolog.Logger
 	// NoAuth serves the run API without a session cookie.
 	NoAuth bool
+	// ServiceURL is the run API's URL as instances reach it: the default service URL of the env
+	// and context files the admin API renders (the admin API has a listener of its own).
+	ServiceURL string
 	// Users are internal accounts (username -> password) accepted by
 	// POST /api/session with the session-template/internal template. They may use every run.
 	Users map[string]string
@@ -84,6 +87,7 @@ type Server struct {
 	noAuth      bool
 	users       map[string]string
 	onInstances func(string, []InstanceInfo)
+	serviceURL  string
 
 	adminOnce sync.Once
 	admin     *http.ServeMux
@@ -105,7 +109,7 @@ func New(opts Options) *Server {
 	for u, p := range opts.Users {
 		users[u] = p
 	}
-	return &Server{log: opts.Logger, noAuth: opts.NoAuth, users: users, onInstances: opts.OnInstances,
+	return &Server{log: opts.Logger, noAuth: opts.NoAuth, users: users, onInstances: opts.OnInstances, serviceURL: opts.ServiceURL,
 		runs: map[string]*run{}, creds: map[string]credential{}, sessions: map[string]session{},
 		counters: map[string]int64{}, byClient: map[string]int64{}, faultCnt: map[string]int64{}}
 }

@@ -27,14 +27,15 @@ import (
 )
 
 type config struct {
-	listen     string
-	deployment string
-	envDir     string
-	advertise  string
-	noAuth     bool
-	logFormat  string
-	logLevel   string
-	users      []string
+	adminListen string
+	listen      string
+	deployment  string
+	envDir      string
+	advertise   string
+	noAuth      bool
+	logFormat   string
+	logLevel    string
+	users       []string
 }
 
 func (c *config) validate() error {
@@ -85,6 +86,7 @@ func main() {
 	f.StringVar(&cfg.listen, "listen", "127.0.0.1:0", "address to listen on (port 0 picks a free one)")
 	f.StringVar(&cfg.deployment, "deployment", "", "deployment file (JSON) of the run created at start")
 	f.StringVar(&cfg.envDir, "env-dir", "", "directory for each instance's <node>.<i>.env and <node>.<i>/slipstream.context")
+	f.StringVar(&cfg.adminListen, "admin-listen", "127.0.0.1:0", "address of the admin API (no login: keep it where only the test driver reaches it)")
 	f.StringVar(&cfg.advertise, "advertise", "", "service URL given to instances (default http://<listen address>)")
 	f.BoolVar(&cfg.noAuth, "no-auth", false, "serve the run API without a session cookie")
 	f.StringVar(&cfg.logFormat, "log-format", "json", "log format on stderr: json or console")
@@ -116,6 +118,11 @@ func run(ctx context.Context, cfg *config, stdout, stderr io.Writer) error {
 		return fmt.Errorf("listen on %s: %w", cfg.listen, err)
 	}
 	defer ln.Close()
+	aln, err := net.Listen("tcp", cfg.adminListen)
+	if err != nil {
+		return fmt.Errorf("admin API: listen on %s: %w", cfg.adminListen, err)
+	}
+	defer aln.Close()
 	serviceURL := cfg.advertise
 	if serviceURL == "" {
 		serviceURL = "http://" + ln.Addr().String()
@@ -128,7 +135,7 @@ func run(ctx context.Context, cfg *config, stdout, stderr io.Writer) error {
 		users[name] = pw
 	}
 	var srv *mocknuvla.Server
-	opts := mocknuvla.Options{Logger: log, NoAuth: cfg.noAuth, Users: users}
+	opts := mocknuvla.Options{Logger: log, NoAuth: cfg.noAuth, Users: users, ServiceURL: serviceURL}
 	if cfg.envDir != "" {
 		// Instances created by a scale up get their files too.
 		opts.OnInstances = func(uuid string, created []mocknuvla.InstanceInfo) {
@@ -159,10 +166,12 @@ func run(ctx context.Context, cfg *config, stdout, stderr io.Writer) error {
 	}
 
 	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second}
-	errc := make(chan error, 1)
+	as := &http.Server{Handler: srv.Admin(), ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 2)
 	go func() { errc <- hs.Serve(ln) }()
-	fmt.Fprintf(stdout, "mocknuvla: listening on http://%s run %s\n", ln.Addr(), runID)
-	log.Info().Str("addr", ln.Addr().String()).Str("serviceurl", serviceURL).Str("run", runID).Bool("noAuth", cfg.noAuth).Msg("listening")
+	go func() { errc <- as.Serve(aln) }()
+	fmt.Fprintf(stdout, "mocknuvla: listening on http://%s run %s admin http://%s\n", ln.Addr(), runID, aln.Addr())
+	log.Info().Str("addr", ln.Addr().String()).Str("admin", aln.Addr().String()).Str("serviceurl", serviceURL).Str("run", runID).Bool("noAuth", cfg.noAuth).Msg("listening")
 
 	select {
 	case err := <-errc:
@@ -172,8 +181,10 @@ func run(ctx context.Context, cfg *config, stdout, stderr io.Writer) error {
 	log.Info().Msg("shutting down")
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := hs.Shutdown(sctx); err != nil {
-		_ = hs.Close()
+	for _, h := range []*http.Server{hs, as} {
+		if err := h.Shutdown(sctx); err != nil {
+			_ = h.Close()
+		}
 	}
 	return nil
 }

@@ -50,12 +50,13 @@ func buildBinary(t *testing.T) string {
 	return bin
 }
 
-var readyRE = regexp.MustCompile(`^mocknuvla: listening on (http://127\.0\.0\.1:\d+) run ([0-9a-f-]{36})$`)
+var readyRE = regexp.MustCompile(`^mocknuvla: listening on (http://127\.0\.0\.1:\d+) run ([0-9a-f-]{36}) admin (http://127\.0\.0\.1:\d+)$`)
 
 type proc struct {
 	cmd    *exec.Cmd
 	url    string
 	uuid   string
+	admin  string // the admin API's own listener
 	stderr *lockedBuffer
 	exited chan struct{} // closed when the process has been waited for
 	err    error         // its exit status, valid once exited is closed
@@ -93,7 +94,7 @@ func start(t *testing.T, bin string, args ...string) *proc {
 		require.True(t, ok, "no ready line; stderr: %s", p.stderr.String())
 		m := readyRE.FindStringSubmatch(line)
 		require.NotNil(t, m, "ready line %q", line)
-		p.url, p.uuid = m[1], m[2]
+		p.url, p.uuid, p.admin = m[1], m[2], m[3]
 	case <-time.After(30 * time.Second):
 		t.Fatalf("no ready line within 30s; stderr: %s", p.stderr.String())
 	}
@@ -177,8 +178,13 @@ func TestBinary(t *testing.T) {
 	code, _ = get("web.2:cnsmo.server.nodeinstanceid")
 	assert.Equal(t, http.StatusPreconditionFailed, code)
 
-	// A scale up through the admin API writes the new instance's files too.
+	// The admin API is not on the run API's listener, which every VM reaches.
 	res, err = client.Post(url+"/admin/runs/"+uuid+"/nodes/web?n=1", "text/plain", nil)
+	require.NoError(t, err)
+	res.Body.Close()
+	require.Equal(t, http.StatusNotFound, res.StatusCode)
+	// A scale up through the admin API writes the new instance's files too.
+	res, err = client.Post(p.admin+"/admin/runs/"+uuid+"/nodes/web?n=1", "text/plain", nil)
 	require.NoError(t, err)
 	res.Body.Close()
 	require.Equal(t, http.StatusCreated, res.StatusCode)
