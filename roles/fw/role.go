@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"net/url"
 	"strconv"
 
@@ -14,6 +15,11 @@ import (
 
 // Role is the firewall of one application VM.
 type Role struct {
+	// ResolvConf is the resolver configuration whose name servers stay reachable (default
+	// /etc/resolv.conf); Lookup resolves the Nuvla endpoint's host name (default: the system's).
+	ResolvConf string
+	Lookup     func(ctx context.Context, host string) ([]netip.Addr, error)
+
 	env     role.Env
 	ap      *Applier
 	applied string // the input last applied by this process
