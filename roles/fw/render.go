@@ -2,6 +2,7 @@ package fw
 
 import (
 	"fmt"
+	"net/netip"
 	"strings"
 )
 
@@ -15,18 +16,35 @@ const (
 type Options struct {
 	// NoAntiLockout drops the management-plane rules (net.i2cat.cnsmo.service.fw.lockout_ok=true).
 	NoAntiLockout bool
-	// VPNPort is the OpenVPN UDP port kept open when the VPN is on (0 = none).
-	VPNPort int
-	// Endpoint is the Nuvla endpoint ("host:port" with host an IP) kept reachable (empty = none).
-	EndpointIP   string
+	// VPNPort is the OpenVPN UDP port kept open when the VPN is on (0 = none); VPNDevice is the
+	// overlay device whose readiness pings (ICMP echo requests out of it) stay open.
+	VPNPort   int
+	VPNDevice string
+	// Resolvers are the name servers kept reachable (UDP and TCP port 53), so that the Nuvla
+	// endpoint's host name still resolves.
+	Resolvers []netip.Addr
+	// Endpoints are the Nuvla endpoint's addresses, kept reachable on EndpointPort (TCP).
+	Endpoints    []netip.Addr
 	EndpointPort int
 }
+
+// ndpTypes are ICMPv6 router solicitation/advertisement, neighbour solicitation/advertisement
+// and redirect: without them IPv6 stops working, so they always pass.
+var ndpTypes = []int{133, 134, 135, 136, 137}
+
+func hostMask(a netip.Addr) string { return netip.PrefixFrom(a, a.BitLen()).String() }
 
 // Render returns the chain rules of one family (v6 false: iptables, true: ip6tables) exactly as
 // `iptables -S <chain>` prints them, so the readback compares line by line. Pure.
 func Render(rules []Rule, opts Options, v6 bool) []string {
 	in := []string{"-N " + ChainIn}
 	out := []string{"-N " + ChainOut}
+	if v6 {
+		for _, t := range ndpTypes {
+			in = append(in, fmt.Sprintf("-A %s -p ipv6-icmp -m icmp6 --icmpv6-type %d -j ACCEPT", ChainIn, t))
+			out = append(out, fmt.Sprintf("-A %s -p ipv6-icmp -m icmp6 --icmpv6-type %d -j ACCEPT", ChainOut, t))
+		}
+	}
 	if !opts.NoAntiLockout {
 		in = append(in, "-A "+ChainIn+" -i lo -j ACCEPT",
 			"-A "+ChainIn+" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
@@ -37,12 +55,24 @@ func Render(rules []Rule, opts Options, v6 bool) []string {
 			in = append(in, fmt.Sprintf("-A %s -p udp -m udp --dport %d -j ACCEPT", ChainIn, opts.VPNPort))
 			out = append(out, fmt.Sprintf("-A %s -p udp -m udp --dport %d -j ACCEPT", ChainOut, opts.VPNPort))
 		}
-		if opts.EndpointIP != "" && strings.Contains(opts.EndpointIP, ":") == v6 {
-			mask := "/32"
+		if opts.VPNDevice != "" {
 			if v6 {
-				mask = "/128"
+				out = append(out, fmt.Sprintf("-A %s -o %s -p ipv6-icmp -m icmp6 --icmpv6-type 128 -j ACCEPT", ChainOut, opts.VPNDevice))
+			} else {
+				out = append(out, fmt.Sprintf("-A %s -o %s -p icmp -m icmp --icmp-type 8 -j ACCEPT", ChainOut, opts.VPNDevice))
 			}
-			out = append(out, fmt.Sprintf("-A %s -d %s%s -p tcp -m tcp --dport %d -j ACCEPT", ChainOut, opts.EndpointIP, mask, opts.EndpointPort))
+		}
+		for _, a := range opts.Resolvers {
+			if a.Is6() == v6 {
+				for _, proto := range []string{"udp", "tcp"} {
+					out = append(out, fmt.Sprintf("-A %s -d %s -p %s -m %s --dport 53 -j ACCEPT", ChainOut, hostMask(a), proto, proto))
+				}
+			}
+		}
+		for _, a := range opts.Endpoints {
+			if a.Is6() == v6 && opts.EndpointPort > 0 {
+				out = append(out, fmt.Sprintf("-A %s -d %s -p tcp -m tcp --dport %d -j ACCEPT", ChainOut, hostMask(a), opts.EndpointPort))
+			}
 		}
 	}
 	for _, r := range rules {

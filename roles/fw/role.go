@@ -6,12 +6,19 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"os"
+	"slices"
 	"strconv"
+	"strings"
+	"time"
 
 	"github.com/cnsmo/cnsmo/params"
 	"github.com/cnsmo/cnsmo/roles/role"
 	"github.com/cnsmo/cnsmo/ssclient"
 )
+
+// vpnDevice is the VPN's overlay device (vpn.Device).
+const vpnDevice = "cnsmo-vpn"
 
 // Role is the firewall of one application VM.
 type Role struct {
@@ -20,9 +27,10 @@ type Role struct {
 	ResolvConf string
 	Lookup     func(ctx context.Context, host string) ([]netip.Addr, error)
 
-	env     role.Env
-	ap      *Applier
-	applied string // the input last applied by this process
+	env       role.Env
+	ap        *Applier
+	applied   string       // the input last applied by this process
+	endpoints []netip.Addr // the endpoint's last resolved addresses
 }
 
 // New returns the firewall service of the instance described by env.
@@ -33,19 +41,38 @@ func New(env role.Env) *Role {
 // Name implements role.Service.
 func (r *Role) Name() string { return "fw" }
 
+// Where the resolver configuration is read. A local stub (systemd-resolved's 127.0.0.53) is on
+// loopback, which stays open; its upstream servers are in UpstreamResolvConf.
+const (
+	DefaultResolvConf  = "/etc/resolv.conf"
+	UpstreamResolvConf = "/run/systemd/resolve/resolv.conf"
+)
+
 // options derives the anti-lockout rules from the run: the VPN port (from the CNSMO server's
-// vpn.port) when the VPN is on, the Nuvla endpoint, and the waiver.
-func (r *Role) options(run *ssclient.Run) Options {
+// vpn.port) and overlay pings when the VPN is on, the name servers and the Nuvla endpoint's
+// addresses (resolved again on every pass), and the waiver.
+func (r *Role) options(ctx context.Context, run *ssclient.Run) Options {
 	me := r.env.Instance
 	o := Options{NoAntiLockout: role.Get(run, me, params.FWLockoutOK) == "true"}
 	if r.env.UseVPN {
-		o.VPNPort = 1194
+		o.VPNPort, o.VPNDevice = 1194, vpnDevice
 		if srv := role.Get(run, me, params.ServerInstanceID); srv != "" {
 			if p, err := strconv.Atoi(role.Get(run, srv, params.VPNPort)); err == nil && p > 0 {
 				o.VPNPort = p
 			}
 		}
 	}
+	conf := r.ResolvConf
+	if conf == "" {
+		conf = DefaultResolvConf
+	}
+	o.Resolvers = nameServers(conf)
+	if slices.ContainsFunc(o.Resolvers, netip.Addr.IsLoopback) {
+		o.Resolvers = append(o.Resolvers, nameServers(UpstreamResolvConf)...)
+	}
+	o.Resolvers = slices.DeleteFunc(o.Resolvers, netip.Addr.IsLoopback) // lo stays open anyway
+	slices.SortFunc(o.Resolvers, netip.Addr.Compare)
+	o.Resolvers = slices.Compact(o.Resolvers)
 	if u, err := url.Parse(r.env.Endpoint); err == nil && u.Host != "" {
 		host, port := u.Hostname(), u.Port()
 		if port == "" {
@@ -54,12 +81,60 @@ func (r *Role) options(run *ssclient.Run) Options {
 				port = "80"
 			}
 		}
-		if ip := net.ParseIP(host); ip != nil {
-			o.EndpointIP = host
-			o.EndpointPort, _ = strconv.Atoi(port)
+		o.EndpointPort, _ = strconv.Atoi(port)
+		if a, err := netip.ParseAddr(host); err == nil {
+			o.Endpoints = []netip.Addr{a.Unmap()}
+		} else {
+			o.Endpoints = r.resolveEndpoint(ctx, host)
 		}
 	}
 	return o
+}
+
+// resolveEndpoint resolves the endpoint's host name; when that fails it keeps the addresses of
+// the last successful resolution, so that a DNS hiccup never closes the path to Nuvla.
+func (r *Role) resolveEndpoint(ctx context.Context, host string) []netip.Addr {
+	lookup := r.Lookup
+	if lookup == nil {
+		lookup = func(ctx context.Context, host string) ([]netip.Addr, error) {
+			return net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	as, err := lookup(ctx, host)
+	if err != nil || len(as) == 0 {
+		if r.endpoints == nil {
+			r.env.Log.Warn().Err(err).Str("host", host).Msg("fw: the Nuvla endpoint does not resolve yet; its name servers stay open")
+		}
+		return r.endpoints
+	}
+	for i := range as {
+		as[i] = as[i].Unmap()
+	}
+	slices.SortFunc(as, netip.Addr.Compare)
+	r.endpoints = slices.Compact(as)
+	return r.endpoints
+}
+
+// nameServers returns the addresses of the nameserver lines of a resolv.conf file (none when it
+// cannot be read; zoned link-local servers are left out).
+func nameServers(path string) []netip.Addr {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil
+	}
+	var out []netip.Addr
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 2 || f[0] != "nameserver" {
+			continue
+		}
+		if a, err := netip.ParseAddr(f[1]); err == nil && a.Zone() == "" {
+			out = append(out, a.Unmap())
+		}
+	}
+	return out
 }
 
 // Reconcile validates the rules (invalid: nothing applied, the run is aborted), applies them
@@ -71,7 +146,7 @@ func (r *Role) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error) {
 	if err != nil {
 		return false, role.Terminal(err)
 	}
-	opts := r.options(run)
+	opts := r.options(ctx, run)
 	key := fmt.Sprintf("%s|%+v", raw, opts)
 	if key != r.applied {
 		if err := r.ap.Apply(ctx, rules, opts); err != nil {
