@@ -89,7 +89,7 @@ func TestDenyAllKeepsVPNPings(t *testing.T) {
 	} {
 		sh(t, append([]string{"ip", "netns", "exec"}, c...)...)
 	}
-	r := New(role.Env{Params: &fakeParams{set: map[string]string{}}, Driver: nsDriver{ns: p.srv}, Instance: "web.1", Log: zerolog.Nop(), UseVPN: true})
+	r := New(role.Env{Params: &fakeParams{set: map[string]string{}}, Driver: nsDriver{ns: p.srv}, Instance: "web.1", Exec: true, Log: zerolog.Nop(), UseVPN: true})
 	ready, err := r.Reconcile(ctx, &ssclient.Run{Params: map[string]ssclient.Param{"web.1:" + params.FWRules: {Value: `[{"policy":"denyall"}]`, IsSet: true}}})
 	require.NoError(t, err)
 	require.True(t, ready)
@@ -173,7 +173,7 @@ func TestDenyAllKeepsNameResolutionAndTheEndpoint(t *testing.T) {
 	require.Eventually(t, resolved, 10e9, 1e8, "the DNS server answers (before any rule)")
 
 	fp := &fakeParams{set: map[string]string{}}
-	r := New(role.Env{Params: fp, Driver: nsDriver{ns: p.srv}, Instance: "web.1", Log: zerolog.Nop(), Endpoint: "https://nuvla.test:8443"})
+	r := New(role.Env{Params: fp, Driver: nsDriver{ns: p.srv}, Instance: "web.1", Exec: true, Log: zerolog.Nop(), Endpoint: "https://nuvla.test:8443"})
 	r.ResolvConf = resolv
 	r.Lookup = func(ctx context.Context, host string) ([]netip.Addr, error) {
 		out, err := exec.CommandContext(ctx, "ip", "netns", "exec", p.srv, "getent", "ahosts", host).Output()

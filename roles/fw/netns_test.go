@@ -145,7 +145,7 @@ func TestRoleInvalidRulesApplyNothing(t *testing.T) {
 	p := twoHosts(t)
 	ctx := context.Background()
 	fp := &fakeParams{set: map[string]string{}}
-	r := New(role.Env{Params: fp, Driver: nsDriver{ns: p.srv}, Instance: "web.1", Log: zerolog.Nop()})
+	r := New(role.Env{Params: fp, Driver: nsDriver{ns: p.srv}, Instance: "web.1", Exec: true, Log: zerolog.Nop()})
 	run := func(rules string) *ssclient.Run {
 		return &ssclient.Run{Params: map[string]ssclient.Param{"web.1:" + params.FWRules: {Value: rules, IsSet: true}}}
 	}
