@@ -60,6 +60,10 @@ type Driver interface {
 	Start(ctx context.Context, spec Spec) error
 	// Run runs a one-shot command to completion, feeding stdin (may be nil).
 	Run(ctx context.Context, spec Spec, stdin io.Reader) (Result, error)
+	// Exec runs cmd to completion inside the running function name (its container with Docker,
+	// a process beside it with exec), feeding stdin (may be nil): cheaper than a one-shot Run,
+	// which creates a container each time. ErrNotFound when the function does not run.
+	Exec(ctx context.Context, name string, cmd []string, stdin io.Reader) (Result, error)
 	// PutFiles writes files into a running (or stopped) function's filesystem.
 	PutFiles(ctx context.Context, name string, files []File) error
 	// Signal sends a signal to the function's main process (e.g. SIGUSR2 to reload HAProxy).

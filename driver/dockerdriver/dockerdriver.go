@@ -239,6 +239,42 @@ func (d *Driver) Run(ctx context.Context, spec driver.Spec, stdin io.Reader) (dr
 	return driver.Result{ExitCode: int(code), Stdout: out.Bytes(), Stderr: errOut.Bytes()}, nil
 }
 
+// Exec runs cmd inside the function's running container (docker exec): no container is created.
+func (d *Driver) Exec(ctx context.Context, name string, cmd []string, stdin io.Reader) (driver.Result, error) {
+	cn := d.ContainerName(name)
+	created, err := d.cli.ContainerExecCreate(ctx, cn, container.ExecOptions{Cmd: cmd, AttachStdin: stdin != nil, AttachStdout: true, AttachStderr: true})
+	if err != nil {
+		return driver.Result{}, d.notFound("exec in", cn, err)
+	}
+	att, err := d.cli.ContainerExecAttach(ctx, created.ID, container.ExecAttachOptions{})
+	if err != nil {
+		return driver.Result{}, fmt.Errorf("dockerdriver: exec in %s: attach: %w", cn, err)
+	}
+	defer att.Close()
+	var out, errOut bytes.Buffer
+	copied := make(chan error, 1)
+	go func() { _, err := stdcopy.StdCopy(&out, &errOut, att.Reader); copied <- err }()
+	if stdin != nil {
+		if _, err := io.Copy(att.Conn, stdin); err != nil {
+			return driver.Result{}, fmt.Errorf("dockerdriver: exec in %s: stdin: %w", cn, err)
+		}
+		_ = att.CloseWrite()
+	}
+	select {
+	case err := <-copied:
+		if err != nil {
+			return driver.Result{}, fmt.Errorf("dockerdriver: exec in %s: output: %w", cn, err)
+		}
+	case <-ctx.Done():
+		return driver.Result{}, fmt.Errorf("dockerdriver: exec in %s: %w", cn, ctx.Err())
+	}
+	info, err := d.cli.ContainerExecInspect(ctx, created.ID)
+	if err != nil {
+		return driver.Result{}, fmt.Errorf("dockerdriver: exec in %s: inspect: %w", cn, err)
+	}
+	return driver.Result{ExitCode: info.ExitCode, Stdout: out.Bytes(), Stderr: errOut.Bytes()}, nil
+}
+
 func (d *Driver) notFound(op, name string, err error) error {
 	if errdefs.IsNotFound(err) {
 		return fmt.Errorf("dockerdriver: %s %s: %w", op, name, driver.ErrNotFound)

@@ -90,6 +90,20 @@ func Run(t *testing.T, cfg Config) {
 		require.Equal(t, driver.StateRunning, st.State)
 	})
 
+	t.Run("exec in a running function: stdin, output, exit code; not found when it does not run", func(t *testing.T) {
+		res, err := d.Exec(ctx, "fn", []string{"sh", "-c", "cat; echo err >&2; exit 4"}, strings.NewReader("in\n"))
+		require.NoError(t, err)
+		require.Equal(t, 4, res.ExitCode)
+		require.Equal(t, "in\n", string(res.Stdout))
+		require.Equal(t, "err\n", string(res.Stderr))
+		res, err = d.Exec(ctx, "fn", []string{"echo", "no stdin"}, nil)
+		require.NoError(t, err)
+		require.Equal(t, 0, res.ExitCode)
+		require.Equal(t, "no stdin\n", string(res.Stdout))
+		_, err = d.Exec(ctx, "nothing-here", []string{"true"}, nil)
+		require.True(t, errors.Is(err, driver.ErrNotFound), "got %v", err)
+	})
+
 	t.Run("stop, then status exited; remove, then absent", func(t *testing.T) {
 		require.NoError(t, d.Stop(ctx, "fn"))
 		st, err := d.Status(ctx, "fn")

@@ -254,6 +254,19 @@ func (d *Driver) Run(ctx context.Context, spec driver.Spec, stdin io.Reader) (dr
 	return res, nil
 }
 
+// Exec runs cmd as a host process beside the running function name (the exec driver's functions
+// share the host's filesystem and namespaces).
+func (d *Driver) Exec(ctx context.Context, name string, cmd []string, stdin io.Reader) (driver.Result, error) {
+	st, err := d.Status(ctx, name)
+	if err != nil {
+		return driver.Result{}, err
+	}
+	if st.State != driver.StateRunning {
+		return driver.Result{}, fmt.Errorf("execdriver: exec in %s: %w", name, driver.ErrNotFound)
+	}
+	return d.Run(ctx, driver.Spec{Name: name + "-exec", Cmd: cmd}, stdin)
+}
+
 // PutFiles writes files for a function that exists.
 func (d *Driver) PutFiles(_ context.Context, name string, files []driver.File) error {
 	if _, err := os.Stat(d.fdir(name)); err != nil {
