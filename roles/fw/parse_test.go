@@ -82,8 +82,8 @@ func TestRenderGolden(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			rules, err := ParseRules(c.rules)
 			require.NoError(t, err)
-			got := "# iptables\n" + RestoreInput(Render(rules, c.opts, false), false, false) +
-				"# ip6tables\n" + RestoreInput(Render(rules, c.opts, true), false, false)
+			got := "# iptables\n" + RestoreInput(Render(rules, c.opts, false), 0, 0) +
+				"# ip6tables\n" + RestoreInput(Render(rules, c.opts, true), 0, 0)
 			path := filepath.Join("testdata", name+".golden")
 			if *update {
 				require.NoError(t, os.WriteFile(path, []byte(got), 0o644))

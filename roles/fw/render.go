@@ -135,9 +135,10 @@ func Render(rules []Rule, opts Options, v6 bool) []string {
 }
 
 // RestoreInput is the iptables-restore --noflush input that replaces cnsmo's chains with rules
-// in one transaction: declaring the chains flushes them (or creates them), and the jumps from
-// INPUT and OUTPUT are inserted only when absent (haveJumps says which exist).
-func RestoreInput(rules []string, haveJumpIn, haveJumpOut bool) string {
+// in one transaction: declaring the chains flushes them (or creates them), and exactly one jump
+// from INPUT and from OUTPUT remains (jumpsIn and jumpsOut say how many exist: a missing one is
+// inserted first in its chain, extra ones are deleted).
+func RestoreInput(rules []string, jumpsIn, jumpsOut int) string {
 	var b strings.Builder
 	b.WriteString("*filter\n:" + ChainIn + " - [0:0]\n:" + ChainOut + " - [0:0]\n")
 	for _, r := range rules {
@@ -146,11 +147,16 @@ func RestoreInput(rules []string, haveJumpIn, haveJumpOut bool) string {
 		}
 		b.WriteString(r + "\n")
 	}
-	if !haveJumpIn {
-		b.WriteString("-I INPUT 1 -j " + ChainIn + "\n")
-	}
-	if !haveJumpOut {
-		b.WriteString("-I OUTPUT 1 -j " + ChainOut + "\n")
+	for _, j := range []struct {
+		n            int
+		parent, name string
+	}{{jumpsIn, "INPUT", ChainIn}, {jumpsOut, "OUTPUT", ChainOut}} {
+		if j.n == 0 {
+			b.WriteString("-I " + j.parent + " 1 -j " + j.name + "\n")
+		}
+		for i := 1; i < j.n; i++ {
+			b.WriteString("-D " + j.parent + " -j " + j.name + "\n")
+		}
 	}
 	b.WriteString("COMMIT\n")
 	return b.String()

@@ -35,7 +35,7 @@ type Role struct {
 
 // New returns the firewall service of the instance described by env.
 func New(env role.Env) *Role {
-	return &Role{env: env, ap: &Applier{Driver: env.Driver}}
+	return &Role{env: env, ap: &Applier{Driver: env.Driver, LongLived: !env.Exec}}
 }
 
 // Name implements role.Service.
@@ -148,6 +148,18 @@ func (r *Role) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error) {
 	}
 	opts := r.options(ctx, run)
 	key := fmt.Sprintf("%s|%+v", raw, opts)
+	if key == r.applied {
+		// Steady: compare with what the kernel holds (another tool may have flushed or edited
+		// cnsmo's chains) and repair.
+		drift, err := r.ap.Check(ctx, rules, opts)
+		if err != nil {
+			return false, err
+		}
+		if drift != "" {
+			r.env.Log.Warn().Str("drift", drift).Msg("fw: cnsmo's rules were changed outside cnsmo: repaired")
+			r.applied = ""
+		}
+	}
 	if key != r.applied {
 		if err := r.ap.Apply(ctx, rules, opts); err != nil {
 			if role.Get(run, me, params.FWReady) == "true" {
