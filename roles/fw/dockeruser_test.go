@@ -1,0 +1,111 @@
+package fw
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/cnsmo/cnsmo/driver"
+	"github.com/cnsmo/cnsmo/internal/testutil"
+)
+
+// hostDriver runs the firewall's commands in the host's own namespaces (the exec driver's way on
+// a real VM).
+type hostDriver struct{ driver.Driver }
+
+func (hostDriver) Run(ctx context.Context, spec driver.Spec, stdin io.Reader) (driver.Result, error) {
+	cmd := exec.CommandContext(ctx, spec.Cmd[0], spec.Cmd[1:]...)
+	var out, errOut bytes.Buffer
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, &out, &errOut
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return driver.Result{ExitCode: ee.ExitCode(), Stdout: out.Bytes(), Stderr: errOut.Bytes()}, nil
+	}
+	return driver.Result{Stdout: out.Bytes(), Stderr: errOut.Bytes()}, err
+}
+
+// touched is what cnsmo may change of the host's filter tables: the chains it jumps from, and
+// whether any chain of its own exists.
+func touched(t *testing.T) string {
+	var b strings.Builder
+	for _, bin := range []string{"iptables", "ip6tables"} {
+		for _, c := range []string{"INPUT", "OUTPUT", "DOCKER-USER"} {
+			out, _ := exec.Command(bin, "-w", "-S", c).CombinedOutput() // DOCKER-USER may not exist
+			b.WriteString(bin + " " + c + ":\n" + string(out))
+		}
+		all := sh(t, bin, "-w", "-S")
+		b.WriteString(fmt.Sprintf("%s cnsmo chains: %v\n", bin, strings.Contains(all, "CNSMO")))
+	}
+	return b.String()
+}
+
+// Ports that Docker publishes for a containerised application pass through FORWARD, not INPUT:
+// an `in` rule holds for them too (Docker's DOCKER-USER chain, matched on the port the user wrote,
+// before Docker's DNAT), and teardown leaves the host's chains exactly as before. This runs on the
+// host's engine and namespace (the testbed's VMs have no DOCKER-USER): a client namespace reaches a
+// container published on a 198.18 address of the host; the rules only drop port 18081.
+func TestInRulesHoldForDockerPublishedPorts(t *testing.T) {
+	testutil.RequireRoot(t)
+	testutil.RequireBinary(t, "ip", "iptables", "ip6tables", "socat", "docker")
+	testutil.RequireImage(t, "cnsmo/vm:latest")
+	if exec.Command("iptables", "-w", "-S", "DOCKER-USER").Run() != nil {
+		t.Skip("skipping: the host's Docker engine made no DOCKER-USER chain")
+	}
+	id := fmt.Sprint(time.Now().UnixNano() % 100000)
+	ns, hostIf := "cnsmo-fwd"+id, "fwdh"+id
+	sh(t, "ip", "netns", "add", ns)
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
+	sh(t, "ip", "link", "add", hostIf, "type", "veth", "peer", "name", "fwdc"+id, "netns", ns)
+	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", hostIf).Run() })
+	sh(t, "ip", "addr", "add", "198.18.251.1/24", "dev", hostIf)
+	sh(t, "ip", "link", "set", hostIf, "up")
+	for _, c := range [][]string{
+		{"ip", "addr", "add", "198.18.251.2/24", "dev", "fwdc" + id}, {"ip", "link", "set", "fwdc" + id, "up"},
+		{"ip", "link", "set", "lo", "up"}, {"ip", "route", "add", "default", "via", "198.18.251.1"},
+	} {
+		sh(t, append([]string{"ip", "netns", "exec", ns}, c...)...)
+	}
+	network, ctr := "cnsmo-fwtest-"+id, "cnsmo-fwtest-"+id
+	sh(t, "docker", "network", "create", "--subnet", "198.18.252.0/24", "--label", "cnsmo.fwtest=1", network)
+	t.Cleanup(func() { _ = exec.Command("docker", "network", "rm", network).Run() })
+	sh(t, "docker", "run", "-d", "--name", ctr, "--network", network, "--label", "cnsmo.fwtest=1",
+		"-p", "198.18.251.1:18080:80", "-p", "198.18.251.1:18081:81", "cnsmo/vm:latest",
+		"sh", "-c", "socat TCP-LISTEN:80,fork,reuseaddr EXEC:/bin/true & socat TCP-LISTEN:81,fork,reuseaddr EXEC:/bin/true & wait")
+	t.Cleanup(func() { _ = exec.Command("docker", "rm", "-f", ctr).Run() })
+	connect := func(port string) bool {
+		return exec.Command("ip", "netns", "exec", ns, "socat", "-T1", "/dev/null", "TCP:198.18.251.1:"+port+",connect-timeout=1").Run() == nil
+	}
+	for _, port := range []string{"18080", "18081"} {
+		ok := false
+		for i := 0; i < 100 && !ok; i++ { // bounded: the container's listeners come up
+			ok = connect(port)
+		}
+		require.True(t, ok, "published port %s never answered", port)
+	}
+
+	before := touched(t)
+	ctx := context.Background()
+	ap := &Applier{Driver: hostDriver{}}
+	rules, err := ParseRules(`[{"direction":"in","protocol":"tcp","dst_port":"18081","action":"drop"}]`)
+	require.NoError(t, err)
+	require.NoError(t, ap.Apply(ctx, rules, Options{}))
+	t.Cleanup(func() { _ = ap.Teardown(context.Background()) })
+	require.False(t, connect("18081"), "the in rule holds for the published port")
+	require.True(t, connect("18080"), "other published ports stay open")
+	drift, err := ap.Check(ctx, rules, Options{})
+	require.NoError(t, err)
+	require.Empty(t, drift)
+
+	require.NoError(t, ap.Teardown(ctx))
+	require.Equal(t, before, touched(t), "the host's chains are exactly as before")
+	require.True(t, connect("18081"))
+}
