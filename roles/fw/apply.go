@@ -91,9 +91,10 @@ func (a *Applier) run(ctx context.Context, v6 bool, args []string, stdin string)
 
 // state is what the filter table holds of cnsmo's.
 type state struct {
-	rules             map[string][]string // chain -> "-A" lines in order
-	jumpsIn, jumpsOut int
-	chains            bool
+	rules  map[string][]string // chain -> "-A" lines in order
+	jumps  Jumps
+	chains bool // CNSMO-INPUT or CNSMO-OUTPUT exists
+	docker bool // CNSMO-DOCKER exists
 }
 
 func (a *Applier) read(ctx context.Context, v6 bool) (state, error) {
@@ -107,14 +108,22 @@ func (a *Applier) read(ctx context.Context, v6 bool) (state, error) {
 		switch {
 		case l == "-N "+ChainIn || l == "-N "+ChainOut:
 			st.chains = true
+		case l == "-N "+ChainDocker:
+			st.docker = true
+		case l == "-N "+DockerUser:
+			st.jumps.DockerUser = true
 		case l == "-A INPUT -j "+ChainIn:
-			st.jumpsIn++
+			st.jumps.In++
 		case l == "-A OUTPUT -j "+ChainOut:
-			st.jumpsOut++
-		case strings.HasPrefix(l, "-A "+ChainIn+" "):
-			st.rules[ChainIn] = append(st.rules[ChainIn], l)
-		case strings.HasPrefix(l, "-A "+ChainOut+" "):
-			st.rules[ChainOut] = append(st.rules[ChainOut], l)
+			st.jumps.Out++
+		case l == "-A "+DockerUser+" -j "+ChainDocker:
+			st.jumps.Docker++
+		default:
+			for _, c := range ownChains {
+				if strings.HasPrefix(l, "-A "+c+" ") {
+					st.rules[c] = append(st.rules[c], l)
+				}
+			}
 		}
 	}
 	return st, nil
@@ -123,7 +132,7 @@ func (a *Applier) read(ctx context.Context, v6 bool) (state, error) {
 func byChain(lines []string) map[string][]string {
 	m := map[string][]string{}
 	for _, l := range lines {
-		for _, c := range []string{ChainIn, ChainOut} {
+		for _, c := range ownChains {
 			if strings.HasPrefix(l, "-A "+c+" ") {
 				m[c] = append(m[c], l)
 			}
@@ -132,36 +141,52 @@ func byChain(lines []string) map[string][]string {
 	return m
 }
 
-// applyFamily replaces cnsmo's chains of one family with want and verifies by reading back.
-func (a *Applier) applyFamily(ctx context.Context, v6 bool, want []string) error {
+// want returns the rendered rules of one family for the tables st describes: the Docker chain
+// only where Docker made its DOCKER-USER chain.
+func want(rules []Rule, opts Options, v6 bool, st state) []string {
+	w := Render(rules, opts, v6)
+	if st.jumps.DockerUser {
+		w = append(w, RenderDocker(rules, opts, v6)...)
+	}
+	return w
+}
+
+// applyFamily replaces cnsmo's chains of one family with the rendered rules and verifies by
+// reading back.
+func (a *Applier) applyFamily(ctx context.Context, v6 bool, rules []Rule, opts Options) error {
 	st, err := a.read(ctx, v6)
 	if err != nil {
 		return err
 	}
-	if _, err := a.run(ctx, v6, []string{"restore", "-w", "--noflush"}, RestoreInput(want, st.jumpsIn, st.jumpsOut)); err != nil {
+	if _, err := a.run(ctx, v6, []string{"restore", "-w", "--noflush"}, RestoreInput(want(rules, opts, v6, st), st.jumps)); err != nil {
 		return err
 	}
 	got, err := a.read(ctx, v6)
 	if err != nil {
 		return err
 	}
-	if d := got.differs(want); d != "" {
+	if d := got.differs(want(rules, opts, v6, got)); d != "" {
 		return fmt.Errorf("fw: read back (ipv6=%v) differs from what was applied: %s", v6, d)
 	}
 	return nil
 }
 
 // differs describes how st differs from the rendered rules want ("" when it holds exactly them
-// and one jump to each chain).
+// and one jump to each of cnsmo's chains).
 func (st state) differs(want []string) string {
 	exp := byChain(want)
-	for _, c := range []string{ChainIn, ChainOut} {
+	for _, c := range ownChains {
 		if !slices.Equal(st.rules[c], exp[c]) {
 			return fmt.Sprintf("%s holds %d rules, want %d:\n got  %q\n want %q", c, len(st.rules[c]), len(exp[c]), st.rules[c], exp[c])
 		}
 	}
-	if st.jumpsIn != 1 || st.jumpsOut != 1 {
-		return fmt.Sprintf("%d jumps to %s and %d to %s, want one each", st.jumpsIn, ChainIn, st.jumpsOut, ChainOut)
+	wantDocker := 0
+	if st.jumps.DockerUser {
+		wantDocker = 1
+	}
+	if st.jumps.In != 1 || st.jumps.Out != 1 || st.jumps.Docker != wantDocker {
+		return fmt.Sprintf("jumps to %s, %s and %s: %d, %d and %d; want 1, 1 and %d",
+			ChainIn, ChainOut, ChainDocker, st.jumps.In, st.jumps.Out, st.jumps.Docker, wantDocker)
 	}
 	return ""
 }
@@ -174,7 +199,7 @@ func (a *Applier) Check(ctx context.Context, rules []Rule, opts Options) (string
 		if err != nil {
 			return "", err
 		}
-		if d := st.differs(Render(rules, opts, v6)); d != "" {
+		if d := st.differs(want(rules, opts, v6, st)); d != "" {
 			if v6 {
 				return "ipv6: " + d, nil
 			}
@@ -191,16 +216,17 @@ func (a *Applier) Apply(ctx context.Context, rules []Rule, opts Options) error {
 	if err != nil {
 		return err
 	}
-	if err := a.applyFamily(ctx, false, Render(rules, opts, false)); err != nil {
+	if err := a.applyFamily(ctx, false, rules, opts); err != nil {
 		return err
 	}
-	if err := a.applyFamily(ctx, true, Render(rules, opts, true)); err != nil {
+	if err := a.applyFamily(ctx, true, rules, opts); err != nil {
 		var rerr error
 		if prev4.chains {
 			var lines []string
-			lines = append(lines, prev4.rules[ChainIn]...)
-			lines = append(lines, prev4.rules[ChainOut]...)
-			_, rerr = a.run(ctx, false, []string{"restore", "-w", "--noflush"}, RestoreInput(lines, prev4.jumpsIn, prev4.jumpsOut))
+			for _, c := range ownChains {
+				lines = append(lines, prev4.rules[c]...)
+			}
+			_, rerr = a.run(ctx, false, []string{"restore", "-w", "--noflush"}, RestoreInput(lines, prev4.jumps))
 		} else {
 			rerr = a.teardownFamily(ctx, false)
 		}
@@ -214,10 +240,10 @@ func (a *Applier) teardownFamily(ctx context.Context, v6 bool) error {
 	if err != nil {
 		return err
 	}
-	if !st.chains && st.jumpsIn == 0 && st.jumpsOut == 0 {
+	if !st.chains && !st.docker && st.jumps.In == 0 && st.jumps.Out == 0 && st.jumps.Docker == 0 {
 		return nil
 	}
-	_, err = a.run(ctx, v6, []string{"restore", "-w", "--noflush"}, TeardownInput(st.jumpsIn, st.jumpsOut, st.chains))
+	_, err = a.run(ctx, v6, []string{"restore", "-w", "--noflush"}, TeardownInput(st.jumps, st.chains, st.docker))
 	return err
 }
 

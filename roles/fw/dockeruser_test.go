@@ -105,6 +105,16 @@ func TestInRulesHoldForDockerPublishedPorts(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, drift)
 
+	// Every shape of in rule reads back as rendered (Apply verifies it); none of these ports is used.
+	shapes, err := ParseRules(`[{"direction":"in","protocol":"tcp","dst_port":"18081","action":"drop"},
+		{"direction":"in","protocol":"tcp","dst_port":"18082:18083","ip_range":"198.18.0.0/15","action":"accept"},
+		{"direction":"in","protocol":"udp","dst_port":"18084","ip_range":"198.18.251.1/32","dst_src":"dst","action":"reject"},
+		{"direction":"in","protocol":"tcp","src_port":"1:2","dst_port":"18085","action":"drop"}]`)
+	require.NoError(t, err)
+	require.NoError(t, ap.Apply(ctx, shapes, Options{}))
+	require.False(t, connect("18081"))
+	require.True(t, connect("18080"))
+
 	require.NoError(t, ap.Teardown(ctx))
 	require.Equal(t, before, touched(t), "the host's chains are exactly as before")
 	require.True(t, connect("18081"))

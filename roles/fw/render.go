@@ -6,11 +6,23 @@ import (
 	"strings"
 )
 
-// Chains owned by cnsmo.
+// Chains owned by cnsmo. ChainDocker holds the in rules for the ports Docker publishes: their
+// traffic is forwarded to containers (FORWARD, not INPUT), so it is jumped to from Docker's
+// DOCKER-USER chain where that exists.
 const (
-	ChainIn  = "CNSMO-INPUT"
-	ChainOut = "CNSMO-OUTPUT"
+	ChainIn     = "CNSMO-INPUT"
+	ChainOut    = "CNSMO-OUTPUT"
+	ChainDocker = "CNSMO-DOCKER"
+	DockerUser  = "DOCKER-USER"
 )
+
+var ownChains = []string{ChainIn, ChainOut, ChainDocker}
+
+// Jumps counts cnsmo's jumps in the chains it does not own, and whether DOCKER-USER exists.
+type Jumps struct {
+	In, Out, Docker int
+	DockerUser      bool
+}
 
 // Options shape the rendered rules.
 type Options struct {
@@ -136,21 +148,29 @@ func Render(rules []Rule, opts Options, v6 bool) []string {
 
 // RestoreInput is the iptables-restore --noflush input that replaces cnsmo's chains with rules
 // in one transaction: declaring the chains flushes them (or creates them), and exactly one jump
-// from INPUT and from OUTPUT remains (jumpsIn and jumpsOut say how many exist: a missing one is
-// inserted first in its chain, extra ones are deleted).
-func RestoreInput(rules []string, jumpsIn, jumpsOut int) string {
+// to each remains (j says how many exist: a missing one is inserted first in its chain, extra
+// ones are deleted). CNSMO-DOCKER and its jump exist only where DOCKER-USER does.
+func RestoreInput(rules []string, j Jumps) string {
 	var b strings.Builder
 	b.WriteString("*filter\n:" + ChainIn + " - [0:0]\n:" + ChainOut + " - [0:0]\n")
+	if j.DockerUser {
+		b.WriteString(":" + ChainDocker + " - [0:0]\n")
+	}
 	for _, r := range rules {
 		if strings.HasPrefix(r, "-N ") {
 			continue
 		}
 		b.WriteString(r + "\n")
 	}
-	for _, j := range []struct {
+	type jump struct {
 		n            int
 		parent, name string
-	}{{jumpsIn, "INPUT", ChainIn}, {jumpsOut, "OUTPUT", ChainOut}} {
+	}
+	jumps := []jump{{j.In, "INPUT", ChainIn}, {j.Out, "OUTPUT", ChainOut}}
+	if j.DockerUser {
+		jumps = append(jumps, jump{j.Docker, DockerUser, ChainDocker})
+	}
+	for _, j := range jumps {
 		if j.n == 0 {
 			b.WriteString("-I " + j.parent + " 1 -j " + j.name + "\n")
 		}
@@ -162,19 +182,88 @@ func RestoreInput(rules []string, jumpsIn, jumpsOut int) string {
 	return b.String()
 }
 
-// TeardownInput removes the jumps that exist and then cnsmo's chains (which must exist).
-func TeardownInput(jumpsIn, jumpsOut int, chainsExist bool) string {
+// TeardownInput removes the jumps that exist and then cnsmo's chains that exist.
+func TeardownInput(j Jumps, chainsExist, dockerExists bool) string {
 	var b strings.Builder
 	b.WriteString("*filter\n")
-	for i := 0; i < jumpsIn; i++ {
-		b.WriteString("-D INPUT -j " + ChainIn + "\n")
-	}
-	for i := 0; i < jumpsOut; i++ {
-		b.WriteString("-D OUTPUT -j " + ChainOut + "\n")
+	for _, x := range []struct {
+		n            int
+		parent, name string
+	}{{j.In, "INPUT", ChainIn}, {j.Out, "OUTPUT", ChainOut}, {j.Docker, DockerUser, ChainDocker}} {
+		for i := 0; i < x.n; i++ {
+			b.WriteString("-D " + x.parent + " -j " + x.name + "\n")
+		}
 	}
 	if chainsExist {
 		b.WriteString("-F " + ChainIn + "\n-F " + ChainOut + "\n-X " + ChainIn + "\n-X " + ChainOut + "\n")
 	}
+	if dockerExists {
+		b.WriteString("-F " + ChainDocker + "\n-X " + ChainDocker + "\n")
+	}
 	b.WriteString("COMMIT\n")
 	return b.String()
+}
+
+// RenderDocker returns the CNSMO-DOCKER rules of one family: every in rule for the connections
+// Docker forwards to a published port (conntrack state DNAT, original direction), matched on the
+// port the user wrote (the one before Docker's DNAT: --ctorigdstport). An accept returns to
+// Docker's own chains (never accepting past its isolation), a drop or reject drops or rejects;
+// denyall drops the rest of those connections. ICMP and out rules do not apply to published
+// ports. Pure, in `iptables -S` form.
+func RenderDocker(rules []Rule, opts Options, v6 bool) []string {
+	out := []string{"-N " + ChainDocker}
+	add := func(l string) { out = append(out, "-A "+ChainDocker+" "+l) }
+	if !opts.NoAntiLockout {
+		add("-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN")
+	}
+	deny := false
+	for _, r := range rules {
+		if r.DenyAll {
+			deny = true
+			continue
+		}
+		has4, has6 := r.Family()
+		if r.Dir != "in" || r.Proto == "icmp" || (v6 && !has6) || (!v6 && !has4) {
+			continue
+		}
+		var b strings.Builder
+		if r.Range.IsValid() && r.Range.Bits() > 0 && r.MatchSrc {
+			b.WriteString("-s " + r.Range.String() + " ")
+		}
+		if r.Proto != "" {
+			b.WriteString("-p " + r.Proto + " ")
+			if r.SrcPorts != "" {
+				b.WriteString("-m " + r.Proto + " --sport " + r.SrcPorts + " ")
+			}
+		}
+		b.WriteString("-m conntrack --ctstate DNAT")
+		if r.Range.IsValid() && r.Range.Bits() > 0 && !r.MatchSrc {
+			if r.Range.IsSingleIP() { // as iptables -S prints it
+				b.WriteString(" --ctorigdst " + r.Range.Addr().String())
+			} else {
+				b.WriteString(" --ctorigdst " + r.Range.String())
+			}
+		}
+		if r.Proto != "" && r.DstPorts != "" {
+			b.WriteString(" --ctorigdstport " + r.DstPorts)
+		}
+		b.WriteString(" --ctdir ORIGINAL")
+		switch r.Action {
+		case "ACCEPT":
+			b.WriteString(" -j RETURN")
+		case "REJECT":
+			if v6 {
+				b.WriteString(" -j REJECT --reject-with icmp6-port-unreachable")
+			} else {
+				b.WriteString(" -j REJECT --reject-with icmp-port-unreachable")
+			}
+		default:
+			b.WriteString(" -j " + r.Action)
+		}
+		add(b.String())
+	}
+	if deny {
+		add("-m conntrack --ctstate DNAT --ctdir ORIGINAL -j DROP")
+	}
+	return out
 }
