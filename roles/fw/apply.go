@@ -7,6 +7,7 @@ import (
 	"io"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/cnsmo/cnsmo/driver"
 )
@@ -191,19 +192,26 @@ func (st state) differs(want []string) string {
 	return ""
 }
 
-// Check compares what the kernel holds of cnsmo's (both families) with the rendered rules and
-// describes the first difference ("" when there is none). It changes nothing.
+// Check compares what the kernel holds of cnsmo's (both families, read side by side) with the
+// rendered rules and describes the first difference ("" when there is none). It changes nothing.
 func (a *Applier) Check(ctx context.Context, rules []Rule, opts Options) (string, error) {
-	for _, v6 := range []bool{false, true} {
-		st, err := a.read(ctx, v6)
-		if err != nil {
-			return "", err
-		}
-		if d := st.differs(want(rules, opts, v6, st)); d != "" {
-			if v6 {
-				return "ipv6: " + d, nil
-			}
-			return "ipv4: " + d, nil
+	var sts [2]state
+	var errs [2]error
+	var wg sync.WaitGroup
+	for i, v6 := range []bool{false, true} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sts[i], errs[i] = a.read(ctx, v6)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs[:]...); err != nil {
+		return "", err
+	}
+	for i, family := range []string{"ipv4", "ipv6"} {
+		if d := sts[i].differs(want(rules, opts, i == 1, sts[i])); d != "" {
+			return family + ": " + d, nil
 		}
 	}
 	return "", nil
