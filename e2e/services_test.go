@@ -358,3 +358,65 @@ func TestEnabledServicesFollowTheParameter(t *testing.T) {
 	}
 	require.Empty(t, d.Param("ss:abort"), "the run is not aborted")
 }
+
+// The VPN switched off and on five times under load: every request through the load balancer
+// is answered (0 failures of at least 250). The load balancer moves its backends before the
+// overlay closes and is ready again only once HAProxy's old worker, which may still hold the old
+// backends, is gone.
+func TestVPNOffAndOnUnderLoad(t *testing.T) {
+	requireBin(t)
+	testutil.RequireImage(t, "cnsmo/haproxy:latest")
+	testutil.RequireImage(t, "cnsmo/openvpn:latest")
+	tb := testbed.New(t, testbed.Options{Clouds: deploy.FullClouds})
+	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
+	defer cancel()
+	d, err := start(t, tb, "docker", [][3]string{{"cnsmo", params.ServicesEnable, `["vpn","lb"]`}}, true)
+	require.NoError(t, err)
+	webs := []string{"web.1", "web.2", "web.3"}
+	server, client := d.VMOf("cnsmo.1"), d.VMOf("web.1")
+	overlay := " " + strings.TrimSuffix(deploy.TestSubnet, "0/24")
+	switched := func(vpnOn bool) bool {
+		for _, w := range webs {
+			if (d.Param(w+":"+params.VPNAddress) != "") != vpnOn {
+				return false
+			}
+		}
+		conf, err := haproxyConfigE(ctx, d)
+		if err != nil {
+			return false
+		}
+		if vpnOn {
+			return strings.Count(conf, overlay) == len(webs)
+		}
+		for _, w := range webs {
+			if !strings.Contains(conf, " "+d.VMOf(w).PublicAddr+":8080 check") {
+				return false
+			}
+		}
+		return true
+	}
+	require.Eventually(t, func() bool { return switched(true) }, 2*time.Minute, 250*time.Millisecond, "the backends are at their overlay addresses")
+	failed, sent := 0, 0
+	for cycle := 1; cycle <= 5; cycle++ {
+		for _, vpnOn := range []bool{false, true} {
+			services := `["lb"]`
+			if vpnOn {
+				services = `["vpn","lb"]`
+			}
+			require.NoError(t, d.Mock.SetParam(d.Run.UUID, "cnsmo.1:"+params.ServicesEnable, services))
+			phase, done := 0, false
+			for i := 0; i < 80 && (!done || phase < 25); i++ { // bounded: 400 requests a phase at most
+				batch, err := deploy.Distribution(ctx, client, server.PublicAddr, deploy.WebPort, 5)
+				require.NoError(t, err)
+				failed, phase = failed+batch[""], phase+5
+				done = done || switched(vpnOn)
+			}
+			sent += phase
+			require.True(t, done, "cycle %d: the VPN did not switch (on=%v)", cycle, vpnOn)
+			t.Logf("cycle %d, vpn on=%v: %d requests during the switch, %d failed so far", cycle, vpnOn, phase, failed)
+		}
+	}
+	require.GreaterOrEqual(t, sent, 250)
+	require.Zero(t, failed, "requests through the load balancer failed while the VPN was switched: %d of %d", failed, sent)
+	require.Empty(t, d.Param("ss:abort"), "the run is not aborted")
+}

@@ -31,6 +31,19 @@ type fakeDriver struct {
 	files       map[string]string // path -> content, written into the running function
 	signals     []syscall.Signal
 	rejectCheck bool
+	pids        string // what `pidof haproxy` prints in the function (default: a master and one worker)
+}
+
+func (d *fakeDriver) Exec(_ context.Context, _ string, cmd []string, _ io.Reader) (driver.Result, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(cmd) == 2 && cmd[0] == "pidof" && cmd[1] == "haproxy" {
+		if d.pids == "" {
+			return driver.Result{Stdout: []byte("12 7\n")}, nil
+		}
+		return driver.Result{Stdout: []byte(d.pids)}, nil
+	}
+	return driver.Result{ExitCode: 127}, nil
 }
 
 func (d *fakeDriver) Start(_ context.Context, spec driver.Spec) error {
@@ -277,4 +290,35 @@ func TestRuntimeAPINotAdminOverTCP(t *testing.T) {
 			require.Contains(t, line, "@127.0.0.1:", line)
 		}
 	}
+}
+
+// After a reload the load balancer is ready again only once the old worker is gone: until then
+// it may still accept connections for the old backends (e.g. overlay addresses of a VPN about to
+// be torn down). lb.ready is not withdrawn meanwhile.
+func TestNotReadyWhileAnOldWorkerRuns(t *testing.T) {
+	ctx := context.Background()
+	drv := &fakeDriver{files: map[string]string{}}
+	fp := &fakeParams{set: map[string]string{}}
+	r := &Role{Params: fp, Driver: drv, Log: zerolog.Nop(), Dial: runtimeAPI}
+	ready, err := r.Reconcile(ctx, lbRun("web.1"))
+	require.NoError(t, err)
+	require.True(t, ready)
+
+	drv.pids = "31 12 7\n" // the new worker, the old one, the master
+	run := lbRun("web.1", "web.2")
+	run.Params["cnsmo.1:"+params.LBReady] = ssclient.Param{Value: "true", IsSet: true}
+	ready, err = r.Reconcile(ctx, run)
+	require.NoError(t, err)
+	require.Len(t, drv.signals, 1, "reloaded")
+	require.False(t, ready, "an old worker still runs")
+	ready, err = r.Reconcile(ctx, run)
+	require.NoError(t, err)
+	require.False(t, ready, "an old worker still runs")
+	require.Equal(t, "true", fp.set[params.LBReady], "lb.ready is not withdrawn meanwhile")
+
+	drv.pids = "31 7\n"
+	ready, err = r.Reconcile(ctx, run)
+	require.NoError(t, err)
+	require.True(t, ready, "the old worker is gone")
+	require.Len(t, drv.signals, 1)
 }
