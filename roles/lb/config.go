@@ -165,6 +165,9 @@ func Render(cfg Config, backends []Backend) string {
 	w("    stats socket ipv4@127.0.0.1:%d level operator", cfg.StatsPort)
 	w("    stats socket %s mode 600 level admin expose-fd listeners", SocketPath)
 	w("    maxconn 4096")
+	// An old worker left after a reload finishes its connections within this bound (the role
+	// waits for it to be gone before it calls the load balancer ready again).
+	w("    hard-stop-after 30s")
 	w("    server-state-file %s", StatePath)
 	w("")
 	w("defaults")

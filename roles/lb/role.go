@@ -53,8 +53,9 @@ type Role struct {
 	// nil means net.Dialer on the host's namespace.
 	Dial func(ctx context.Context, addr string) (net.Conn, error)
 
-	applied string            // the configuration last applied by this process
-	warned  map[string]string // backend -> what was last warned about it (warned once)
+	applied  string            // the configuration last applied by this process
+	reloaded bool              // a reload happened and its old worker was not yet seen gone
+	warned   map[string]string // backend -> what was last warned about it (warned once)
 }
 
 // New returns the load balancer of the instance described by env (the CNSMO server).
@@ -95,6 +96,16 @@ func (r *Role) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error) {
 		r.Log.Info().Str("service", "lb").Int("backends", len(backends)).Msg("haproxy configuration applied")
 	}
 
+	if r.reloaded {
+		// Until the old worker is gone it may still accept connections for the old backends
+		// (overlay addresses of a VPN about to be torn down): not ready yet, nothing withdrawn.
+		gone, err := r.oldWorkersGone(ctx)
+		if err != nil || !gone {
+			r.Log.Debug().Err(err).Msg("waiting for haproxy's old worker to finish")
+			return false, nil
+		}
+		r.reloaded = false
+	}
 	up, err := r.backendsUp(ctx, cfg)
 	if err == nil && up > 0 {
 		err = r.probe(ctx, cfg.Port)
@@ -275,7 +286,7 @@ func (r *Role) apply(ctx context.Context, statsPort int, conf string, st driver.
 		if err := r.Driver.Signal(ctx, FunctionName, syscall.SIGUSR2); err != nil {
 			return fmt.Errorf("lb: reload haproxy: %w", err)
 		}
-		r.applied = conf
+		r.applied, r.reloaded = conf, true
 		return nil
 	}
 	if err := r.Driver.Start(ctx, driver.Spec{
@@ -289,6 +300,16 @@ func (r *Role) apply(ctx context.Context, statsPort int, conf string, st driver.
 	}
 	r.applied = conf
 	return nil
+}
+
+// oldWorkersGone reports whether HAProxy runs as its master and one worker only: after a reload
+// the old worker finishes its connections and exits (hard-stop-after bounds that).
+func (r *Role) oldWorkersGone(ctx context.Context) (bool, error) {
+	res, err := r.Driver.Exec(ctx, FunctionName, []string{"pidof", "haproxy"}, nil)
+	if err != nil {
+		return false, fmt.Errorf("lb: haproxy's processes: %w", err)
+	}
+	return res.ExitCode == 0 && len(strings.Fields(string(res.Stdout))) <= 2, nil
 }
 
 func (r *Role) dial(ctx context.Context, addr string) (net.Conn, error) {
@@ -371,7 +392,7 @@ func countUp(stat string) (int, error) {
 
 // Teardown removes the HAProxy function and its files.
 func (r *Role) Teardown(ctx context.Context) error {
-	r.applied = ""
+	r.applied, r.reloaded = "", false
 	if err := r.Driver.Remove(ctx, FunctionName); err != nil && !errors.Is(err, driver.ErrNotFound) {
 		return fmt.Errorf("lb: remove haproxy: %w", err)
 	}
