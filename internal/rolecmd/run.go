@@ -462,3 +462,9 @@ func zombie(pid int) bool {
 	i := strings.LastIndexByte(s, ')')
 	return i >= 0 && len(s) > i+2 && s[i+2] == 'Z'
 }
+
+// Kick makes the role running with stateDir reconcile at once (SIGHUP).
+func Kick(stateDir string) error { return errors.New("not implemented") }
+
+// RunningPID returns the pid of the role running with stateDir (0 when none runs).
+func RunningPID(stateDir string) (int, error) { return 0, errors.New("not implemented") }
