@@ -34,14 +34,13 @@ cnsmo_install() {
   mkdir -p "$CNSMO_STATE_DIR"
 }
 
-# cnsmo_start ROLE: start `cnsmo-role ROLE` in the background, unless it already runs.
+# cnsmo_start ROLE: start `cnsmo-role ROLE` in the background, unless it already runs. Whether
+# a role runs is decided by its lock (`cnsmo-role status`), never by a pid file alone: after a
+# crash or a reboot role.pid may name any process.
 cnsmo_start() {
   role=$1
-  pidfile="$CNSMO_STATE_DIR/role.pid"
-  # A role killed hard leaves its pid file: only a live, non-zombie process counts.
-  if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null &&
-     [ "$(awk '{print $3}' "/proc/$(cat "$pidfile")/stat" 2>/dev/null)" != Z ]; then
-    echo "cnsmo: $role already running (pid $(cat "$pidfile"))"
+  if st=$("$CNSMO_BIN_DIR/cnsmo-role" status --state-dir "$CNSMO_STATE_DIR"); then
+    echo "cnsmo: $role already $st"
     return 0
   fi
   nohup "$CNSMO_BIN_DIR/cnsmo-role" "$role" --state-dir "$CNSMO_STATE_DIR" >>"$CNSMO_STATE_DIR/role.log" 2>&1 </dev/null &
@@ -57,8 +56,7 @@ cnsmo_wait() {
 
 # cnsmo_kick: make a running role reconcile now (scale events).
 cnsmo_kick() {
-  pidfile="$CNSMO_STATE_DIR/role.pid"
-  if [ -f "$pidfile" ]; then kill -HUP "$(cat "$pidfile")" 2>/dev/null || true; fi
+  "$CNSMO_BIN_DIR/cnsmo-role" kick --state-dir "$CNSMO_STATE_DIR" || true
 }
 
 # cnsmo_set_file KEY FILE: set this instance's parameter KEY to the content of FILE. A value the

@@ -53,6 +53,12 @@ func (e *exitError) Unwrap() error { return e.err }
 // Usagef is a usage error (exit code 2): a bad flag value or argument.
 func Usagef(format string, args ...any) error { return exitf(ExitUsage, format, args...) }
 
+// errQuiet is an exit code whose command already said everything on stdout.
+var errQuiet = errors.New("quiet exit")
+
+// Quiet ends the command with code and prints nothing more (the command said why).
+func Quiet(code int) error { return &exitError{code: code, err: errQuiet} }
+
 func exitf(code int, format string, args ...any) error {
 	return &exitError{code: code, err: fmt.Errorf(format, args...)}
 }
@@ -137,6 +143,9 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer, extra ..
 	err := root.ExecuteContext(ctx)
 	if err != nil {
 		code := ExitCode(err)
+		if errors.Is(err, errQuiet) {
+			return code
+		}
 		if !strings.Contains(err.Error(), "unknown flag") && !strings.Contains(err.Error(), "accepts") {
 			fmt.Fprintln(stderr, "error:", err)
 		} else {

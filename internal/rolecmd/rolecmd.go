@@ -4,6 +4,7 @@ package rolecmd
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"time"
 
@@ -15,7 +16,7 @@ import (
 
 // Commands returns the role subcommands.
 func Commands() []*cobra.Command {
-	out := []*cobra.Command{roleCmd(true), roleCmd(false), stopCmd()}
+	out := []*cobra.Command{roleCmd(true), roleCmd(false), stopCmd(), statusCmd(), kickCmd()}
 	return append(out, &cobra.Command{
 		Use:   "doctor",
 		Short: "Report what this host supports: Docker, NET_ADMIN and /dev/net/tun in a container, iptables backends, IPv6",
@@ -77,6 +78,49 @@ reconcile at once (the onvmadd/onvmremove hooks send it).`,
 	c.Flags().StringVar(&opts.Driver, "driver", defaultDriver(), "runtime of the network functions: docker or exec (env CNSMO_DRIVER)")
 	c.Flags().StringVar(&opts.StateDir, "state-dir", defaultStateDir(), "persistent state, pid file and lock (env CNSMO_STATE_DIR)")
 	c.Flags().StringVar(&opts.Services, "services", "", "override net.services.enable with this list (testing one service)")
+	return c
+}
+
+// ExitNotRunning is what `cnsmo-role status` exits with when no role runs on the state dir.
+const ExitNotRunning = 3
+
+func statusCmd() *cobra.Command {
+	stateDir := defaultStateDir()
+	c := &cobra.Command{
+		Use:   "status",
+		Short: "Say whether a role runs on this state dir (exit 0) or not (exit 3)",
+		Long: `Say whether a role runs on this state dir: one does when the pid in role.pid holds the state
+dir's lock and is a cnsmo-role (a pid file left by a crash or a reboot counts for nothing).
+Exit 0 and "running (pid N)" when one runs, 3 and "not running" otherwise.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			pid, err := RunningPID(stateDir)
+			if err != nil {
+				return err
+			}
+			if pid == 0 {
+				fmt.Fprintln(cmd.OutOrStdout(), "not running")
+				return cli.Quiet(ExitNotRunning)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "running (pid %d)\n", pid)
+			return nil
+		},
+	}
+	c.Flags().StringVar(&stateDir, "state-dir", stateDir, "state dir of the role (env CNSMO_STATE_DIR)")
+	return c
+}
+
+func kickCmd() *cobra.Command {
+	stateDir := defaultStateDir()
+	c := &cobra.Command{
+		Use:   "kick",
+		Short: "Make the role running on this state dir reconcile now (the onvmadd/onvmremove hooks)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return Kick(stateDir)
+		},
+	}
+	c.Flags().StringVar(&stateDir, "state-dir", stateDir, "state dir of the role (env CNSMO_STATE_DIR)")
 	return c
 }
 

@@ -360,18 +360,12 @@ func lockStateDir(dir string) (func(), error) {
 	return func() { f.Close() }, nil
 }
 
-// Stop asks the role running with stateDir to stop, and waits until it has torn down.
+// Stop asks the role running with stateDir to stop, and waits until it has torn down. Only a
+// cnsmo-role holding the state dir's lock is signalled (see RunningPID).
 func Stop(ctx context.Context, stateDir string, timeout time.Duration) error {
-	b, err := os.ReadFile(filepath.Join(stateDir, "role.pid"))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil // nothing runs
-	}
-	if err != nil {
-		return err
-	}
-	pid, err := strconv.Atoi(string(trimSpace(b)))
-	if err != nil {
-		return fmt.Errorf("pid file %s: %w", filepath.Join(stateDir, "role.pid"), err)
+	pid, err := RunningPID(stateDir)
+	if err != nil || pid == 0 {
+		return err // nothing runs
 	}
 	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
 		if errors.Is(err, syscall.ESRCH) {
@@ -463,8 +457,76 @@ func zombie(pid int) bool {
 	return i >= 0 && len(s) > i+2 && s[i+2] == 'Z'
 }
 
-// Kick makes the role running with stateDir reconcile at once (SIGHUP).
-func Kick(stateDir string) error { return errors.New("not implemented") }
+// roleExe is the executable name a running role has (tests of the package change it).
+var roleExe = "cnsmo-role"
 
-// RunningPID returns the pid of the role running with stateDir (0 when none runs).
-func RunningPID(stateDir string) (int, error) { return 0, errors.New("not implemented") }
+// RunningPID returns the pid of the role running with stateDir, or 0 when none runs. A role runs
+// when the pid in role.pid holds the state dir's lock (flock, as /proc/locks shows it) and is a
+// cnsmo-role: a pid file left by a crash or a reboot, naming whatever process got that pid since,
+// counts for nothing.
+func RunningPID(stateDir string) (int, error) {
+	b, err := os.ReadFile(filepath.Join(stateDir, "role.pid"))
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	pid, err := strconv.Atoi(string(trimSpace(b)))
+	if err != nil || pid <= 0 {
+		return 0, nil // not a pid: nothing to signal
+	}
+	st, err := os.Stat(filepath.Join(stateDir, "role.lock"))
+	if err != nil {
+		return 0, nil //nolint:nilerr // no lock file: no role ever ran here
+	}
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	if !ok {
+		return 0, nil
+	}
+	locks, err := os.ReadFile("/proc/locks")
+	if err != nil {
+		return 0, fmt.Errorf("reading /proc/locks: %w", err)
+	}
+	if !holdsFlock(string(locks), pid, sys.Ino) {
+		return 0, nil
+	}
+	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	if err != nil || !strings.HasPrefix(filepath.Base(strings.TrimSuffix(exe, " (deleted)")), roleExe) {
+		return 0, nil
+	}
+	return pid, nil
+}
+
+// holdsFlock reports whether /proc/locks (its text) shows pid holding a FLOCK on inode ino.
+// A line: "1: FLOCK  ADVISORY  WRITE 1234 00:2f:5678 0 EOF" (the device in hex, the inode decimal).
+func holdsFlock(locks string, pid int, ino uint64) bool {
+	for _, l := range strings.Split(locks, "\n") {
+		f := strings.Fields(l)
+		if len(f) < 6 || f[1] != "FLOCK" { // a waiter's line reads "N: -> FLOCK ..."
+			continue
+		}
+		p, err := strconv.Atoi(f[4])
+		if err != nil || p != pid {
+			continue
+		}
+		dev := strings.Split(f[5], ":")
+		if n, err := strconv.ParseUint(dev[len(dev)-1], 10, 64); err == nil && n == ino {
+			return true
+		}
+	}
+	return false
+}
+
+// Kick makes the role running with stateDir reconcile at once (SIGHUP); with no role running it
+// does nothing.
+func Kick(stateDir string) error {
+	pid, err := RunningPID(stateDir)
+	if err != nil || pid == 0 {
+		return err
+	}
+	if err := syscall.Kill(pid, syscall.SIGHUP); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("signal pid %d: %w", pid, err)
+	}
+	return nil
+}

@@ -41,3 +41,33 @@ func TestStalePidFileSignalsNothing(t *testing.T) {
 		require.Zero(t, pid, "no role runs (lock held: %v)", lockHeld)
 	}
 }
+
+// The role that holds the lock and is named in role.pid is found (here this test process, whose
+// executable name stands for cnsmo-role's).
+func TestRunningPIDFindsTheLockHolder(t *testing.T) {
+	exe, err := os.Executable()
+	require.NoError(t, err)
+	old := roleExe
+	roleExe = filepath.Base(exe)
+	t.Cleanup(func() { roleExe = old })
+	dir := t.TempDir()
+	unlock, err := lockStateDir(dir)
+	require.NoError(t, err)
+	defer unlock()
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "role.pid"), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644))
+	pid, err := RunningPID(dir)
+	require.NoError(t, err)
+	require.Equal(t, os.Getpid(), pid)
+	unlock()
+	pid, err = RunningPID(dir)
+	require.NoError(t, err)
+	require.Zero(t, pid, "the lock is released: nothing runs")
+}
+
+func TestHoldsFlock(t *testing.T) {
+	locks := "1: FLOCK  ADVISORY  WRITE 22916 fe:00:9773084 0 EOF\n2: -> FLOCK  ADVISORY  WRITE 41 fe:00:555 0 EOF\n3: POSIX  ADVISORY  WRITE 41 fe:00:555 0 EOF\n"
+	require.True(t, holdsFlock(locks, 22916, 9773084))
+	require.False(t, holdsFlock(locks, 22916, 555), "another inode")
+	require.False(t, holdsFlock(locks, 41, 555), "a waiter and a POSIX lock hold no flock")
+	require.False(t, holdsFlock("garbage\n\n1: FLOCK\n", 1, 1))
+}
