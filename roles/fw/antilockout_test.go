@@ -197,5 +197,15 @@ func TestDenyAllKeepsNameResolutionAndTheEndpoint(t *testing.T) {
 	require.True(t, resolved(), "name resolution under denyall")
 	require.True(t, reach(), "the endpoint by name under denyall")
 	require.False(t, p.connect("198.18.250.2", "8080"), "denyall drops the rest")
-	require.NoError(t, r.Teardown(ctx))
+
+	// The agent restarts (a crash: the rules stay in the kernel): before its first pass it must
+	// reach Nuvla by name again, and then it converges.
+	r2 := New(role.Env{Params: fp, Driver: nsDriver{ns: p.srv}, Instance: "web.1", Exec: true, Log: zerolog.Nop(), Endpoint: "https://nuvla.test:8443"})
+	r2.ResolvConf, r2.Lookup = r.ResolvConf, r.Lookup
+	require.True(t, resolved() && reach(), "a restarted agent reaches Nuvla by name under the rules left in place")
+	ready, err = r2.Reconcile(ctx, run)
+	require.NoError(t, err)
+	require.True(t, ready, "the restarted agent converges")
+	require.True(t, resolved() && reach())
+	require.NoError(t, r2.Teardown(ctx))
 }
