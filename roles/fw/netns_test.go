@@ -162,3 +162,18 @@ func TestRoleInvalidRulesApplyNothing(t *testing.T) {
 	require.True(t, p.connect("198.18.250.2", "8080"))
 	require.NoError(t, r.Teardown(ctx))
 }
+
+// {"policy":"denyall"} is the default after every rule wherever it stands in the list (as ufw's
+// default policy): an accept rule written after it lets its traffic through.
+func TestPolicyIsTheDefaultWhereverItStands(t *testing.T) {
+	p := twoHosts(t)
+	ctx := context.Background()
+	ap := &Applier{Driver: nsDriver{ns: p.srv}}
+	rules, err := ParseRules(`[{"policy":"denyall"},{"direction":"in","protocol":"tcp","dst_port":"8080","action":"accept"}]`)
+	require.NoError(t, err)
+	require.NoError(t, ap.Apply(ctx, rules, Options{}))
+	require.True(t, p.connect("198.18.250.2", "8080"), "the accept after denyall holds")
+	require.True(t, p.connect("2001:db8:fa::2", "8080"), "the accept after denyall holds (IPv6)")
+	require.False(t, p.connect("198.18.250.2", "8081"), "the rest is dropped")
+	require.NoError(t, ap.Teardown(ctx))
+}

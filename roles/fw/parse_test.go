@@ -36,6 +36,9 @@ func TestParseErrorsNameIndexAndField(t *testing.T) {
 		{`[{"direction":1,"action":"drop"}]`, p + "[0].direction: must be a string, not 1"},
 		{`{"direction":"in"}`, p + ": not a JSON list of rule objects"},
 		{`[] []`, p + ": text after the JSON list"},
+		{`[[]]`, p + `[0]: a rule must be a JSON object such as {"direction":"in","protocol":"tcp","dst_port":"8081","action":"drop"} or {"policy":"denyall"}, not []`},
+		{`[{"direction":"in","action":"drop"},"drop"]`, p + `[1]: a rule must be a JSON object such as`},
+		{`[{"policy":"denyall"},{"direction":"in","action":"drop"},{"policy":"denyall"}]`, p + "[2].policy: a second policy (the first is rule 0); a list has at most one"},
 		{"[" + strings.Repeat(" ", 5000) + "]", p + ": value is 5002 characters, over the 4096 limit"},
 	} {
 		_, err := ParseRules(c.in)
