@@ -7,7 +7,9 @@ package fw
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"sort"
 	"strconv"
@@ -51,23 +53,57 @@ func ParseRules(value string) ([]Rule, error) {
 	if n := len([]rune(value)); n > ssclient.MaxValueLen {
 		return nil, fmt.Errorf("%s: value is %d characters, over the %d limit", params.FWRules, n, ssclient.MaxValueLen)
 	}
-	var raw []map[string]json.RawMessage
+	var raw []json.RawMessage
 	dec := json.NewDecoder(bytes.NewReader([]byte(value)))
 	if err := dec.Decode(&raw); err != nil {
-		return nil, fmt.Errorf("%s: not a JSON list of rule objects: %v", params.FWRules, err)
+		return nil, fmt.Errorf("%s: not a JSON list of rule objects (%s)", params.FWRules, jsonProblem(err))
 	}
 	if dec.More() {
 		return nil, fmt.Errorf("%s: text after the JSON list", params.FWRules)
 	}
 	rules := make([]Rule, 0, len(raw))
-	for i, m := range raw {
+	policy := -1
+	for i, elem := range raw {
+		var m map[string]json.RawMessage
+		if err := json.Unmarshal(elem, &m); err != nil || m == nil {
+			return nil, fmt.Errorf(`%s[%d]: a rule must be a JSON object such as {"direction":"in","protocol":"tcp","dst_port":"8081","action":"drop"} or {"policy":"denyall"}, not %s`,
+				params.FWRules, i, clip(string(elem), 40))
+		}
 		r, err := parseRule(m)
 		if err != nil {
 			return nil, fmt.Errorf("%s[%d].%w", params.FWRules, i, err)
 		}
+		if r.DenyAll {
+			if policy >= 0 {
+				return nil, fmt.Errorf("%s[%d].policy: a second policy (the first is rule %d); a list has at most one", params.FWRules, i, policy)
+			}
+			policy = i
+		}
 		rules = append(rules, r)
 	}
 	return rules, nil
+}
+
+// jsonProblem says what is wrong with a JSON text without Go type names.
+func jsonProblem(err error) string {
+	var se *json.SyntaxError
+	var te *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &se):
+		return fmt.Sprintf("invalid JSON at character %d: %v", se.Offset, se)
+	case errors.As(err, &te):
+		return fmt.Sprintf("found a JSON %s", te.Value)
+	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
+		return "the text ends early"
+	}
+	return err.Error()
+}
+
+func clip(s string, n int) string {
+	if r := []rune(s); len(r) > n {
+		return string(r[:n]) + "…"
+	}
+	return s
 }
 
 type fieldError struct {

@@ -87,10 +87,10 @@ func Render(rules []Rule, opts Options, v6 bool) []string {
 			}
 		}
 	}
+	deny := false
 	for _, r := range rules {
-		if r.DenyAll {
-			in = append(in, "-A "+ChainIn+" -j DROP")
-			out = append(out, "-A "+ChainOut+" -j DROP")
+		if r.DenyAll { // the default after every rule, wherever it stands (as ufw's default policy)
+			deny = true
 			continue
 		}
 		has4, has6 := r.Family()
@@ -142,6 +142,10 @@ func Render(rules []Rule, opts Options, v6 bool) []string {
 		} else {
 			out = append(out, b.String())
 		}
+	}
+	if deny {
+		in = append(in, "-A "+ChainIn+" -j DROP")
+		out = append(out, "-A "+ChainOut+" -j DROP")
 	}
 	return append(in, out...)
 }
