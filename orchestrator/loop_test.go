@@ -191,6 +191,8 @@ func TestParseServices(t *testing.T) {
 		`["vpn","dns"]`: `net.services.enable[1]: unknown service "dns" (known: vpn, fw, lb)`,
 		``:              `net.services.enable: is not set (a JSON list such as ["vpn","fw","lb"])`,
 		`["vpn"`:        `net.services.enable: not a JSON list of service names: unexpected end of JSON input`,
+		`"vpn"`:         `net.services.enable: the value must be a JSON list such as ["vpn","fw","lb"], not the string "vpn"`,
+		`[1,"vpn"]`:     `net.services.enable: not a JSON list of service names: found a number where a name goes`,
 	} {
 		_, err := ParseServices(in)
 		require.EqualError(t, err, msg, in)

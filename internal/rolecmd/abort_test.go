@@ -100,3 +100,16 @@ func TestRoleStoppedWhileStartingDoesNotAbortTheRun(t *testing.T) {
 	require.NoError(t, err)
 	require.False(t, set, "the run is not aborted")
 }
+
+// An agent whose run was aborted by another instance says so, with the reason from ss:abort,
+// instead of an HTTP status.
+func TestAbortedRunIsSaidWithItsReason(t *testing.T) {
+	srv, ri := startRun(t, "web.1")
+	require.NoError(t, srv.Abort(ri.UUID, "cnsmo on web.2: net.i2cat.cnsmo.service.fw.rules[0].dst_port: 70000 is out of range 1-65535"))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err := Run(ctx, Options{Driver: "exec", StateDir: t.TempDir()}, zerolog.Nop())
+	require.Error(t, err)
+	require.Contains(t, err.Error(), "the run was aborted: cnsmo on web.2: net.i2cat.cnsmo.service.fw.rules[0].dst_port: 70000 is out of range")
+	require.NotContains(t, err.Error(), "409")
+}
