@@ -2,6 +2,7 @@ package orchestrator
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -21,8 +22,14 @@ func ParseServices(v string) ([]string, error) {
 	switch {
 	case v == "":
 		return nil, fmt.Errorf("%s: is not set (a JSON list such as [\"vpn\",\"fw\",\"lb\"])", params.ServicesEnable)
+	case strings.HasPrefix(v, `"`):
+		return nil, fmt.Errorf(`%s: the value must be a JSON list such as ["vpn","fw","lb"], not the string %s`, params.ServicesEnable, v)
 	case strings.HasPrefix(v, "["):
 		if err := json.Unmarshal([]byte(v), &names); err != nil {
+			var te *json.UnmarshalTypeError
+			if errors.As(err, &te) {
+				return nil, fmt.Errorf("%s: not a JSON list of service names: found a %s where a name goes", params.ServicesEnable, te.Value)
+			}
 			return nil, fmt.Errorf("%s: not a JSON list of service names: %v", params.ServicesEnable, err)
 		}
 	default:

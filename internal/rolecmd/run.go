@@ -62,6 +62,9 @@ func Run(ctx context.Context, opts Options, log zerolog.Logger) error {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	err = run(ctx, opts, cfg, client, roleName, log)
+	if (errors.Is(err, ssclient.ErrAborted) || errors.Is(err, orchestrator.ErrRunAborted)) && ctx.Err() == nil {
+		err = abortedBecause(ctx, client, err)
+	}
 	switch {
 	case err == nil, ctx.Err() != nil, errors.Is(err, errAlreadyRunning), errors.Is(err, orchestrator.ErrRunAborted),
 		errors.Is(err, ssclient.ErrAborted), errors.Is(err, errRunAbortedByRole),
@@ -80,6 +83,26 @@ func Run(ctx context.Context, opts Options, log zerolog.Logger) error {
 	}
 	return err
 }
+
+// abortedBecause says that the run was aborted, with the reason from ss:abort, instead of the
+// HTTP status the aborted run answered with (err stays wrapped for the exit code).
+func abortedBecause(ctx context.Context, client *ssclient.Client, err error) error {
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	reason, rerr := client.IgnoreAbort().Get(rctx, "ss:abort")
+	if rerr != nil || strings.TrimSpace(reason) == "" {
+		return fmt.Errorf("the run was aborted (its reason could not be read): %w", err)
+	}
+	return &abortedError{reason: strings.TrimSpace(reason), err: err}
+}
+
+type abortedError struct {
+	reason string
+	err    error
+}
+
+func (e *abortedError) Error() string { return "the run was aborted: " + e.reason }
+func (e *abortedError) Unwrap() error { return e.err }
 
 // errRunAbortedByRole marks an error after which the run was already aborted by this role.
 var errRunAbortedByRole = errors.New("run aborted by this role")
