@@ -121,7 +121,10 @@ func ParseDeployment(data []byte) (*Deployment, error) {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&d); err != nil {
-		return nil, fmt.Errorf("deployment: decode JSON: %w", err)
+		if where := locate(data); where != nil {
+			return nil, fmt.Errorf("deployment: %w", where)
+		}
+		return nil, fmt.Errorf("deployment: decode JSON: %s", jsonProblem(err))
 	}
 	if dec.More() {
 		return nil, errors.New("deployment: trailing data after the JSON object")
@@ -130,6 +133,62 @@ func ParseDeployment(data []byte) (*Deployment, error) {
 		return nil, err
 	}
 	return &d, nil
+}
+
+// locate decodes the nodes and parameters one by one to name the node and parameter whose
+// field is unknown or of the wrong type; nil when the fault is elsewhere.
+func locate(data []byte) error {
+	var top struct {
+		Nodes []json.RawMessage `json:"nodes"`
+	}
+	if json.Unmarshal(data, &top) != nil {
+		return nil
+	}
+	strict := func(b []byte, v any) error {
+		dec := json.NewDecoder(bytes.NewReader(b))
+		dec.DisallowUnknownFields()
+		return dec.Decode(v)
+	}
+	for i, raw := range top.Nodes {
+		var probe struct {
+			Name       string            `json:"name"`
+			Parameters []json.RawMessage `json:"parameters"`
+		}
+		_ = json.Unmarshal(raw, &probe)
+		for j, praw := range probe.Parameters {
+			var pp struct {
+				Name string `json:"name"`
+			}
+			_ = json.Unmarshal(praw, &pp)
+			var p Parameter
+			if err := strict(praw, &p); err != nil {
+				return fmt.Errorf("nodes[%d] %q: parameters[%d] %q: %s", i, probe.Name, j, pp.Name, jsonProblem(err))
+			}
+		}
+		var n Node
+		if err := strict(raw, &n); err != nil {
+			return fmt.Errorf("nodes[%d] %q: %s", i, probe.Name, jsonProblem(err))
+		}
+	}
+	return nil
+}
+
+// jsonProblem says what is wrong in JSON terms, without Go type names.
+func jsonProblem(err error) string {
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		want := map[string]string{"int": "number", "string": "string", "bool": "boolean"}[te.Type.Kind().String()]
+		if want == "" {
+			want = te.Type.Kind().String()
+		}
+		field := te.Field
+		if k := strings.LastIndex(field, "."); k >= 0 {
+			field = field[k+1:]
+		}
+		return fmt.Sprintf("%s: a %s where a %s goes", field, te.Value, want)
+	}
+	msg := err.Error()
+	return strings.TrimPrefix(msg, "json: ")
 }
 
 // LoadDeployment reads and validates a deployment file.
