@@ -22,6 +22,8 @@ import (
 
 // Loop drives the services of one instance.
 type Loop struct {
+	// Role is "server" or "agent": messages read "cnsmo <role> on <instance>: …".
+	Role     string
 	Params   ssclient.Params
 	Services []role.Service // in reconcile order
 	Log      zerolog.Logger

@@ -135,10 +135,12 @@ func TestLoopPublishesEnabledWhenAllReadyAndTearsDownOnStop(t *testing.T) {
 func TestLoopAbortsTheRunOnInvalidInput(t *testing.T) {
 	p := newFake("app.1")
 	fw := &fakeService{name: "fw", err: role.Terminal(errors.New("net.i2cat.cnsmo.service.fw.rules: fw.rules[0].dst_port: 70000 is out of range 1-65535"))}
-	err := fastLoop(p, fw).Run(context.Background())
+	l := fastLoop(p, fw)
+	l.Role = "agent"
+	err := l.Run(context.Background())
 	require.Error(t, err)
 	assert.True(t, role.IsTerminal(err))
-	assert.Equal(t, "cnsmo on app.1: net.i2cat.cnsmo.service.fw.rules: fw.rules[0].dst_port: 70000 is out of range 1-65535", p.aborted)
+	assert.Equal(t, "cnsmo agent on app.1: net.i2cat.cnsmo.service.fw.rules: fw.rules[0].dst_port: 70000 is out of range 1-65535", p.aborted)
 	assert.Equal(t, 1, fw.torn)
 	_, err = p.Get(context.Background(), "net.services.enabled")
 	assert.ErrorIs(t, err, ssclient.ErrNotSet, "never announced ready")
@@ -275,6 +277,7 @@ func TestLoopValidatesTheRunBeforeReconcilingAnything(t *testing.T) {
 			p := newFake("app.1")
 			vpn := &fakeService{name: "vpn"}
 			l := fastLoop(p, vpn)
+			l.Role = "agent"
 			validations := 0
 			l.Validate = func(*ssclient.Run) error {
 				validations++
@@ -287,7 +290,7 @@ func TestLoopValidatesTheRunBeforeReconcilingAnything(t *testing.T) {
 			require.True(t, role.IsTerminal(err), "%v", err)
 			assert.Equal(t, c.badAfter, vpn.passes, "services reconciled only on passes whose run validated")
 			assert.Equal(t, c.wantPass0, vpn.passes > 0)
-			assert.Contains(t, p.aborted, "cnsmo on app.1: web.2: net.i2cat.cnsmo.service.fw.rules[1].dst_port")
+			assert.Contains(t, p.aborted, "cnsmo agent on app.1: web.2: net.i2cat.cnsmo.service.fw.rules[1].dst_port")
 			assert.Equal(t, 1, vpn.torn)
 		})
 	}
@@ -313,4 +316,17 @@ func TestLoopReturnsOnChangedServicesWithoutTeardown(t *testing.T) {
 	assert.Equal(t, 2, fw.passes)
 	assert.Zero(t, fw.torn, "no teardown")
 	assert.Empty(t, p.aborted, "the run is not aborted")
+}
+
+// One form for a role's messages: "cnsmo <role> on <instance>: <what>", the instance never
+// repeated when the input at fault is its own.
+func TestAbortMessageHasOneForm(t *testing.T) {
+	p := newFake("netsvc.1")
+	l := fastLoop(p, &fakeService{name: "vpn", after: 1})
+	l.Role = "server"
+	l.Validate = func(*ssclient.Run) error {
+		return errors.New(`netsvc.1: net.services.enable[0]: unknown service "dns" (known: vpn, fw, lb)`)
+	}
+	require.Error(t, l.Run(context.Background()))
+	assert.Equal(t, `cnsmo server on netsvc.1: net.services.enable[0]: unknown service "dns" (known: vpn, fw, lb)`, p.aborted)
 }
