@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"strings"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -50,6 +51,16 @@ type Loop struct {
 	lastDisplay string
 	wasReady    map[string]bool // services that have been ready at least once
 	ready       bool            // the last pass found every service ready
+}
+
+// Say is the one form of a role's messages in the run: "cnsmo <role> on <instance>: <what>",
+// without repeating the instance when what is about its own input.
+func (l *Loop) Say(me string, err error) string {
+	who := "cnsmo"
+	if l.Role != "" {
+		who += " " + l.Role
+	}
+	return fmt.Sprintf("%s on %s: %s", who, me, strings.TrimPrefix(err.Error(), me+": "))
 }
 
 // ErrRunAborted is returned by Run when the run's abort flag was raised.
@@ -93,7 +104,7 @@ func (l *Loop) Run(ctx context.Context) error {
 			l.teardown()
 			return fmt.Errorf("%s: %w", me, ErrRunAborted)
 		case role.IsTerminal(err):
-			msg := fmt.Sprintf("cnsmo on %s: %v", me, err)
+			msg := l.Say(me, err)
 			l.Log.Error().Err(err).Msg("invalid input: aborting the run")
 			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.TeardownTimeout)
 			if aerr := l.Params.Abort(actx, msg); aerr != nil {

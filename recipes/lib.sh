@@ -65,12 +65,12 @@ cnsmo_kick() {
 cnsmo_set_file() {
   key=$1 file=$2
   if [ ! -r "$file" ]; then
-    ss-abort "cnsmo on ${SLIPSTREAM_NODE_INSTANCE_NAME:-$(hostname)}: $key: cannot read $file"
+    ss-abort "cnsmo agent on ${SLIPSTREAM_NODE_INSTANCE_NAME:-$(hostname)}: $key: cannot read $file"
     exit 1
   fi
   n=$(wc -m <"$file" | tr -d ' ')
   if [ "$n" -gt 4096 ]; then
-    ss-abort "cnsmo on ${SLIPSTREAM_NODE_INSTANCE_NAME:-$(hostname)}: $key: $file is $n characters, over the 4096-character limit of a parameter value (use fewer rules or wider ranges)"
+    ss-abort "cnsmo agent on ${SLIPSTREAM_NODE_INSTANCE_NAME:-$(hostname)}: $key: $file is $n characters, over the 4096-character limit of a parameter value (use fewer rules or wider ranges)"
     exit 1
   fi
   ss-set "$key" "$(cat "$file")"

@@ -204,7 +204,7 @@ func run(ctx context.Context, opts Options, cfg ssclient.Config, client *ssclien
 		}
 		log.Info().Strs("services", services).Msg("reconciling")
 		var next []string
-		loop := &orchestrator.Loop{Params: client, Services: list, Log: log, Kick: kick, Ready: ready,
+		loop := &orchestrator.Loop{Role: roleName, Params: client, Services: list, Log: log, Kick: kick, Ready: ready,
 			Validate: func(r *ssclient.Run) error {
 				if opts.Services == "" {
 					if raw := role.Get(r, server, params.ServicesEnable); raw != "" { // unset for a moment: keep what runs
