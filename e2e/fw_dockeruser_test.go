@@ -1,4 +1,4 @@
-package fw
+package e2e
 
 import (
 	"bytes"
@@ -15,6 +15,7 @@ import (
 
 	"github.com/cnsmo/cnsmo/driver"
 	"github.com/cnsmo/cnsmo/internal/testutil"
+	"github.com/cnsmo/cnsmo/roles/fw"
 )
 
 // hostDriver runs the firewall's commands in the host's own namespaces (the exec driver's way on
@@ -48,11 +49,21 @@ func touched(t *testing.T) string {
 	return b.String()
 }
 
+// sh runs a command on the host and returns its output.
+func sh(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+	require.NoError(t, err, "%v: %s", args, out)
+	return string(out)
+}
+
 // Ports that Docker publishes for a containerised application pass through FORWARD, not INPUT:
 // an `in` rule holds for them too (Docker's DOCKER-USER chain, matched on the port the user wrote,
 // before Docker's DNAT), and teardown leaves the host's chains exactly as before. This runs on the
 // host's engine and namespace (the testbed's VMs have no DOCKER-USER): a client namespace reaches a
-// container published on a 198.18 address of the host; the rules only drop port 18081.
+// container published on a 198.18 address of the host; the rules only drop port 18081. It lives
+// in this package, whose tests run one at a time, so that no test comparing the host's tables
+// before and after a run sees its chains.
 func TestInRulesHoldForDockerPublishedPorts(t *testing.T) {
 	testutil.RequireRoot(t)
 	testutil.RequireBinary(t, "ip", "iptables", "ip6tables", "socat", "docker")
@@ -94,24 +105,24 @@ func TestInRulesHoldForDockerPublishedPorts(t *testing.T) {
 
 	before := touched(t)
 	ctx := context.Background()
-	ap := &Applier{Driver: hostDriver{}}
-	rules, err := ParseRules(`[{"direction":"in","protocol":"tcp","dst_port":"18081","action":"drop"}]`)
+	ap := &fw.Applier{Driver: hostDriver{}}
+	rules, err := fw.ParseRules(`[{"direction":"in","protocol":"tcp","dst_port":"18081","action":"drop"}]`)
 	require.NoError(t, err)
-	require.NoError(t, ap.Apply(ctx, rules, Options{}))
+	require.NoError(t, ap.Apply(ctx, rules, fw.Options{}))
 	t.Cleanup(func() { _ = ap.Teardown(context.Background()) })
 	require.False(t, connect("18081"), "the in rule holds for the published port")
 	require.True(t, connect("18080"), "other published ports stay open")
-	drift, err := ap.Check(ctx, rules, Options{})
+	drift, err := ap.Check(ctx, rules, fw.Options{})
 	require.NoError(t, err)
 	require.Empty(t, drift)
 
 	// Every shape of in rule reads back as rendered (Apply verifies it); none of these ports is used.
-	shapes, err := ParseRules(`[{"direction":"in","protocol":"tcp","dst_port":"18081","action":"drop"},
+	shapes, err := fw.ParseRules(`[{"direction":"in","protocol":"tcp","dst_port":"18081","action":"drop"},
 		{"direction":"in","protocol":"tcp","dst_port":"18082:18083","ip_range":"198.18.0.0/15","action":"accept"},
 		{"direction":"in","protocol":"udp","dst_port":"18084","ip_range":"198.18.251.1/32","dst_src":"dst","action":"reject"},
 		{"direction":"in","protocol":"tcp","src_port":"1:2","dst_port":"18085","action":"drop"}]`)
 	require.NoError(t, err)
-	require.NoError(t, ap.Apply(ctx, shapes, Options{}))
+	require.NoError(t, ap.Apply(ctx, shapes, fw.Options{}))
 	require.False(t, connect("18081"))
 	require.True(t, connect("18080"))
 
