@@ -330,3 +330,27 @@ func TestAbortMessageHasOneForm(t *testing.T) {
 	require.Error(t, l.Run(context.Background()))
 	assert.Equal(t, `cnsmo server on netsvc.1: net.services.enable[0]: unknown service "dns" (known: vpn, fw, lb)`, p.aborted)
 }
+
+// waitingService is never ready and says why.
+type waitingService struct{ fakeService }
+
+func (s *waitingService) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error) {
+	_, _ = s.fakeService.Reconcile(ctx, run)
+	return false, nil
+}
+func (s *waitingService) Waiting() string { return "every backend is down" }
+
+// A service that says why it is not ready has that in the UI.
+func TestWaitingShowsTheServicesReason(t *testing.T) {
+	p := newFake("cnsmo.1")
+	lb := &waitingService{fakeService{name: "lb"}}
+	l := fastLoop(p, lb)
+	ctx, cancel := context.WithCancel(context.Background())
+	l.OnPass = func(bool) {
+		if lb.passes >= 2 {
+			cancel()
+		}
+	}
+	_ = l.Run(ctx)
+	assert.Contains(t, p.displays, "cnsmo: waiting for lb: every backend is down")
+}

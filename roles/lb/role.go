@@ -66,6 +66,9 @@ func New(env role.Env) *Role {
 // Name implements role.Service.
 func (r *Role) Name() string { return "lb" }
 
+// Waiting says why the load balancer is not ready ("" when it is, or when there is nothing to say).
+func (r *Role) Waiting() string { return "" }
+
 // Reconcile validates the inputs, renders the configuration for the current backends, checks it
 // with `haproxy -c`, starts HAProxy or reloads it hitlessly when the configuration changed, and
 // sets lb.ready once HAProxy accepts connections and at least one backend is up.

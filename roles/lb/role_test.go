@@ -322,3 +322,39 @@ func TestNotReadyWhileAnOldWorkerRuns(t *testing.T) {
 	require.True(t, ready, "the old worker is gone")
 	require.Len(t, drv.signals, 1)
 }
+
+// The role's logger already carries service=lb (the orchestrator gives every service its own):
+// no log line repeats the key.
+func TestLogsDoNotRepeatTheServiceKey(t *testing.T) {
+	var buf strings.Builder
+	log := zerolog.New(&buf).Level(zerolog.DebugLevel).With().Str("service", "lb").Logger()
+	drv := &fakeDriver{files: map[string]string{}}
+	r := &Role{Params: &fakeParams{set: map[string]string{}}, Driver: drv, Log: log, Dial: runtimeAPIWith("DOWN")}
+	_, err := r.Reconcile(context.Background(), lbRun("web.1"))
+	require.NoError(t, err)
+	r.Dial = runtimeAPI
+	_, err = r.Reconcile(context.Background(), lbRun("web.1", "web.2"))
+	require.NoError(t, err)
+	drv.rejectCheck = true
+	_, _ = r.Reconcile(context.Background(), lbRun("web.1", "web.2", "web.3"))
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	require.NotEmpty(t, lines)
+	for _, l := range lines {
+		require.Equal(t, 1, strings.Count(l, `"service":`), l)
+	}
+}
+
+// With every backend down the UI says so, naming the addresses and port the checks go to.
+func TestWaitingSaysEveryBackendIsDown(t *testing.T) {
+	drv := &fakeDriver{files: map[string]string{}}
+	r := &Role{Params: &fakeParams{set: map[string]string{}}, Driver: drv, Log: zerolog.Nop(), Dial: runtimeAPIWith("DOWN")}
+	ready, err := r.Reconcile(context.Background(), lbRun("web.1", "web.2"))
+	require.NoError(t, err)
+	require.False(t, ready)
+	require.Equal(t, "every backend is down: health checks to web.1 198.18.0.11:8080, web.2 198.18.0.21:8080 fail", r.Waiting())
+	r.Dial = runtimeAPI
+	ready, err = r.Reconcile(context.Background(), lbRun("web.1", "web.2"))
+	require.NoError(t, err)
+	require.True(t, ready)
+	require.Empty(t, r.Waiting())
+}
