@@ -191,7 +191,11 @@ func (l *Loop) pass(ctx context.Context, me string) (wait bool, err error) {
 		}
 		if !ready {
 			if allReady {
-				l.display(ctx, fmt.Sprintf("cnsmo: waiting for %s", s.Name()))
+				msg := "cnsmo: waiting for " + s.Name()
+				if w, ok := s.(interface{ Waiting() string }); ok && w.Waiting() != "" {
+					msg += ": " + w.Waiting()
+				}
+				l.display(ctx, msg)
 			}
 			allReady = false
 			continue

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -55,6 +56,7 @@ type Role struct {
 
 	applied  string            // the configuration last applied by this process
 	reloaded bool              // a reload happened and its old worker was not yet seen gone
+	waiting  string            // why the last pass was not ready
 	warned   map[string]string // backend -> what was last warned about it (warned once)
 }
 
@@ -66,8 +68,9 @@ func New(env role.Env) *Role {
 // Name implements role.Service.
 func (r *Role) Name() string { return "lb" }
 
-// Waiting says why the load balancer is not ready ("" when it is, or when there is nothing to say).
-func (r *Role) Waiting() string { return "" }
+// Waiting says why the load balancer is not ready ("" when it is, or when there is nothing to
+// say); the orchestrator shows it in the UI.
+func (r *Role) Waiting() string { return r.waiting }
 
 // Reconcile validates the inputs, renders the configuration for the current backends, checks it
 // with `haproxy -c`, starts HAProxy or reloads it hitlessly when the configuration changed, and
@@ -89,14 +92,14 @@ func (r *Role) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error) {
 	if conf != r.applied || st.State != driver.StateRunning {
 		if err := r.check(ctx, conf); err != nil {
 			// The old configuration keeps serving; say why in the UI and the logs.
-			r.Log.Error().Err(err).Str("service", "lb").Msg("rendered configuration rejected; keeping the running one")
+			r.Log.Error().Err(err).Msg("rendered configuration rejected; keeping the running one")
 			_ = r.Params.Display(ctx, "lb: configuration rejected by haproxy -c, old one kept: "+firstLine(err.Error()))
 			return false, err
 		}
 		if err := r.apply(ctx, cfg.StatsPort, conf, st); err != nil {
 			return false, err
 		}
-		r.Log.Info().Str("service", "lb").Int("backends", len(backends)).Msg("haproxy configuration applied")
+		r.Log.Info().Int("backends", len(backends)).Msg("haproxy configuration applied")
 	}
 
 	if r.reloaded {
@@ -113,8 +116,12 @@ func (r *Role) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error) {
 	if err == nil && up > 0 {
 		err = r.probe(ctx, cfg.Port)
 	}
+	r.waiting = ""
+	if err == nil && up == 0 {
+		r.waiting = downMessage(backends, cfg.BackendPort, cfg.Nodes)
+	}
 	if err != nil || up == 0 {
-		r.Log.Debug().Err(err).Int("up", up).Str("service", "lb").Msg("load balancer not ready")
+		r.Log.Debug().Err(err).Int("up", up).Msg("load balancer not ready")
 		// Ready means serving: with every backend known down it is not. A runtime API that
 		// does not answer for a moment (during a reload) withdraws nothing.
 		if err == nil && role.Get(run, me, params.LBReady) == "true" {
@@ -213,6 +220,20 @@ func (r *Role) address(run *ssclient.Run, inst string) (a netip.Addr, key, v, wh
 	return a, key, v, ""
 }
 
+// downMessage says that no backend answers its health checks, naming where they go.
+func downMessage(backends []Backend, port int, nodes []string) string {
+	if len(backends) == 0 {
+		return "no backend yet: no instance of " + strings.Join(nodes, ", ") + " has an address"
+	}
+	bs := slices.Clone(backends)
+	slices.SortFunc(bs, func(a, b Backend) int { return compareInstance(a.Instance, b.Instance) })
+	var parts []string
+	for _, b := range bs {
+		parts = append(parts, b.Instance+" "+netip.AddrPortFrom(b.Addr, uint16(port)).String())
+	}
+	return "every backend is down: health checks to " + strings.Join(parts, ", ") + " fail"
+}
+
 // warnOnce logs msg about backend inst once per distinct what.
 func (r *Role) warnOnce(inst, what string, fields func(*zerolog.Event) *zerolog.Event, msg string) {
 	if r.warned[inst] == what {
@@ -281,7 +302,7 @@ func (r *Role) apply(ctx context.Context, statsPort int, conf string, st driver.
 		if state, err := r.runtimeAPI(ctx, statsPort, "show servers state"); err == nil {
 			files = append(files, driver.File{Path: StatePath, Mode: 0o644, Data: []byte(state)})
 		} else {
-			r.Log.Warn().Err(err).Str("service", "lb").Msg("server states not saved before the reload")
+			r.Log.Warn().Err(err).Msg("server states not saved before the reload")
 		}
 		if err := r.Driver.PutFiles(ctx, FunctionName, files); err != nil {
 			return fmt.Errorf("lb: write haproxy.cfg: %w", err)
