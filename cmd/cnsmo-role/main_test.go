@@ -128,3 +128,24 @@ func TestSSToolsAgainstMocknuvlaBinary(t *testing.T) {
 	require.Equal(t, 0, code)
 	require.Contains(t, out, "cnsmo-role")
 }
+
+// Without any context (no slipstream.context, no SLIPSTREAM_* variables) the ss-* tools end as
+// the reference client does, with exit code 1, and say what is missing; so does the role.
+func TestNoContextExitsOne(t *testing.T) {
+	dir := t.TempDir()
+	out, err := exec.Command("go", "build", "-o", dir+"/cnsmo-role", ".").CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	require.NoError(t, os.Symlink(filepath.Join(dir, "cnsmo-role"), filepath.Join(dir, "ss-get")))
+	for _, args := range [][]string{{"ss-get", "net.services.enabled"}, {"cnsmo-role", "ss-get", "x"}, {"cnsmo-role", "agent", "--state-dir", filepath.Join(dir, "state")}} {
+		cmd := exec.Command(filepath.Join(dir, args[0]), args[1:]...)
+		cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir}
+		cmd.Dir = dir
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		err := cmd.Run()
+		var ee *exec.ExitError
+		require.ErrorAs(t, err, &ee, "%v", args)
+		require.Equal(t, 1, ee.ExitCode(), "%v: %s", args, stderr.String())
+		require.Contains(t, stderr.String(), "slipstream.context", "%v", args)
+	}
+}
