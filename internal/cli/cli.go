@@ -169,7 +169,8 @@ func isTool(name string) bool {
 func client(cmd *cobra.Command, ignoreAbort bool) (*ssclient.Client, error) {
 	cfg, err := ssclient.LoadConfig()
 	if err != nil {
-		return nil, &exitError{code: ExitUsage, err: err}
+		// The reference client ends with 1 when it has no context.
+		return nil, &exitError{code: ExitNotYetSet, err: err}
 	}
 	log, err := Logger(cmd)
 	if err != nil {

@@ -91,7 +91,7 @@ func abortedBecause(ctx context.Context, client *ssclient.Client, err error) err
 	defer cancel()
 	reason, rerr := client.IgnoreAbort().Get(rctx, "ss:abort")
 	if rerr != nil || strings.TrimSpace(reason) == "" {
-		return fmt.Errorf("the run was aborted (its reason could not be read): %w", err)
+		return fmt.Errorf("the run was aborted (its reason could not be read): %w", errors.Join(err, ssclient.ErrAborted))
 	}
 	return &abortedError{reason: strings.TrimSpace(reason), err: err}
 }
@@ -102,7 +102,7 @@ type abortedError struct {
 }
 
 func (e *abortedError) Error() string { return "the run was aborted: " + e.reason }
-func (e *abortedError) Unwrap() error { return e.err }
+func (e *abortedError) Unwrap() []error { return []error{e.err, ssclient.ErrAborted} } // exit code 8
 
 // errRunAbortedByRole marks an error after which the run was already aborted by this role.
 var errRunAbortedByRole = errors.New("run aborted by this role")
