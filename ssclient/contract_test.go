@@ -1,6 +1,7 @@
 package ssclient_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/require"
 
 	"github.com/cnsmo/cnsmo/mocknuvla"
@@ -293,4 +295,20 @@ func TestQualify(t *testing.T) {
 	} {
 		require.Equal(t, want, ssclient.Qualify("web.2", in), in)
 	}
+}
+
+// Retries through 5xx answers are logged at warn level (an operator sees a failing store), with
+// the key and the status.
+func TestRetriesAreWarned(t *testing.T) {
+	e := setup(t, mocknuvla.Options{})
+	var buf bytes.Buffer
+	web := e.client(t, "web.1", ssclient.WithRetry(600*time.Millisecond), ssclient.WithLogger(zerolog.New(&buf).Level(zerolog.WarnLevel)))
+	_, err := web.Get(context.Background(), "in") // logged in
+	require.NoError(t, err)
+	e.srv.SetFaults(e.ri.UUID, mocknuvla.Faults{Error5xxRatio: 1})
+	_, err = web.Get(context.Background(), "in")
+	require.Error(t, err)
+	require.Contains(t, buf.String(), `"level":"warn"`)
+	require.Contains(t, buf.String(), `"key":"web.1:in"`)
+	require.Contains(t, buf.String(), `"status":50`)
 }
