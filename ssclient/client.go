@@ -175,7 +175,7 @@ func (c *Client) do(ctx context.Context, rq request) (int, string, error) {
 			}
 			return code, body, nil
 		}
-		c.log.Debug().Str("key", rq.key).Int("status", code).AnErr("cause", err).Dur("retry_in", d).Msg("transient failure; retrying")
+		c.log.Warn().Str("key", rq.key).Int("status", code).AnErr("cause", err).Dur("retry_in", d).Msg("parameter store failing; retrying")
 		t := time.NewTimer(d)
 		select {
 		case <-ctx.Done():
