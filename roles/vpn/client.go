@@ -3,12 +3,14 @@ package vpn
 import (
 	"context"
 	"crypto/ecdsa"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 
 	"github.com/cnsmo/cnsmo/driver"
 	"github.com/cnsmo/cnsmo/params"
@@ -34,10 +36,11 @@ type Client struct {
 	// one-shot function of the driver (in the OpenVPN image, or the host's ping with exec).
 	Ping PingFunc
 
-	key       *ecdsa.PrivateKey
-	keyPEM    []byte
-	csrPEM    []byte
-	confirmed string // hash of the spec whose tunnel was confirmed and published
+	key         *ecdsa.PrivateKey
+	keyPEM      []byte
+	csrPEM      []byte
+	confirmed   string // hash of the spec whose tunnel was confirmed and published
+	saidRevoked bool   // the revocation of this instance's certificate was logged
 }
 
 // NewClient returns the VPN client service of the instance described by env.
@@ -124,9 +127,13 @@ func (c *Client) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error)
 	if err := c.pinCA(caPEM, srv); err != nil {
 		return false, err
 	}
-	if _, err := pki.VerifyClientCert([]byte(certPEM), []byte(caPEM), me, &c.key.PublicKey); err != nil {
+	cert, err := pki.VerifyClientCert([]byte(certPEM), []byte(caPEM), me, &c.key.PublicKey)
+	if err != nil {
 		// A certificate for an older key, or not yet re-signed: wait for the server.
 		c.env.Log.Debug().Err(err).Msg("vpn: waiting for a certificate for this key")
+		return false, nil
+	}
+	if c.revoked(cert, caPEM, role.Get(run, srv, params.VPNCRL)) {
 		return false, nil
 	}
 	in, err := ParseInputs(func(k string) string { return role.Get(run, srv, k) })
@@ -207,6 +214,28 @@ func (c *Client) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error)
 	c.env.Log.Info().Str("address", v4.Addr().String()).Str("address6", addr6).Msg("vpn: tunnel up, server answers")
 	c.confirmed = hash
 	return true, nil
+}
+
+// revoked reports whether the server's published CRL (signed by the pinned CA) lists this
+// client's certificate: the server refuses it (its instance left the run). Said once.
+func (c *Client) revoked(cert *x509.Certificate, caPEM, crlPEM string) bool {
+	if crlPEM == "" {
+		return false
+	}
+	ca, err := pki.ParseCert([]byte(caPEM))
+	if err != nil {
+		return false
+	}
+	serials, err := pki.RevokedSerialsBy(ca, []byte(crlPEM))
+	if err != nil || !slices.Contains(serials, cert.SerialNumber.String()) {
+		return false
+	}
+	if !c.saidRevoked {
+		c.env.Log.Warn().Str("serial", cert.SerialNumber.String()).
+			Msg("vpn: the server revoked this instance's certificate (the instance left the run) and refuses it: it cannot rejoin; a new instance of the node takes its place")
+		c.saidRevoked = true
+	}
+	return true
 }
 
 // caPinFile keeps the CA this client first trusted, in its state dir.

@@ -496,6 +496,12 @@ func (ca *CA) writeCRLLocked() error {
 
 // RevokedSerials parses a CRL (PEM) signed by the CA and returns its revoked serials (decimal).
 func (ca *CA) RevokedSerials(crlPEM []byte) ([]string, error) {
+	return RevokedSerialsBy(ca.cert, crlPEM)
+}
+
+// RevokedSerialsBy parses a CRL (PEM), checks that the CA certificate ca signed it, and returns
+// its revoked serials (decimal).
+func RevokedSerialsBy(ca *x509.Certificate, crlPEM []byte) ([]string, error) {
 	blk, _ := pem.Decode(crlPEM)
 	if blk == nil || blk.Type != "X509 CRL" {
 		return nil, errors.New("pki: not a PEM X509 CRL")
@@ -504,7 +510,7 @@ func (ca *CA) RevokedSerials(crlPEM []byte) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pki: crl: %w", err)
 	}
-	if err := crl.CheckSignatureFrom(ca.cert); err != nil {
+	if err := crl.CheckSignatureFrom(ca); err != nil {
 		return nil, fmt.Errorf("pki: crl signature: %w", err)
 	}
 	var out []string
