@@ -18,6 +18,7 @@ import (
 
 	"github.com/cnsmo/cnsmo/driver"
 	"github.com/cnsmo/cnsmo/params"
+	"github.com/cnsmo/cnsmo/roles/role"
 	"github.com/cnsmo/cnsmo/ssclient"
 )
 
@@ -357,4 +358,27 @@ func TestWaitingSaysEveryBackendIsDown(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, ready)
 	require.Empty(t, r.Waiting())
+}
+
+// With the exec driver every file of the load balancer lives under its role's state dir, so two
+// roles with different state dirs on one filesystem never touch each other's files.
+func TestExecFilesLiveUnderTheStateDir(t *testing.T) {
+	for _, dir := range []string{t.TempDir(), t.TempDir()} {
+		drv := &fakeDriver{files: map[string]string{}}
+		r := New(role.Env{Params: &fakeParams{set: map[string]string{}}, Driver: drv, Log: zerolog.Nop(), Exec: true, StateDir: dir})
+		r.Dial = runtimeAPI
+		_, err := r.Reconcile(context.Background(), lbRun("web.1"))
+		require.NoError(t, err)
+		_, err = r.Reconcile(context.Background(), lbRun("web.1", "web.2"))
+		require.NoError(t, err)
+		require.NotEmpty(t, drv.files)
+		for p, content := range drv.files {
+			require.True(t, strings.HasPrefix(p, dir+"/"), "%s is outside %s", p, dir)
+			for _, l := range strings.Split(content, "\n") {
+				if f := strings.Fields(l); len(f) > 2 && (f[0] == "server-state-file" || f[1] == "socket") {
+					require.Contains(t, l, dir+"/", "the configuration points outside the state dir: %s", l)
+				}
+			}
+		}
+	}
 }

@@ -3,6 +3,7 @@ package vpn
 import (
 	"bytes"
 	"context"
+	"strings"
 	"testing"
 
 	"github.com/rs/zerolog"
@@ -54,4 +55,14 @@ func TestRevokedClientSaysTheServerRefusedIt(t *testing.T) {
 	}
 	require.Equal(t, 1, bytes.Count(logs.Bytes(), []byte("revoked this instance's certificate")), logs.String())
 	require.Contains(t, logs.String(), `"level":"warn"`)
+}
+
+// With the exec driver OpenVPN's files live under the role's state dir.
+func TestExecFilesLiveUnderTheStateDir(t *testing.T) {
+	dir := t.TempDir()
+	env := role.Env{Instance: "web.1", StateDir: dir, Exec: true, Log: zerolog.Nop()}
+	require.True(t, strings.HasPrefix(newServer(env).Dir, dir+"/"), newServer(env).Dir)
+	require.True(t, strings.HasPrefix(newClient(env).Dir, dir+"/"), newClient(env).Dir)
+	env.Exec = false // in the function's container
+	require.Equal(t, DefaultServerDir, newServer(env).Dir)
 }
