@@ -76,7 +76,7 @@ reconcile at once (the onvmadd/onvmremove hooks send it).`,
 		},
 	}
 	c.Flags().StringVar(&opts.Driver, "driver", defaultDriver(), "runtime of the network functions: docker or exec (env CNSMO_DRIVER)")
-	c.Flags().StringVar(&opts.StateDir, "state-dir", defaultStateDir(), "persistent state, pid file and lock (env CNSMO_STATE_DIR)")
+	c.Flags().StringVar(&opts.StateDir, "state-dir", defaultStateDir(), "where the role keeps everything it writes: its lock, pid file and log; per service (vpn/, fw/, lb/) the persistent state (VPN CA, keys, address book, pins) and, with --driver exec, the functions' files (env CNSMO_STATE_DIR)")
 	c.Flags().StringVar(&opts.Services, "services", "", "override net.services.enable with this list (testing one service)")
 	return c
 }

@@ -34,6 +34,9 @@ type Config struct {
 	CheckInter  int      // lb.check.inter: health-check interval in ms
 	Fall, Rise  int      // consecutive failed/passed checks to mark a backend down/up
 	StatsPort   int      // runtime API port on 127.0.0.1
+	// SocketPath and StatePath are the unix stats socket and the server-state file in the
+	// function's filesystem (set by the role; default under DefaultDir).
+	SocketPath, StatePath string
 }
 
 // InputError names the parameter whose value is wrong.
@@ -163,12 +166,12 @@ func Render(cfg Config, backends []Backend) string {
 	// admin command over TCP); the unix socket hands the listening sockets
 	// to the next worker on a reload (the master adds -x with it): no connection is refused.
 	w("    stats socket ipv4@127.0.0.1:%d level operator", cfg.StatsPort)
-	w("    stats socket %s mode 600 level admin expose-fd listeners", SocketPath)
+	w("    stats socket %s mode 600 level admin expose-fd listeners", orDefault(cfg.SocketPath, socketFile))
 	w("    maxconn 4096")
 	// An old worker left after a reload finishes its connections within this bound (the role
 	// waits for it to be gone before it calls the load balancer ready again).
 	w("    hard-stop-after 30s")
-	w("    server-state-file %s", StatePath)
+	w("    server-state-file %s", orDefault(cfg.StatePath, stateFile))
 	w("")
 	w("defaults")
 	w("    mode tcp")
@@ -194,6 +197,13 @@ func Render(cfg Config, backends []Backend) string {
 		w("    server %s %s check", serverName(be.Instance), netip.AddrPortFrom(be.Addr, uint16(cfg.BackendPort)))
 	}
 	return b.String()
+}
+
+func orDefault(p, file string) string {
+	if p == "" {
+		return DefaultDir + "/" + file
+	}
+	return p
 }
 
 // serverName keeps HAProxy-safe characters of an instance name.

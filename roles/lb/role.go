@@ -10,6 +10,8 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -24,18 +26,29 @@ import (
 	"github.com/cnsmo/cnsmo/ssclient"
 )
 
-// Paths inside the function's filesystem (the container, or the VM for the exec driver).
+// Where the function's files go: DefaultDir in the HAProxy container (Docker driver); with the
+// exec driver, <state dir>/fn on this VM, so that roles with different state dirs never share a file.
 const (
-	ConfigPath = "/var/lib/cnsmo/lb/haproxy.cfg"
-	// SocketPath is HAProxy's unix stats socket, through which a reload passes the listeners.
-	SocketPath = "/var/lib/cnsmo/lb/haproxy.sock"
-	// StatePath holds the servers' states saved just before a reload.
-	StatePath = "/var/lib/cnsmo/lb/server-state"
-	checkPath = "/var/lib/cnsmo/lb/haproxy.check.cfg"
+	DefaultDir = "/var/lib/cnsmo/lb"
 	// FunctionName is the driver name of the HAProxy function.
 	FunctionName = "lb-haproxy"
 	// DefaultImage is the HAProxy image built by `make images`.
 	DefaultImage = "cnsmo/haproxy:latest"
+)
+
+// Files of the function, under its directory.
+const (
+	configFile = "haproxy.cfg"
+	socketFile = "haproxy.sock" // unix stats socket, through which a reload passes the listeners
+	stateFile  = "server-state" // the servers' states saved just before a reload
+	checkFile  = "haproxy.check.cfg"
+)
+
+// ConfigPath and StatePath are the configuration and server-state file in the HAProxy container
+// (Docker driver).
+const (
+	ConfigPath = DefaultDir + "/" + configFile
+	StatePath  = DefaultDir + "/" + stateFile
 )
 
 // Role runs the load balancer on the instance whose parameters hold lb.port, lb.mode and lb.node.
@@ -44,6 +57,8 @@ type Role struct {
 	Driver driver.Driver
 	Image  string
 	Log    zerolog.Logger
+	// Dir is where the function's files go (default DefaultDir).
+	Dir string
 	// UseVPN addresses backends at their vpn.address instead of their hostname.
 	UseVPN bool
 	// Assigned returns the overlay address the VPN server assigned to an instance (with UseVPN).
@@ -62,11 +77,22 @@ type Role struct {
 
 // New returns the load balancer of the instance described by env (the CNSMO server).
 func New(env role.Env) *Role {
-	return &Role{Params: env.Params, Driver: env.Driver, Log: env.Log, UseVPN: env.UseVPN, Exec: env.Exec}
+	r := &Role{Params: env.Params, Driver: env.Driver, Log: env.Log, UseVPN: env.UseVPN, Exec: env.Exec}
+	if env.Exec && env.StateDir != "" {
+		r.Dir = filepath.Join(env.StateDir, "fn")
+	}
+	return r
 }
 
 // Name implements role.Service.
 func (r *Role) Name() string { return "lb" }
+
+func (r *Role) path(file string) string {
+	if r.Dir == "" {
+		return path.Join(DefaultDir, file)
+	}
+	return path.Join(r.Dir, file)
+}
 
 // Waiting says why the load balancer is not ready ("" when it is, or when there is nothing to
 // say); the orchestrator shows it in the UI.
@@ -82,6 +108,7 @@ func (r *Role) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error) {
 	if err != nil {
 		return false, role.Terminal(err)
 	}
+	cfg.SocketPath, cfg.StatePath = r.path(socketFile), r.path(stateFile)
 	backends := r.backends(run, cfg)
 	conf := Render(cfg, backends)
 
@@ -278,8 +305,8 @@ func (r *Role) check(ctx context.Context, conf string) error {
 		Name:    "lb-haproxy-check",
 		Service: "lb",
 		Image:   r.image(),
-		Cmd:     []string{"haproxy", "-c", "-q", "-f", checkPath},
-		Files:   []driver.File{{Path: checkPath, Mode: 0o644, Data: []byte(conf)}},
+		Cmd:     []string{"haproxy", "-c", "-q", "-f", r.path(checkFile)},
+		Files:   []driver.File{{Path: r.path(checkFile), Mode: 0o644, Data: []byte(conf)}},
 	}, nil)
 	if err != nil {
 		return fmt.Errorf("lb: haproxy -c: %w", err)
@@ -294,13 +321,13 @@ func (r *Role) check(ctx context.Context, conf string) error {
 // apply starts HAProxy with conf, or hands conf to the running master and reloads it (SIGUSR2):
 // in master-worker mode the new worker takes over the listening sockets, so no connection drops.
 func (r *Role) apply(ctx context.Context, statsPort int, conf string, st driver.Status) error {
-	file := driver.File{Path: ConfigPath, Mode: 0o644, Data: []byte(conf)}
+	file := driver.File{Path: r.path(configFile), Mode: 0o644, Data: []byte(conf)}
 	if st.State == driver.StateRunning {
 		files := []driver.File{file}
 		// The servers' current states go to the next worker (no request to a backend already
 		// known DOWN). Without them the reload still happens: fresh servers start UP.
 		if state, err := r.runtimeAPI(ctx, statsPort, "show servers state"); err == nil {
-			files = append(files, driver.File{Path: StatePath, Mode: 0o644, Data: []byte(state)})
+			files = append(files, driver.File{Path: r.path(stateFile), Mode: 0o644, Data: []byte(state)})
 		} else {
 			r.Log.Warn().Err(err).Msg("server states not saved before the reload")
 		}
@@ -317,7 +344,7 @@ func (r *Role) apply(ctx context.Context, statsPort int, conf string, st driver.
 		Name:    FunctionName,
 		Service: "lb",
 		Image:   r.image(),
-		Cmd:     []string{"haproxy", "-W", "-db", "-f", ConfigPath},
+		Cmd:     []string{"haproxy", "-W", "-db", "-f", r.path(configFile)},
 		Files:   []driver.File{file},
 	}); err != nil {
 		return fmt.Errorf("lb: start haproxy: %w", err)
@@ -421,7 +448,7 @@ func (r *Role) Teardown(ctx context.Context) error {
 		return fmt.Errorf("lb: remove haproxy: %w", err)
 	}
 	if r.Exec { // HAProxy ran on this VM's filesystem: its socket stays behind it
-		for _, f := range []string{SocketPath, StatePath} {
+		for _, f := range []string{r.path(socketFile), r.path(stateFile)} {
 			if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
 				return fmt.Errorf("lb: remove %s: %w", f, err)
 			}

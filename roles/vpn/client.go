@@ -47,7 +47,11 @@ type Client struct {
 func NewClient(env role.Env) role.Service { return newClient(env) }
 
 func newClient(env role.Env) *Client {
-	return &Client{env: env, Image: DefaultImage, Dir: DefaultClientDir}
+	c := &Client{env: env, Image: DefaultImage, Dir: DefaultClientDir}
+	if env.Exec && env.StateDir != "" { // on this VM's filesystem: under the role's state dir
+		c.Dir = filepath.Join(env.StateDir, "openvpn")
+	}
+	return c
 }
 
 // Name implements role.Service.

@@ -27,7 +27,7 @@ const (
 	DefaultImage     = "cnsmo/openvpn:latest"
 	ServerFunction   = "vpn-server"
 	ClientFunction   = "vpn-client"
-	DefaultServerDir = "/var/lib/cnsmo/vpn/server" // in the function's filesystem (the VM's with exec)
+	DefaultServerDir = "/var/lib/cnsmo/vpn/server" // in the OpenVPN container; <state dir>/openvpn with exec
 	DefaultClientDir = "/var/lib/cnsmo/vpn/client"
 )
 
@@ -59,7 +59,11 @@ type Server struct {
 func NewServer(env role.Env) *Server { return newServer(env) }
 
 func newServer(env role.Env) *Server {
-	return &Server{env: env, Image: DefaultImage, Dir: DefaultServerDir, MgmtPort: DefaultMgmtPort}
+	s := &Server{env: env, Image: DefaultImage, Dir: DefaultServerDir, MgmtPort: DefaultMgmtPort}
+	if env.Exec && env.StateDir != "" { // on this VM's filesystem: under the role's state dir
+		s.Dir = filepath.Join(env.StateDir, "openvpn")
+	}
+	return s
 }
 
 // Name implements role.Service.
