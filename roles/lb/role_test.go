@@ -305,12 +305,16 @@ func TestNotReadyWhileAnOldWorkerRuns(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, ready)
 
-	drv.pids = "31 12 7\n" // the new worker, the old one, the master
+	drv.pids = "12 7\n" // right after SIGUSR2 the master may not have forked the new worker yet
 	run := lbRun("web.1", "web.2")
 	run.Params["cnsmo.1:"+params.LBReady] = ssclient.Param{Value: "true", IsSet: true}
 	ready, err = r.Reconcile(ctx, run)
 	require.NoError(t, err)
 	require.Len(t, drv.signals, 1, "reloaded")
+	require.False(t, ready, "no new worker yet: the old one still serves")
+	drv.pids = "31 12 7\n" // the new worker, the old one, the master
+	ready, err = r.Reconcile(ctx, run)
+	require.NoError(t, err)
 	require.False(t, ready, "an old worker still runs")
 	ready, err = r.Reconcile(ctx, run)
 	require.NoError(t, err)
