@@ -69,10 +69,12 @@ type Role struct {
 	// nil means net.Dialer on the host's namespace.
 	Dial func(ctx context.Context, addr string) (net.Conn, error)
 
-	applied  string            // the configuration last applied by this process
-	reloaded bool              // a reload happened and its old worker was not yet seen gone
-	waiting  string            // why the last pass was not ready
-	warned   map[string]string // backend -> what was last warned about it (warned once)
+	applied  string // the configuration last applied by this process
+	reloaded bool   // a reload happened and its old worker was not yet seen gone
+	waiting  string // why the last pass was not ready
+	// beforeReload are HAProxy's processes just before the last reload.
+	beforeReload map[string]bool
+	warned       map[string]string // backend -> what was last warned about it (warned once)
 }
 
 // New returns the load balancer of the instance described by env (the CNSMO server).
@@ -334,6 +336,11 @@ func (r *Role) apply(ctx context.Context, statsPort int, conf string, st driver.
 		if err := r.Driver.PutFiles(ctx, FunctionName, files); err != nil {
 			return fmt.Errorf("lb: write haproxy.cfg: %w", err)
 		}
+		before, err := r.haproxyPids(ctx)
+		if err != nil {
+			return err
+		}
+		r.beforeReload = before
 		if err := r.Driver.Signal(ctx, FunctionName, syscall.SIGUSR2); err != nil {
 			return fmt.Errorf("lb: reload haproxy: %w", err)
 		}
@@ -353,14 +360,38 @@ func (r *Role) apply(ctx context.Context, statsPort int, conf string, st driver.
 	return nil
 }
 
-// oldWorkersGone reports whether HAProxy runs as its master and one worker only: after a reload
-// the old worker finishes its connections and exits (hard-stop-after bounds that).
-func (r *Role) oldWorkersGone(ctx context.Context) (bool, error) {
+// haproxyPids lists HAProxy's processes in the function (the master and its workers).
+func (r *Role) haproxyPids(ctx context.Context) (map[string]bool, error) {
 	res, err := r.Driver.Exec(ctx, FunctionName, []string{"pidof", "haproxy"}, nil)
 	if err != nil {
-		return false, fmt.Errorf("lb: haproxy's processes: %w", err)
+		return nil, fmt.Errorf("lb: haproxy's processes: %w", err)
 	}
-	return res.ExitCode == 0 && len(strings.Fields(string(res.Stdout))) <= 2, nil
+	pids := map[string]bool{}
+	for _, p := range strings.Fields(string(res.Stdout)) {
+		pids[p] = true
+	}
+	return pids, nil
+}
+
+// oldWorkersGone reports whether the reload is over: a new worker runs (a process that was not
+// there before the reload) and of the processes before it only one remains (the master, which
+// keeps its pid across reloads). Right after SIGUSR2 the master may not have forked the new worker
+// yet, and the old worker serves on until the new one has taken the listeners and it has finished
+// (hard-stop-after bounds that).
+func (r *Role) oldWorkersGone(ctx context.Context) (bool, error) {
+	now, err := r.haproxyPids(ctx)
+	if err != nil {
+		return false, err
+	}
+	fresh, stayed := 0, 0
+	for p := range now {
+		if r.beforeReload[p] {
+			stayed++
+		} else {
+			fresh++
+		}
+	}
+	return fresh > 0 && stayed <= 1, nil
 }
 
 func (r *Role) dial(ctx context.Context, addr string) (net.Conn, error) {
