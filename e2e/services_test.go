@@ -321,7 +321,7 @@ func TestEnabledServicesFollowTheParameter(t *testing.T) {
 	for _, w := range webs {
 		require.Eventually(t, func() bool { return !strings.Contains(rules(w), "CNSMO-") }, time.Minute, 250*time.Millisecond,
 			"the firewall's chains leave %s", w)
-		require.Eventually(t, func() bool { return d.Param(w+":"+params.FWReady) == "false" }, time.Minute, 250*time.Millisecond,
+		require.Eventually(t, func() bool { return d.Param(w+":"+params.FWReady) == "" }, time.Minute, 250*time.Millisecond,
 			"%s withdraws fw.ready", w)
 	}
 

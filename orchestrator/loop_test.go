@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/cnsmo/cnsmo/params"
 	"github.com/cnsmo/cnsmo/roles/role"
 	"github.com/cnsmo/cnsmo/ssclient"
 )
@@ -353,4 +354,52 @@ func TestWaitingShowsTheServicesReason(t *testing.T) {
 	}
 	_ = l.Run(ctx)
 	assert.Contains(t, p.displays, "cnsmo: waiting for lb: every backend is down")
+}
+
+// enabledAfterEachPass runs the loop for n passes and returns this instance's
+// net.services.enabled as each pass left it ("" = unset).
+func enabledAfterEachPass(t *testing.T, p *fakeParams, l *Loop, n int) []string {
+	t.Helper()
+	var seen []string
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	l.OnPass = func(bool) {
+		v, _ := p.Get(ctx, params.ServicesEnabled)
+		seen = append(seen, v)
+		if len(seen) >= n {
+			cancel()
+		}
+	}
+	_ = l.Run(ctx)
+	return seen
+}
+
+// A role starting where net.services.enabled says true (after a crash or a reboot) does not
+// trust it: the flag is withdrawn (un-set) at once and set again only once every service has
+// been found ready by this process.
+func TestStaleEnabledFlagIsNotTrusted(t *testing.T) {
+	p := newFake("web.1")
+	p.vals["web.1:"+params.ServicesEnabled] = "true"
+	seen := enabledAfterEachPass(t, p, fastLoop(p, &fakeService{name: "vpn", after: 2}), 4)
+	assert.Equal(t, []string{"", "", "true", "true"}, seen)
+}
+
+// downService is ready, then known down for a while, then ready again.
+type downService struct {
+	fakeService
+	downFrom, downTo int
+}
+
+func (s *downService) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error) {
+	_, _ = s.fakeService.Reconcile(ctx, run)
+	return !s.Down(), nil
+}
+func (s *downService) Down() bool { return s.passes >= s.downFrom && s.passes <= s.downTo }
+
+// net.services.enabled follows the services: one that is known down after it was ready withdraws
+// the flag (un-set, not false), and it comes back when every service is ready again.
+func TestEnabledFollowsADownService(t *testing.T) {
+	p := newFake("web.1")
+	seen := enabledAfterEachPass(t, p, fastLoop(p, &downService{fakeService: fakeService{name: "lb"}, downFrom: 3, downTo: 4}), 6)
+	assert.Equal(t, []string{"true", "true", "", "", "true", "true"}, seen)
 }

@@ -136,3 +136,26 @@ func TestDockerDriftCheckStartsNoContainer(t *testing.T) {
 	require.Greater(t, execs2, execs, "steady passes compare with the kernel")
 	require.NoError(t, r.Teardown(context.Background()))
 }
+
+// failingDriver: every iptables command fails.
+type failingDriver struct{ driver.Driver }
+
+func (failingDriver) Run(context.Context, driver.Spec, io.Reader) (driver.Result, error) {
+	return driver.Result{ExitCode: 4, Stderr: []byte("iptables: Permission denied")}, nil
+}
+
+// A firewall that cannot apply its rules after it was ready is known down: fw.ready is withdrawn
+// (un-set, not false) and the orchestrator withdraws net.services.enabled.
+func TestFailedApplyWithdrawsReadiness(t *testing.T) {
+	fp := &fakeParams{set: map[string]string{}}
+	r := New(role.Env{Params: fp, Driver: failingDriver{}, Instance: "web.1", Exec: true, Log: zerolog.Nop()})
+	run := rulesRun(`[]`)
+	run.Params["web.1:"+params.FWReady] = ssclient.Param{Value: "true", IsSet: true}
+	ready, err := r.Reconcile(context.Background(), run)
+	require.Error(t, err)
+	require.False(t, ready)
+	v, ok := fp.set[params.FWReady]
+	require.True(t, ok, "fw.ready withdrawn")
+	require.Equal(t, "", v, "un-set, not false")
+	require.True(t, r.Down())
+}

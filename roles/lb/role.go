@@ -96,6 +96,9 @@ func (r *Role) path(file string) string {
 	return path.Join(r.Dir, file)
 }
 
+// Down reports whether the load balancer is known not to serve (every backend failed its checks).
+func (r *Role) Down() bool { return false }
+
 // Waiting says why the load balancer is not ready ("" when it is, or when there is nothing to
 // say); the orchestrator shows it in the UI.
 func (r *Role) Waiting() string { return r.waiting }

@@ -128,7 +128,9 @@ func fakeRuntimeAPI(status string) (net.Conn, error) {
 		}
 		switch strings.TrimSpace(cmd) {
 		case "show stat":
-			_, _ = io.WriteString(s, "# pxname,svname,status\ncnsmo_backends,web.1,"+status+"\ncnsmo_backends,BACKEND,"+status+"\n")
+			check := map[string]string{"UP": "L4OK", "DOWN": "L4CON", "UP-INI": "INI"}[status]
+			st := strings.TrimSuffix(status, "-INI")
+			_, _ = io.WriteString(s, "# pxname,svname,status,check_status\ncnsmo_backends,web.1,"+st+","+check+"\ncnsmo_backends,BACKEND,"+st+",\n")
 		case "show servers state":
 			_, _ = io.WriteString(s, "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state\n3 cnsmo_backends 1 web.1 198.18.0.11 2\n")
 		}
@@ -220,7 +222,31 @@ func TestReadyOnlyWhileABackendIsUp(t *testing.T) {
 	ready, err = r.Reconcile(ctx, run)
 	require.NoError(t, err)
 	require.False(t, ready, "every backend down: not ready")
-	require.Equal(t, "false", fp.set[params.LBReady], "lb.ready withdrawn")
+	require.Equal(t, "", fp.set[params.LBReady], "lb.ready withdrawn: un-set, not false")
+	require.True(t, r.Down(), "known down")
+}
+
+// HAProxy counts a server UP until its first check: lb.ready means a backend has passed a check.
+// While checks have not run yet (a fresh start, or just after a reload) the load balancer is not
+// ready, but not known down either: nothing is withdrawn.
+func TestReadyMeansABackendPassedACheck(t *testing.T) {
+	ctx := context.Background()
+	drv := &fakeDriver{files: map[string]string{}}
+	fp := &fakeParams{set: map[string]string{}}
+	r := &Role{Params: fp, Driver: drv, Log: zerolog.Nop(), Dial: runtimeAPIWith("UP-INI")}
+	ready, err := r.Reconcile(ctx, lbRun("web.1"))
+	require.NoError(t, err)
+	require.False(t, ready, "no check has passed")
+	require.NotContains(t, fp.set, params.LBReady)
+	require.False(t, r.Down())
+
+	run := lbRun("web.1")
+	run.Params["cnsmo.1:"+params.LBReady] = ssclient.Param{Value: "true", IsSet: true}
+	ready, err = r.Reconcile(ctx, run)
+	require.NoError(t, err)
+	require.False(t, ready)
+	require.NotContains(t, fp.set, params.LBReady, "checks pending after a reload withdraw nothing")
+	require.False(t, r.Down())
 }
 
 // runWith is lbRun with each backend's hostname and vpn.address as given.
