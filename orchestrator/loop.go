@@ -169,8 +169,16 @@ func (l *Loop) pass(ctx context.Context, me string) (wait bool, err error) {
 			for _, s := range l.Services {
 				l.wasReady[s.Name()] = true
 			}
+			// The flag itself is not trusted (nothing may run any more): withdrawn until this
+			// process has found every service ready.
+			if err := l.Params.Set(ctx, params.ServicesEnabled, ""); err != nil {
+				return true, err
+			}
+			run.Params[me+":"+params.ServicesEnabled] = ssclient.Param{}
+			l.Log.Info().Msg("net.services.enabled withdrawn until every service is found ready again")
 		}
 	}
+	anyDown := false
 	for i, s := range l.Services {
 		// Order on the way up: a service is first reconciled once every service before it has
 		// been ready (the firewall and the load balancer start on overlay addresses). Later, an
@@ -190,6 +198,9 @@ func (l *Loop) pass(ctx context.Context, me string) (wait bool, err error) {
 			break
 		}
 		if !ready {
+			if d, ok := s.(interface{ Down() bool }); ok && d.Down() {
+				anyDown = true
+			}
 			if allReady {
 				msg := "cnsmo: waiting for " + s.Name()
 				if w, ok := s.(interface{ Waiting() string }); ok && w.Waiting() != "" {
@@ -207,6 +218,13 @@ func (l *Loop) pass(ctx context.Context, me string) (wait bool, err error) {
 	}
 	if !allReady {
 		l.ready = false
+		// net.services.enabled follows the services: one known down withdraws it (un-set).
+		if v, _ := run.Value(me + ":" + params.ServicesEnabled); anyDown && v == "true" {
+			if err := l.Params.Set(ctx, params.ServicesEnabled, ""); err != nil {
+				return true, err
+			}
+			l.Log.Warn().Msg("a service is down: net.services.enabled withdrawn")
+		}
 		return true, nil
 	}
 	published := false

@@ -101,7 +101,7 @@ type abortedError struct {
 	err    error
 }
 
-func (e *abortedError) Error() string { return "the run was aborted: " + e.reason }
+func (e *abortedError) Error() string   { return "the run was aborted: " + e.reason }
 func (e *abortedError) Unwrap() []error { return []error{e.err, ssclient.ErrAborted} } // exit code 8
 
 // errRunAbortedByRole marks an error after which the run was already aborted by this role.
@@ -252,8 +252,7 @@ func run(ctx context.Context, opts Options, cfg ssclient.Config, client *ssclien
 }
 
 // dropService tears down the services of list that next no longer enables (in reverse order)
-// and withdraws what they published: their ready flags become false, their addresses and URLs
-// are unset.
+// and withdraws what they published: their ready flags, addresses and URLs are un-set.
 func dropService(ctx context.Context, c *ssclient.Client, list []role.Service, next []string, isServer bool, server string, log zerolog.Logger) {
 	for i := len(list) - 1; i >= 0; i-- {
 		s := list[i]
@@ -302,13 +301,13 @@ func waitGone(ctx context.Context, c *ssclient.Client, key string, limit time.Du
 func withdrawn(service string, server bool) [][2]string {
 	switch {
 	case service == "vpn" && server:
-		return [][2]string{{params.VPNServerListening, "false"}, {params.VPNReady, "false"}, {params.VPNAddress, ""}, {params.VPNAddress6, ""}}
+		return [][2]string{{params.VPNServerListening, ""}, {params.VPNReady, ""}, {params.VPNAddress, ""}, {params.VPNAddress6, ""}}
 	case service == "vpn":
-		return [][2]string{{params.VPNClientListening, "false"}, {params.VPNAddress, ""}, {params.VPNAddress6, ""}}
+		return [][2]string{{params.VPNClientListening, ""}, {params.VPNAddress, ""}, {params.VPNAddress6, ""}}
 	case service == "fw":
-		return [][2]string{{params.FWReady, "false"}}
+		return [][2]string{{params.FWReady, ""}}
 	case service == "lb":
-		return [][2]string{{params.LBReady, "false"}, {params.URLService, ""}, {params.SSURLService, ""}}
+		return [][2]string{{params.LBReady, ""}, {params.URLService, ""}, {params.SSURLService, ""}}
 	}
 	return nil
 }

@@ -31,6 +31,7 @@ type Role struct {
 	ap        *Applier
 	applied   string       // the input last applied by this process
 	endpoints []netip.Addr // the endpoint's last resolved addresses
+	down      bool         // the last apply failed
 }
 
 // New returns the firewall service of the instance described by env.
@@ -162,12 +163,13 @@ func (r *Role) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error) {
 	}
 	if key != r.applied {
 		if err := r.ap.Apply(ctx, rules, opts); err != nil {
-			if role.Get(run, me, params.FWReady) == "true" {
-				_ = r.env.Params.Set(ctx, params.FWReady, "false")
+			r.down = true
+			if role.Get(run, me, params.FWReady) != "" {
+				_ = r.env.Params.Set(ctx, params.FWReady, "") // withdrawn: un-set, not false
 			}
 			return false, err
 		}
-		r.applied = key
+		r.applied, r.down = key, false
 		r.env.Log.Info().Int("rules", len(rules)).Msg("firewall rules applied and verified")
 	}
 	if role.Get(run, me, params.FWReady) != "true" {
@@ -179,7 +181,7 @@ func (r *Role) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error) {
 }
 
 // Down reports whether the firewall is known not to hold its rules (the last apply failed).
-func (r *Role) Down() bool { return false }
+func (r *Role) Down() bool { return r.down }
 
 // Teardown removes cnsmo's chains and jumps, leaving the tables as before.
 func (r *Role) Teardown(ctx context.Context) error {

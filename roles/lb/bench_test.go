@@ -77,7 +77,7 @@ func TestBenchLB(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := 0; ; i++ { // until HAProxy answers
-		if _, err := r.backendsUp(ctx, cfg); err == nil {
+		if _, _, err := r.backendsUp(ctx, cfg); err == nil {
 			break
 		}
 		if i > 200 {

@@ -72,6 +72,7 @@ type Role struct {
 	applied  string // the configuration last applied by this process
 	reloaded bool   // a reload happened and its old worker was not yet seen gone
 	waiting  string // why the last pass was not ready
+	down     bool   // the last pass found every backend known down
 	// beforeReload are HAProxy's processes just before the last reload.
 	beforeReload map[string]bool
 	warned       map[string]string // backend -> what was last warned about it (warned once)
@@ -97,7 +98,7 @@ func (r *Role) path(file string) string {
 }
 
 // Down reports whether the load balancer is known not to serve (every backend failed its checks).
-func (r *Role) Down() bool { return false }
+func (r *Role) Down() bool { return r.down }
 
 // Waiting says why the load balancer is not ready ("" when it is, or when there is nothing to
 // say); the orchestrator shows it in the UI.
@@ -144,21 +145,22 @@ func (r *Role) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error) {
 		}
 		r.reloaded = false
 	}
-	up, err := r.backendsUp(ctx, cfg)
+	up, pending, err := r.backendsUp(ctx, cfg)
 	if err == nil && up > 0 {
 		err = r.probe(ctx, cfg.Port)
 	}
-	r.waiting = ""
-	if err == nil && up == 0 {
-		r.waiting = downMessage(backends, cfg.BackendPort, cfg.Nodes)
+	r.waiting, r.down = "", false
+	if err == nil && up == 0 && pending == 0 {
+		r.waiting, r.down = downMessage(backends, cfg.BackendPort, cfg.Nodes), true
 	}
 	if err != nil || up == 0 {
-		r.Log.Debug().Err(err).Int("up", up).Msg("load balancer not ready")
-		// Ready means serving: with every backend known down it is not. A runtime API that
-		// does not answer for a moment (during a reload) withdraws nothing.
-		if err == nil && role.Get(run, me, params.LBReady) == "true" {
-			if err := r.Params.Set(ctx, params.LBReady, "false"); err != nil {
-				return false, fmt.Errorf("lb: set %s: %w", params.LBReady, err)
+		r.Log.Debug().Err(err).Int("up", up).Int("pending", pending).Msg("load balancer not ready")
+		// Ready means serving: a backend has passed a check. With every backend known down it
+		// is not, and lb.ready is withdrawn (un-set). Checks not run yet, or a runtime API that
+		// does not answer for a moment (during a reload), withdraw nothing.
+		if r.down && role.Get(run, me, params.LBReady) != "" {
+			if err := r.Params.Set(ctx, params.LBReady, ""); err != nil {
+				return false, fmt.Errorf("lb: withdraw %s: %w", params.LBReady, err)
 			}
 		}
 		return false, nil
@@ -416,13 +418,14 @@ func (r *Role) probe(ctx context.Context, port int) error {
 	return c.Close()
 }
 
-// backendsUp asks HAProxy's runtime API how many servers of the backend are UP.
-func (r *Role) backendsUp(ctx context.Context, cfg Config) (int, error) {
+// backendsUp asks HAProxy's runtime API how many servers of the backend are up (a check passed)
+// and how many have no check result yet.
+func (r *Role) backendsUp(ctx context.Context, cfg Config) (up, pending int, err error) {
 	out, err := r.runtimeAPI(ctx, cfg.StatsPort, "show stat")
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	return countUp(out)
+	return backendStates(out)
 }
 
 func (r *Role) runtimeAPI(ctx context.Context, port int, cmd string) (string, error) {
@@ -446,33 +449,45 @@ func (r *Role) runtimeAPI(ctx context.Context, port int, cmd string) (string, er
 	return string(b), nil
 }
 
-// countUp counts the servers of backend cnsmo_backends whose status is UP in `show stat` CSV.
-func countUp(stat string) (int, error) {
+// backendStates counts the servers of backend cnsmo_backends in `show stat` CSV: up (UP, and a
+// health check has passed: HAProxy counts a fresh server UP until its first check) and pending
+// (UP, no check result yet: a fresh start, or the first checks after a reload).
+func backendStates(stat string) (up, pending int, err error) {
 	stat = strings.TrimPrefix(stat, "# ")
 	rd := csv.NewReader(strings.NewReader(stat))
 	rd.FieldsPerRecord = -1
 	recs, err := rd.ReadAll()
 	if err != nil {
-		return 0, fmt.Errorf("lb: parse show stat: %w", err)
+		return 0, 0, fmt.Errorf("lb: parse show stat: %w", err)
 	}
 	if len(recs) == 0 {
-		return 0, errors.New("lb: empty show stat")
+		return 0, 0, errors.New("lb: empty show stat")
 	}
 	col := map[string]int{}
 	for i, h := range recs[0] {
 		col[h] = i
 	}
 	px, sv, status := col["pxname"], col["svname"], col["status"]
-	n := 0
+	check, hasCheck := col["check_status"]
 	for _, rec := range recs[1:] {
 		if len(rec) <= status || rec[px] != "cnsmo_backends" || rec[sv] == "BACKEND" || rec[sv] == "FRONTEND" {
 			continue
 		}
-		if strings.HasPrefix(rec[status], "UP") {
-			n++
+		if !strings.HasPrefix(rec[status], "UP") {
+			continue
+		}
+		cs := ""
+		if hasCheck && len(rec) > check {
+			cs = strings.TrimPrefix(rec[check], "* ") // "* " marks a check in progress
+		}
+		switch cs {
+		case "", "INI", "UNK":
+			pending++
+		default:
+			up++
 		}
 	}
-	return n, nil
+	return up, pending, nil
 }
 
 // Teardown removes the HAProxy function and its files.

@@ -472,8 +472,8 @@ func (s *Server) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error)
 	switch {
 	case ready:
 		pub = append(pub, [2]string{params.VPNReady, "true"})
-	case get(params.VPNReady) == "true":
-		pub = append(pub, [2]string{params.VPNReady, "false"})
+	case get(params.VPNReady) != "":
+		pub = append(pub, [2]string{params.VPNReady, ""}) // not ready: un-set, never false
 	}
 	for _, kv := range pub {
 		if get(kv[0]) == kv[1] || (kv[0] == params.VPNCACert || kv[0] == params.VPNCRL) && pki.SamePEM([]byte(get(kv[0])), []byte(kv[1])) {
