@@ -420,3 +420,25 @@ func TestVPNOffAndOnUnderLoad(t *testing.T) {
 	require.Zero(t, failed, "requests through the load balancer failed while the VPN was switched: %d of %d", failed, sent)
 	require.Empty(t, d.Param("ss:abort"), "the run is not aborted")
 }
+
+// A load balancer whose backends all fail their health checks (nothing listens on
+// lb.backend.port) never says it is ready: over a 15 s window from HAProxy's start neither
+// lb.ready nor the server's net.services.enabled is ever set, and the UI says why.
+func TestLoadBalancerWithEveryBackendDownIsNeverReady(t *testing.T) {
+	requireBin(t)
+	testutil.RequireImage(t, "cnsmo/haproxy:latest")
+	tb := testbed.New(t, testbed.Options{Clouds: deploy.FullClouds})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	d, err := start(t, tb, "docker", [][3]string{{"cnsmo", params.ServicesEnable, `["lb"]`}, {"cnsmo", params.LBBackendPort, "18999"}}, false)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { _, err := haproxyConfigE(ctx, d); return err == nil }, 2*time.Minute, 200*time.Millisecond, "HAProxy starts")
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		require.Empty(t, d.Param("cnsmo.1:"+params.LBReady), "lb.ready with every backend down")
+		require.Empty(t, d.Param("cnsmo.1:"+params.ServicesEnabled), "net.services.enabled with every backend down")
+		time.Sleep(100 * time.Millisecond) // sampling the parameters over the window
+	}
+	require.Contains(t, d.Param("cnsmo.1:statecustom"), "every backend is down", "the UI says why")
+	require.Contains(t, d.Param("cnsmo.1:statecustom"), ":18999")
+}
