@@ -7,11 +7,13 @@
 #   CNSMO_STATE_DIR  the role's state, logs and pid file (default /var/lib/cnsmo)
 #   CNSMO_WAIT       seconds to wait for net.services.enabled (default 1800; 0 = forever)
 #   CNSMO_FW_RULES_FILE  (application VMs) a file whose content becomes this VM's firewall rules
+#   CNSMO_UNIT_DIR   where the cnsmo-role.service unit goes (default /etc/systemd/system)
 set -eu
 CNSMO_BIN_DIR=${CNSMO_BIN_DIR:-/opt/cnsmo/bin}
 CNSMO_LINK_DIR=${CNSMO_LINK_DIR:-/usr/local/bin}
 CNSMO_STATE_DIR=${CNSMO_STATE_DIR:-/var/lib/cnsmo}
 CNSMO_WAIT=${CNSMO_WAIT:-1800}
+CNSMO_UNIT_DIR=${CNSMO_UNIT_DIR:-/etc/systemd/system}
 
 cnsmo_install() {
   if [ ! -x "$CNSMO_BIN_DIR/cnsmo-role" ]; then
@@ -34,17 +36,79 @@ cnsmo_install() {
   mkdir -p "$CNSMO_STATE_DIR"
 }
 
-# cnsmo_start ROLE: start `cnsmo-role ROLE` in the background, unless it already runs. Whether
-# a role runs is decided by its lock (`cnsmo-role status`), never by a pid file alone: after a
-# crash or a reboot role.pid may name any process.
+# cnsmo_supervised: whether this VM has a service manager that starts units at boot: systemd, or
+# the stand-in of the simulated VMs (it marks itself with /run/cnsmo-init).
+cnsmo_supervised() {
+  [ -d /run/systemd/system ] || [ -e /run/cnsmo-init ]
+}
+
+# cnsmo_unit ROLE: write cnsmo-role.service, which starts `cnsmo-role ROLE` at boot and again
+# after a crash (not after a clean stop, a usage error or an aborted run), and the environment
+# it runs with (this recipe's SLIPSTREAM_* context and CNSMO_* settings, mode 0600).
+cnsmo_unit() {
+  role=$1
+  mkdir -p "$CNSMO_STATE_DIR" "$CNSMO_UNIT_DIR"
+  envfile="$CNSMO_STATE_DIR/role.env"
+  ( umask 077
+    env | grep -E '^(SLIPSTREAM|CNSMO)_[A-Z0-9_]*=' | grep -v "'" | sed "s/=\(.*\)$/='\1'/" >"$envfile.tmp"
+    mv "$envfile.tmp" "$envfile" )
+  cat >"$CNSMO_UNIT_DIR/cnsmo-role.service.tmp" <<UNIT
+# Written by the cnsmo recipes (recipes/lib.sh): the network services of this VM.
+[Unit]
+Description=cnsmo network services (cnsmo-role $role)
+After=network-online.target docker.service
+Wants=network-online.target
+
+[Service]
+Type=simple
+EnvironmentFile=$envfile
+ExecStart=$CNSMO_BIN_DIR/cnsmo-role $role --state-dir $CNSMO_STATE_DIR
+Restart=on-failure
+RestartSec=2
+RestartPreventExitStatus=2 8
+StandardOutput=append:$CNSMO_STATE_DIR/role.log
+StandardError=append:$CNSMO_STATE_DIR/role.log
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+  mv "$CNSMO_UNIT_DIR/cnsmo-role.service.tmp" "$CNSMO_UNIT_DIR/cnsmo-role.service"
+}
+
+# cnsmo_start ROLE: start `cnsmo-role ROLE`, unless it already runs. Whether a role runs is decided
+# by its lock (`cnsmo-role status`), never by a pid file alone: after a crash or a reboot role.pid
+# may name any process. Where the VM has a service manager the role runs as cnsmo-role.service,
+# so that it comes back by itself after a reboot or a crash; elsewhere it runs in the background.
 cnsmo_start() {
   role=$1
   if st=$("$CNSMO_BIN_DIR/cnsmo-role" status --state-dir "$CNSMO_STATE_DIR"); then
     echo "cnsmo: $role already $st"
     return 0
   fi
+  if cnsmo_supervised; then
+    cnsmo_unit "$role"
+    if [ -d /run/systemd/system ]; then
+      systemctl daemon-reload
+      systemctl enable --now cnsmo-role.service
+    else
+      mkdir -p "$CNSMO_UNIT_DIR/multi-user.target.wants"
+      ln -sf "$CNSMO_UNIT_DIR/cnsmo-role.service" "$CNSMO_UNIT_DIR/multi-user.target.wants/cnsmo-role.service"
+    fi
+    echo "cnsmo: $role runs as cnsmo-role.service (started at boot, again after a crash), log in $CNSMO_STATE_DIR/role.log"
+    return 0
+  fi
   nohup "$CNSMO_BIN_DIR/cnsmo-role" "$role" --state-dir "$CNSMO_STATE_DIR" >>"$CNSMO_STATE_DIR/role.log" 2>&1 </dev/null &
   echo "cnsmo: started $role (pid $!), log in $CNSMO_STATE_DIR/role.log"
+}
+
+# cnsmo_stop: stop the role for good: the unit no longer starts it (at boot or after a crash),
+# and the role removes what it created.
+cnsmo_stop() {
+  if [ -d /run/systemd/system ] && [ -e "$CNSMO_UNIT_DIR/cnsmo-role.service" ]; then
+    systemctl disable --now cnsmo-role.service || true
+  fi
+  rm -f "$CNSMO_UNIT_DIR/multi-user.target.wants/cnsmo-role.service"
+  "$CNSMO_BIN_DIR/cnsmo-role" stop --state-dir "$CNSMO_STATE_DIR"
 }
 
 # cnsmo_wait: block until this instance's network services are ready.

@@ -1,5 +1,6 @@
 #!/bin/sh
-# Teardown: removes what cnsmo created on this VM (containers, rules, devices, files).
+# Teardown: removes what cnsmo created on this VM (containers, rules, devices, files); the role is
+# no longer started at boot.
 set -eu
 . "$(dirname "$0")/lib.sh"
-"$CNSMO_BIN_DIR/cnsmo-role" stop --state-dir "$CNSMO_STATE_DIR"
+cnsmo_stop

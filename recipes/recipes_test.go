@@ -3,11 +3,14 @@ package recipes
 import (
 	"encoding/json"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/cnsmo/cnsmo/internal/testutil"
 	"github.com/cnsmo/cnsmo/params"
 )
 
@@ -50,4 +53,40 @@ func TestRecipesAreEmbedded(t *testing.T) {
 		_, err := FS.ReadFile(f)
 		require.NoError(t, err, f)
 	}
+}
+
+// The unit the recipes write is one systemd accepts (`systemd-analyze verify`, no warning), runs
+// the role with the recipe's context from a 0600 environment file, restarts it after a crash but
+// not after a clean stop, a usage error or an aborted run.
+func TestUnitFileVerifies(t *testing.T) {
+	testutil.RequireBinary(t, "sh", "systemd-analyze")
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "bin")
+	require.NoError(t, os.MkdirAll(bin, 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(bin, "cnsmo-role"), []byte("#!/bin/sh\nexit 0\n"), 0o755))
+	lib, err := filepath.Abs("lib.sh")
+	require.NoError(t, err)
+	cmd := exec.Command("sh", "-c", `. "$1" && cnsmo_unit agent`, "sh", lib)
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "CNSMO_BIN_DIR=" + bin, "CNSMO_STATE_DIR=" + filepath.Join(dir, "state"),
+		"CNSMO_UNIT_DIR=" + filepath.Join(dir, "units"), "SLIPSTREAM_DIID=0b6f3a8e", "SLIPSTREAM_API_SECRET=s3cret", "OTHER=x"}
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	unit := filepath.Join(dir, "units", "cnsmo-role.service")
+	out, err = exec.Command("systemd-analyze", "verify", unit).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	require.Empty(t, strings.TrimSpace(string(out)), "systemd-analyze verify warns")
+	b, err := os.ReadFile(unit)
+	require.NoError(t, err)
+	for _, want := range []string{"ExecStart=" + bin + "/cnsmo-role agent --state-dir " + filepath.Join(dir, "state"),
+		"Restart=on-failure", "RestartPreventExitStatus=2 8", "WantedBy=multi-user.target"} {
+		require.Contains(t, string(b), want+"\n")
+	}
+	envFile := filepath.Join(dir, "state", "role.env")
+	st, err := os.Stat(envFile)
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o600), st.Mode().Perm())
+	env, err := os.ReadFile(envFile)
+	require.NoError(t, err)
+	require.Contains(t, string(env), "SLIPSTREAM_DIID='0b6f3a8e'\n")
+	require.NotContains(t, string(env), "OTHER")
 }

@@ -3,7 +3,7 @@
 # the host: debootstrap (to build the base image offline), the network functions for the exec
 # driver and the baselines (openvpn, haproxy, iptables), and the test tools.
 set -euo pipefail
-pkgs=(debootstrap openvpn haproxy iptables iproute2 tcpdump iperf3 socat curl iputils-ping procps ca-certificates wrk)
+pkgs=(debootstrap openvpn haproxy iptables iproute2 tcpdump iperf3 socat curl iputils-ping procps ca-certificates wrk systemd)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

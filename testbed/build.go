@@ -70,7 +70,11 @@ func (tb *Testbed) create(ctx context.Context, b box) error {
 	}
 	cfg := &container.Config{Image: tb.opts.Image, Hostname: b.hostname, Cmd: []string{"sleep", "infinity"},
 		Env: []string{pathEnv}, Labels: labels}
-	// PID 1 stays sleep (no init): the recipes are written for that and see through zombies.
+	// PID 1 stays sleep (no init): the recipes are written for that and see through zombies;
+	// with Init, the VMs' PID 1 is the stand-in for systemd.
+	if tb.opts.Init && b.vm != nil {
+		cfg.Cmd = []string{"sh", "-c", initScript}
+	}
 	hc := &container.HostConfig{NetworkMode: "none", CapAdd: []string{"NET_ADMIN", "NET_RAW"},
 		Sysctls: map[string]string{"net.ipv6.conf.all.disable_ipv6": "0", "net.ipv6.conf.default.disable_ipv6": "0",
 			// No duplicate address detection on links that are ours alone: addresses work at once.

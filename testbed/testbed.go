@@ -79,6 +79,9 @@ type Options struct {
 	Clouds []CloudSpec
 	Image  string // VM image, default cnsmo/vm:latest
 	BinDir string // mounted read-only at /opt/cnsmo/bin in every VM, default $CNSMO_BIN (none if empty)
+	// Init runs a stand-in for systemd as the VMs' PID 1 (see initScript): units the recipes
+	// enable start at boot and again after a crash. Without it PID 1 is `sleep infinity`.
+	Init bool
 }
 
 var (
