@@ -311,18 +311,12 @@ func (l *lab) start(instance, hostName string) *member {
 	var services []role.Service
 	if instance == "cnsmo.1" {
 		s := newServer(env)
-		s.Dial, s.Addrs, s.DelLink = dial, addrs, del
-		if !l.docker {
-			s.Dir = filepath.Join(dir, "fn")
-		}
+		s.Dial, s.Addrs, s.DelLink = dial, addrs, del // exec: its files under its own state dir
 		services = []role.Service{&orchestrator.Core{Params: c}, s}
 		m.svc = s
 	} else {
 		cl := newClient(env)
 		cl.Addrs, cl.DelLink = addrs, del
-		if !l.docker {
-			cl.Dir = filepath.Join(dir, "fn")
-		}
 		services = []role.Service{cl}
 		m.svc = cl
 	}
@@ -744,7 +738,7 @@ func TestVPNClientPinsItsCA(t *testing.T) {
 	w1 := l.start("web.1", "1")
 	l.start("web.2", "2")
 	l.waitReady(90*time.Second, "web.1", "web.2")
-	caFile := filepath.Join(l.base, "web.1", "fn", "ca.crt")
+	caFile := filepath.Join(l.base, "web.1", "state", "openvpn", "ca.crt")
 	before, err := os.ReadFile(caFile)
 	require.NoError(t, err)
 
