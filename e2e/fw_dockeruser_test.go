@@ -1,9 +1,7 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os/exec"
@@ -23,15 +21,7 @@ import (
 type hostDriver struct{ driver.Driver }
 
 func (hostDriver) Run(ctx context.Context, spec driver.Spec, stdin io.Reader) (driver.Result, error) {
-	cmd := exec.CommandContext(ctx, spec.Cmd[0], spec.Cmd[1:]...)
-	var out, errOut bytes.Buffer
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, &out, &errOut
-	err := cmd.Run()
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return driver.Result{ExitCode: ee.ExitCode(), Stdout: out.Bytes(), Stderr: errOut.Bytes()}, nil
-	}
-	return driver.Result{Stdout: out.Bytes(), Stderr: errOut.Bytes()}, err
+	return testutil.RunCommand(exec.CommandContext(ctx, spec.Cmd[0], spec.Cmd[1:]...), stdin)
 }
 
 // touched is what cnsmo may change of the host's filter tables: the chains it jumps from, and

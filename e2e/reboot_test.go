@@ -53,10 +53,12 @@ func TestRoleComesBackAfterARebootOrACrash(t *testing.T) {
 	require.NoError(t, err)
 	require.Eventually(t, func() bool { p := rolePID(ctx, web); return p != "" && p != pid }, time.Minute, 250*time.Millisecond,
 		"the role runs again after kill -9")
+	require.NoError(t, d.WaitParam(ctx, params.ServicesEnabled, "true", "web.1"), "web.1 enabled again after the crash")
 
 	// A reboot.
-	require.NoError(t, web.Stop(ctx))
+	// role.pid will name PID 1 after the reboot (a live process that is no cnsmo-role).
 	require.NoError(t, web.WriteFile(ctx, deploy.StateDir+"/role.pid", []byte("1\n"), 0o644))
+	require.NoError(t, web.Stop(ctx))
 	require.Equal(t, "true", d.Param("web.1:"+params.ServicesEnabled), "the parameters still say enabled")
 	require.NoError(t, web.Restart(ctx))
 	require.Eventually(t, func() bool { p := rolePID(ctx, web); return p != "" && p != "1" }, time.Minute, 250*time.Millisecond,

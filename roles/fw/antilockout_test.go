@@ -8,14 +8,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"syscall"
 	"testing"
 
 	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/require"
-	"github.com/vishvananda/netns"
 	"golang.org/x/net/dns/dnsmessage"
 
 	"github.com/cnsmo/cnsmo/internal/testutil"
@@ -23,27 +21,6 @@ import (
 	"github.com/cnsmo/cnsmo/roles/role"
 	"github.com/cnsmo/cnsmo/ssclient"
 )
-
-// inNS runs fn on a thread switched into namespace ns (sockets made there stay there); the
-// thread is discarded afterwards.
-func inNS(ns string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
-		h, err := netns.GetFromName(ns)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer h.Close()
-		if err := netns.Set(h); err != nil {
-			errc <- err
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
-}
 
 // flushNeighbours forgets every IPv6 neighbour of both namespaces, so that the next packet
 // needs neighbour discovery again.
@@ -100,7 +77,7 @@ func TestDenyAllKeepsVPNPings(t *testing.T) {
 // rest), on a socket made in namespace ns.
 func dnsServer(t *testing.T, ns, addr string, table map[string][]netip.Addr) {
 	var pc net.PacketConn
-	require.NoError(t, inNS(ns, func() error {
+	require.NoError(t, testutil.InNS(ns, func() error {
 		var err error
 		pc, err = net.ListenPacket("udp", addr)
 		return err

@@ -1,9 +1,7 @@
 package fw
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os/exec"
@@ -30,15 +28,7 @@ type nsDriver struct {
 }
 
 func (d nsDriver) Run(ctx context.Context, spec driver.Spec, stdin io.Reader) (driver.Result, error) {
-	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", d.ns}, spec.Cmd...)...)
-	var out, errOut bytes.Buffer
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, &out, &errOut
-	err := cmd.Run()
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return driver.Result{ExitCode: ee.ExitCode(), Stdout: out.Bytes(), Stderr: errOut.Bytes()}, nil
-	}
-	return driver.Result{Stdout: out.Bytes(), Stderr: errOut.Bytes()}, err
+	return testutil.RunCommand(exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", d.ns}, spec.Cmd...)...), stdin)
 }
 
 func sh(t *testing.T, args ...string) string {

@@ -14,7 +14,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -71,25 +70,8 @@ func (d nsDriver) Run(ctx context.Context, spec driver.Spec, stdin io.Reader) (d
 	return d.Driver.Run(ctx, d.wrap(spec), stdin)
 }
 
-// inNS runs fn on a thread switched into namespace ns; the thread is discarded afterwards.
-func inNS(ns string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
-		h, err := netns.GetFromName(ns)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer h.Close()
-		if err := netns.Set(h); err != nil {
-			errc <- err
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
-}
+// inNS runs fn on a thread switched into namespace ns.
+func inNS(ns string, fn func() error) error { return testutil.InNS(ns, fn) }
 
 func nsHandle(ns string) (*netlink.Handle, error) {
 	h, err := netns.GetFromName(ns)
