@@ -157,3 +157,20 @@ func TestAdminNotOnTheRunListener(t *testing.T) {
 	res.Body.Close()
 	assert.Equal(t, http.StatusNotFound, res.StatusCode)
 }
+
+// The bytes of the answers are counted per client too (the body as sent, headers left out), so
+// that a client's traffic is measured where it is served.
+func TestBytesAreCountedPerClient(t *testing.T) {
+	f := demo(t)
+	r1 := f.do("GET", "web.1:vmstate", "")
+	r2 := f.do("GET", "", "", "Accept", "application/xml")
+	require.Equal(t, http.StatusOK, r2.code)
+	assert.Equal(t, int64(len(r1.body)+len(r2.body)), f.srv.ClientBytes()["127.0.0.1"])
+	var c struct {
+		ClientBytes map[string]int64 `json:"client_bytes"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(f.do("GET", "/admin/counters", "").body), &c))
+	assert.Equal(t, int64(len(r1.body)+len(r2.body)), c.ClientBytes["127.0.0.1"])
+	f.srv.ResetCounters()
+	assert.Empty(t, f.srv.ClientBytes())
+}

