@@ -315,7 +315,8 @@ func (s *Server) newAdminMux() *http.ServeMux {
 		}
 	}
 	m.HandleFunc("GET /admin/counters", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]map[string]int64{"routes": s.Counters(), "clients": s.ClientCounters(), "faults": s.FaultCounters()})
+		writeJSON(w, http.StatusOK, map[string]map[string]int64{"routes": s.Counters(), "clients": s.ClientCounters(),
+			"client_bytes": s.ClientBytes(), "faults": s.FaultCounters()})
 	})
 	m.HandleFunc("DELETE /admin/counters", func(w http.ResponseWriter, r *http.Request) {
 		s.ResetCounters()

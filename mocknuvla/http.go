@@ -71,6 +71,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
 	start := time.Now()
 	s.serveAPI(rec, r, rt)
+	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		s.mu.Lock()
+		s.bytesByClient[host] += rec.bytes
+		s.mu.Unlock()
+	}
 	ev := s.log.Debug()
 	if rec.code >= 500 {
 		ev = s.log.Warn()
@@ -82,7 +87,14 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 type statusRecorder struct {
 	http.ResponseWriter
-	code int
+	code  int
+	bytes int64 // body bytes written
+}
+
+func (s *statusRecorder) Write(b []byte) (int, error) {
+	n, err := s.ResponseWriter.Write(b)
+	s.bytes += int64(n)
+	return n, err
 }
 
 func (s *statusRecorder) WriteHeader(code int) {

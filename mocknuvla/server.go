@@ -92,15 +92,16 @@ type Server struct {
 	adminOnce sync.Once
 	admin     *http.ServeMux
 
-	mu       sync.Mutex
-	runs     map[string]*run
-	runOrder []string
-	creds    map[string]credential // API key -> secret and owner
-	sessions map[string]session    // cookie token -> session
-	global   Faults
-	counters map[string]int64
-	byClient map[string]int64 // requests per remote address
-	faultCnt map[string]int64
+	mu            sync.Mutex
+	runs          map[string]*run
+	runOrder      []string
+	creds         map[string]credential // API key -> secret and owner
+	sessions      map[string]session    // cookie token -> session
+	global        Faults
+	counters      map[string]int64
+	byClient      map[string]int64 // requests per remote address
+	bytesByClient map[string]int64 // answer body bytes per remote address
+	faultCnt      map[string]int64
 }
 
 // New returns a Server with no run.
@@ -111,7 +112,7 @@ func New(opts Options) *Server {
 	}
 	return &Server{log: opts.Logger, noAuth: opts.NoAuth, users: users, onInstances: opts.OnInstances, serviceURL: opts.ServiceURL,
 		runs: map[string]*run{}, creds: map[string]credential{}, sessions: map[string]session{},
-		counters: map[string]int64{}, byClient: map[string]int64{}, faultCnt: map[string]int64{}}
+		counters: map[string]int64{}, byClient: map[string]int64{}, bytesByClient: map[string]int64{}, faultCnt: map[string]int64{}}
 }
 
 func randomHex(n int) string {
@@ -451,8 +452,14 @@ func (s *Server) ResetCounters() {
 	defer s.mu.Unlock()
 	s.counters = map[string]int64{}
 	s.byClient = map[string]int64{}
+	s.bytesByClient = map[string]int64{}
 	s.faultCnt = map[string]int64{}
 }
 
-// ClientBytes returns the bytes of the answers' bodies sent to each remote address.
-func (s *Server) ClientBytes() map[string]int64 { return nil }
+// ClientBytes returns the bytes of the answers' bodies sent to each remote address (the run and
+// session API, counted like ClientCounters).
+func (s *Server) ClientBytes() map[string]int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return maps.Clone(s.bytesByClient)
+}
