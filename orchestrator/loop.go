@@ -43,12 +43,20 @@ type Loop struct {
 	// over after the service list changed keeps the readiness of the services that stay). Unset,
 	// a role whose instance has net.services.enabled=true treats every service as ready once.
 	Ready map[string]bool
+	// Generation, when set, is the key the CNSMO server bumps whenever anything this role depends
+	// on changed (e.g. "cnsmo.1:cnsmo.generation"): at steady state a pass reads only that key and
+	// reuses its last whole-run read while the value is unchanged (on SlipStream the read also
+	// answers 409 once the run is aborted). A key the run does not declare is never read.
+	Generation string
 	// Validate, when set, checks every input of the run that any enabled service reads, without
 	// side effects, before each pass reconciles anything: invalid input anywhere in the run aborts
 	// it before this role starts a function or applies a changed input.
 	Validate func(run *ssclient.Run) error
 
 	lastDisplay string
+	lastRun     *ssclient.Run   // the last whole-run read
+	lastGen     string          // the generation that read saw
+	steadyRead  bool            // that read was made at steady state (it holds this role's outputs)
 	wasReady    map[string]bool // services that have been ready at least once
 	ready       bool            // the last pass found every service ready
 }
@@ -131,6 +139,7 @@ func (l *Loop) Run(ctx context.Context) error {
 		case <-l.Kick:
 			t.Stop()
 			bo.Reset()
+			l.steadyRead = false // a kick reads the whole run
 		case <-t.C:
 		}
 	}
@@ -138,7 +147,10 @@ func (l *Loop) Run(ctx context.Context) error {
 
 // pass is one reconcile pass. wait reports that something is not ready yet (poll soon).
 func (l *Loop) pass(ctx context.Context, me string) (wait bool, err error) {
-	run, err := l.Params.Run(ctx)
+	run, err := l.read(ctx)
+	if errors.Is(err, ssclient.ErrAborted) {
+		return false, err
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return true, ctx.Err()
@@ -241,6 +253,32 @@ func (l *Loop) pass(ctx context.Context, me string) (wait bool, err error) {
 	l.ready = true
 	l.display(ctx, "cnsmo: services ready")
 	return false, nil
+}
+
+// read returns the run for a pass: the last whole-run read while the generation it saw is
+// unchanged at steady state, else a new whole-run read.
+func (l *Loop) read(ctx context.Context) (*ssclient.Run, error) {
+	if l.Generation != "" && l.ready && l.steadyRead && l.lastRun != nil && l.lastGen != "" {
+		v, err := l.Params.Get(ctx, l.Generation)
+		if errors.Is(err, ssclient.ErrAborted) {
+			return nil, err
+		}
+		if err == nil && v == l.lastGen {
+			return l.lastRun, nil
+		}
+	}
+	run, err := l.Params.Run(ctx)
+	if err != nil {
+		return nil, err
+	}
+	l.lastRun, l.steadyRead = run, l.ready
+	l.lastGen = ""
+	if l.Generation != "" {
+		if _, declared := run.Params[l.Generation]; declared {
+			l.lastGen, _ = run.Value(l.Generation)
+		}
+	}
+	return run, nil
 }
 
 // MsgAllReady is logged when every service of the role has become ready (published: this pass

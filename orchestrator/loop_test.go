@@ -403,3 +403,92 @@ func TestEnabledFollowsADownService(t *testing.T) {
 	seen := enabledAfterEachPass(t, p, fastLoop(p, &downService{fakeService: fakeService{name: "lb"}, downFrom: 3, downTo: 4}), 6)
 	assert.Equal(t, []string{"true", "true", "", "", "true", "true"}, seen)
 }
+
+// countingParams counts the whole-run reads and the single-key reads.
+type countingParams struct {
+	*fakeParams
+	runs, gets int
+}
+
+func (c *countingParams) Run(ctx context.Context) (*ssclient.Run, error) {
+	c.runs++
+	return c.fakeParams.Run(ctx)
+}
+func (c *countingParams) Get(ctx context.Context, k string) (string, error) {
+	c.gets++
+	return c.fakeParams.Get(ctx, k)
+}
+
+// At steady state an agent reads only the server's generation key and reuses its last whole-run
+// read; a new generation (something changed) makes it read the whole run again.
+func TestSteadyStateReadsOnlyTheGeneration(t *testing.T) {
+	p := &countingParams{fakeParams: newFake("web.1")}
+	p.vals["cnsmo.1:"+params.Generation] = "1"
+	l := fastLoop(p, &fakeService{name: "fw"})
+	l.Generation = "cnsmo.1:" + params.Generation
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	passes, runsAt5 := 0, 0
+	l.OnPass = func(bool) {
+		passes++
+		switch passes {
+		case 5:
+			runsAt5 = p.runs
+		case 10:
+			require.Equal(t, runsAt5, p.runs, "steady passes read no whole run")
+			p.mu.Lock()
+			p.vals["cnsmo.1:"+params.Generation] = "2"
+			p.mu.Unlock()
+		case 11:
+			require.Equal(t, runsAt5+1, p.runs, "a new generation: one whole-run read")
+			cancel()
+		}
+	}
+	_ = l.Run(ctx)
+	require.Equal(t, 11, passes)
+	require.LessOrEqual(t, runsAt5, 3, "whole-run reads only until steady (converge, then one steady read)")
+}
+
+// Without a declared generation key the loop reads the whole run on every pass (and never reads
+// an undeclared key, which would abort the run on SlipStream).
+func TestNoGenerationKeyMeansWholeRunReads(t *testing.T) {
+	p := &countingParams{fakeParams: newFake("web.1")}
+	l := fastLoop(p, &fakeService{name: "fw"})
+	l.Generation = "cnsmo.1:" + params.Generation
+	ctx, cancel := context.WithCancel(context.Background())
+	passes := 0
+	l.OnPass = func(bool) {
+		if passes++; passes == 6 {
+			cancel()
+		}
+	}
+	_ = l.Run(ctx)
+	require.Equal(t, 6, p.runs)
+	require.Zero(t, p.gets)
+}
+
+// The server bumps the generation when anything changes, and not for progress text.
+func TestCoreBumpsTheGenerationOnChanges(t *testing.T) {
+	p := newFake("cnsmo.1")
+	p.vals["cnsmo.1:"+params.Generation] = ""
+	c := &Core{Params: p}
+	pass := func() string {
+		r, _ := p.Run(context.Background())
+		r.Params["cnsmo.1:"+params.Generation] = ssclient.Param{Value: p.vals["cnsmo.1:"+params.Generation], IsSet: p.vals["cnsmo.1:"+params.Generation] != ""}
+		_, err := c.Reconcile(context.Background(), r)
+		require.NoError(t, err)
+		return p.vals["cnsmo.1:"+params.Generation]
+	}
+	g1 := pass()
+	require.Equal(t, "1", g1)
+	g := pass() // its own identity got published in pass 1: a change
+	require.Equal(t, "2", g)
+	require.Equal(t, g, pass(), "nothing changed")
+	p.vals["web.3:statecustom"] = "cnsmo: waiting for vpn"
+	require.Equal(t, g, pass(), "progress text is no change")
+	p.vals["web.3:"+params.VPNAddress] = "198.19.0.4"
+	p.vals["web.3:"+params.ServicesEnabled] = "true"
+	require.Equal(t, g, pass(), "an agent's outputs are no change for the others")
+	p.vals["web.3:"+params.FWRules] = `[]`
+	require.Equal(t, "3", pass(), "an input changed")
+}

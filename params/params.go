@@ -9,6 +9,7 @@ const (
 	ServicesEnabled  = "net.services.enabled"        // every instance: "true" when all its services are ready
 	ServerInstanceID = "cnsmo.server.nodeinstanceid" // server output, agents' mapped input
 	CoreReady        = "net.i2cat.cnsmo.core.ready"  // server output
+	Generation       = "cnsmo.generation"            // server output: bumped when anything agents depend on changed
 	Statecustom      = "statecustom"                 // progress shown in the Nuvla UI
 	Hostname         = "hostname"                    // set by SlipStream: the VM's address
 )
@@ -66,6 +67,7 @@ var Table = []Spec{
 	{ServicesEnable, "developer (input of the CNSMO server component)", "server, agents", `JSON list of "vpn", "fw", "lb"`},
 	{ServerInstanceID, "server (its own instance name)", "agents (mapped input `cnsmo:cnsmo.server.nodeinstanceid`)", "instance name, e.g. `cnsmo.1`"},
 	{CoreReady, "server", "agents", "`true`"},
+	{Generation, "server, whenever anything an agent depends on changed", "agents (at steady state the only key they read)", "a counter: 1, 2, …"},
 	{ServicesEnabled, "server and every agent, when all its services are ready (un-set while one is known down, and by a role that starts again until it has found every service ready)", "recipes (`ss-get net.services.enabled`)", "`true`"},
 	{VPNServerInstanceID, "VPN server", "VPN clients", "instance name"},
 	{VPNServerListening, "VPN server, when OpenVPN listens", "VPN clients", "`true`"},

@@ -204,7 +204,11 @@ func run(ctx context.Context, opts Options, cfg ssclient.Config, client *ssclien
 		}
 		log.Info().Strs("services", services).Msg("reconciling")
 		var next []string
-		loop := &orchestrator.Loop{Role: roleName, Params: client, Services: list, Log: log, Kick: kick, Ready: ready,
+		generation := "" // the server reads the whole run on every pass; agents follow its generation
+		if !opts.Server {
+			generation = server + ":" + params.Generation
+		}
+		loop := &orchestrator.Loop{Role: roleName, Params: client, Services: list, Log: log, Kick: kick, Ready: ready, Generation: generation,
 			Validate: func(r *ssclient.Run) error {
 				if opts.Services == "" {
 					if raw := role.Get(r, server, params.ServicesEnable); raw != "" { // unset for a moment: keep what runs

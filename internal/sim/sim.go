@@ -1,0 +1,282 @@
+// Package sim simulates a deployment's control plane on one machine: one CNSMO server and N agents,
+// each the real orchestrator loop with the real SlipStream client, talking HTTP to an in-process
+// mocknuvla, with the network services replaced by fakes that publish like the real ones. Every
+// role's client has a loopback address of its own (127.0.1.x), so that mocknuvla's per-client
+// counters measure each role's traffic where it is served. Tests and benchmarks use it to measure
+// what the control plane costs as the deployment grows.
+package sim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/cnsmo/cnsmo/mocknuvla"
+	"github.com/cnsmo/cnsmo/orchestrator"
+	"github.com/cnsmo/cnsmo/params"
+	"github.com/cnsmo/cnsmo/recipes"
+	"github.com/cnsmo/cnsmo/roles/role"
+	"github.com/cnsmo/cnsmo/ssclient"
+)
+
+// MaxAgents is bounded by the loopback addresses the roles get (127.0.1.2 to 127.0.1.254).
+const MaxAgents = 250
+
+// Config shapes a simulation.
+type Config struct {
+	Agents int           // application VMs (node "web")
+	Steady time.Duration // the loops' steady poll (default 3 s, as the real roles)
+	// WholeRun makes the agents read the whole run on every pass, as before the generation key
+	// (the baseline of the benchmarks).
+	WholeRun bool
+}
+
+// Role is one simulated role: its loop, its client's address and what its fakes saw.
+type Role struct {
+	Instance string
+	Addr     string // the client's source address, as mocknuvla's counters key it
+	passes   atomic.Int64
+	fw       *fakeFW
+	tornDown atomic.Int64 // unix nanoseconds of the teardown, 0 before
+	done     chan error
+}
+
+// Passes is the number of passes the role's loop has made.
+func (r *Role) Passes() int64 { return r.passes.Load() }
+
+// Rules is the firewall input the role's fake firewall last applied.
+func (r *Role) Rules() string { return r.fw.seen() }
+
+// TornDown is when the role's services were torn down (zero before).
+func (r *Role) TornDown() time.Time {
+	if n := r.tornDown.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
+}
+
+// Sim is a running simulation.
+type Sim struct {
+	Mock   *mocknuvla.Server
+	RunID  string
+	Server *Role
+	Agents []*Role
+	cancel context.CancelFunc
+	srv    *http.Server
+	wg     sync.WaitGroup
+}
+
+// Start creates the run and starts every role. Stop ends them.
+func Start(cfg Config) (*Sim, error) {
+	if cfg.Agents < 1 || cfg.Agents > MaxAgents {
+		return nil, fmt.Errorf("sim: %d agents: 1 to %d", cfg.Agents, MaxAgents)
+	}
+	if cfg.Steady == 0 {
+		cfg.Steady = 3 * time.Second
+	}
+	b, err := recipes.FS.ReadFile("application.json")
+	if err != nil {
+		return nil, err
+	}
+	def, err := mocknuvla.ParseDeployment(b)
+	if err != nil {
+		return nil, err
+	}
+	for i := range def.Nodes {
+		if def.Nodes[i].Name == "web" {
+			def.Nodes[i].Multiplicity = cfg.Agents
+		}
+	}
+	if err := def.SetValue("cnsmo", params.ServicesEnable, `["vpn","fw"]`); err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	s := &Sim{Mock: mocknuvla.New(mocknuvla.Options{NoAuth: true, Logger: zerolog.Nop()})}
+	s.srv = &http.Server{Handler: s.Mock, ReadHeaderTimeout: 10 * time.Second}
+	go s.srv.Serve(ln) //nolint:errcheck // ends with Close
+	url := "http://" + ln.Addr().String()
+	ri, err := s.Mock.CreateRun(def)
+	if err != nil {
+		s.srv.Close()
+		return nil, err
+	}
+	s.RunID = ri.UUID
+	ctx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	for i, in := range ri.Instances {
+		if in.Node != "cnsmo" && in.Node != "web" {
+			continue
+		}
+		addr := netip.AddrFrom4([4]byte{127, 0, 1, byte(i + 2)})
+		r, err := s.start(ctx, url, in.Name, addr, cfg)
+		if err != nil {
+			s.Stop()
+			return nil, err
+		}
+		if in.Node == "cnsmo" {
+			s.Server = r
+		} else {
+			s.Agents = append(s.Agents, r)
+		}
+	}
+	if s.Server == nil {
+		s.Stop()
+		return nil, errors.New("sim: the run has no cnsmo node")
+	}
+	return s, nil
+}
+
+func (s *Sim) start(ctx context.Context, url, instance string, addr netip.Addr, cfg Config) (*Role, error) {
+	dialer := &net.Dialer{LocalAddr: &net.TCPAddr{IP: addr.AsSlice()}, Timeout: 10 * time.Second}
+	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DialContext: dialer.DialContext, MaxIdleConnsPerHost: 2}}
+	c, err := ssclient.New(ssclient.Config{ServiceURL: url, RunUUID: s.RunID, NodeInstance: instance},
+		ssclient.WithHTTPClient(hc), ssclient.WithLogger(zerolog.Nop()))
+	if err != nil {
+		return nil, err
+	}
+	r := &Role{Instance: instance, Addr: addr.String(), done: make(chan error, 1), fw: &fakeFW{}}
+	server := instance == "cnsmo.1"
+	var services []role.Service
+	generation := ""
+	if server {
+		services = []role.Service{&orchestrator.Core{Params: c}, &fakeHub{p: c, r: r}}
+	} else {
+		services = []role.Service{&fakeClient{p: c, r: r}, r.fw}
+		r.fw.p, r.fw.r = c, r
+		if !cfg.WholeRun {
+			generation = "cnsmo.1:" + params.Generation
+		}
+	}
+	l := &orchestrator.Loop{Role: "sim", Params: c, Services: services, Log: zerolog.Nop(), Steady: cfg.Steady,
+		Generation: generation, OnPass: func(bool) { r.passes.Add(1) }}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		r.done <- l.Run(ctx)
+	}()
+	return r, nil
+}
+
+// Stop ends every role (their teardowns run) and the mock's listener.
+func (s *Sim) Stop() {
+	if s.cancel != nil {
+		s.cancel()
+	}
+	s.wg.Wait()
+	if s.srv != nil {
+		s.srv.Close()
+	}
+}
+
+// Converged reports whether every role has published net.services.enabled.
+func (s *Sim) Converged() bool {
+	for _, r := range append([]*Role{s.Server}, s.Agents...) {
+		if v, _, _ := s.Mock.Param(s.RunID, r.Instance+":"+params.ServicesEnabled); v != "true" {
+			return false
+		}
+	}
+	return true
+}
+
+// WaitConverged waits (polling under ctx) until every role is enabled.
+func (s *Sim) WaitConverged(ctx context.Context) error {
+	for !s.Converged() {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("sim: not converged: %w", ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// Done reports whether every role's loop has returned.
+func (s *Sim) Done() bool {
+	for _, r := range append([]*Role{s.Server}, s.Agents...) {
+		if r.TornDown().IsZero() {
+			return false
+		}
+	}
+	return true
+}
+
+// fakeHub stands for the VPN server: it publishes its endpoint and is ready when every agent has
+// published its address (as the real one waits for every client's tunnel).
+type fakeHub struct {
+	p ssclient.Params
+	r *Role
+}
+
+func (h *fakeHub) Name() string { return "vpn" }
+func (h *fakeHub) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error) {
+	me := h.p.Instance()
+	if v, _ := run.Value(me + ":" + params.VPNEndpoint); v == "" {
+		if err := h.p.Set(ctx, params.VPNEndpoint, "198.18.0.1:1194/udp"); err != nil {
+			return false, err
+		}
+	}
+	for _, in := range run.Instances("web") {
+		if v, _ := run.Value(in + ":" + params.VPNAddress); v == "" {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+func (h *fakeHub) Teardown(context.Context) error { h.r.tornDown.Store(time.Now().UnixNano()); return nil }
+
+// fakeClient stands for a VPN client: once the server's endpoint is published it publishes its
+// overlay address (once) and is ready.
+type fakeClient struct {
+	p ssclient.Params
+	r *Role
+}
+
+func (c *fakeClient) Name() string { return "vpn" }
+func (c *fakeClient) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error) {
+	if v, _ := run.Value("cnsmo.1:" + params.VPNEndpoint); v == "" {
+		return false, nil
+	}
+	if v, _ := run.Value(c.p.Instance() + ":" + params.VPNAddress); v == "" {
+		return false, c.p.Set(ctx, params.VPNAddress, "198.19.0."+c.p.Instance()[len("web."):])
+	}
+	return true, nil
+}
+func (c *fakeClient) Teardown(context.Context) error { return nil }
+
+// fakeFW stands for the firewall: it applies its instance's rules (records them) and publishes
+// fw.ready once.
+type fakeFW struct {
+	p     ssclient.Params
+	r     *Role
+	mu    sync.Mutex
+	rules string
+}
+
+func (f *fakeFW) seen() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.rules
+}
+func (f *fakeFW) Name() string { return "fw" }
+func (f *fakeFW) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error) {
+	v, _ := run.Value(f.p.Instance() + ":" + params.FWRules)
+	f.mu.Lock()
+	f.rules = v
+	f.mu.Unlock()
+	if r, _ := run.Value(f.p.Instance() + ":" + params.FWReady); r != "true" {
+		return false, f.p.Set(ctx, params.FWReady, "true")
+	}
+	return true, nil
+}
+func (f *fakeFW) Teardown(context.Context) error { f.r.tornDown.Store(time.Now().UnixNano()); return nil }
