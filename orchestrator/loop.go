@@ -54,11 +54,13 @@ type Loop struct {
 	Validate func(run *ssclient.Run) error
 
 	lastDisplay string
-	lastRun     *ssclient.Run   // the last whole-run read
-	lastGen     string          // the generation that read saw
-	steadyRead  bool            // that read was made at steady state (it holds this role's outputs)
-	wasReady    map[string]bool // services that have been ready at least once
-	ready       bool            // the last pass found every service ready
+	lastRun     *ssclient.Run // the last whole-run read
+	lastGen     string        // the generation that read saw
+	steadyRead  bool          // that read was made at steady state (it holds this role's outputs)
+	// staleEnabled: net.services.enabled was found set at start and is not withdrawn yet.
+	staleEnabled bool
+	wasReady     map[string]bool // services that have been ready at least once
+	ready        bool            // the last pass found every service ready
 }
 
 // Say is the one form of a role's messages in the run: "cnsmo <role> on <instance>: <what>",
@@ -183,12 +185,16 @@ func (l *Loop) pass(ctx context.Context, me string) (wait bool, err error) {
 			}
 			// The flag itself is not trusted (nothing may run any more): withdrawn until this
 			// process has found every service ready.
-			if err := l.Params.Set(ctx, params.ServicesEnabled, ""); err != nil {
-				return true, err
-			}
-			run.Params[me+":"+params.ServicesEnabled] = ssclient.Param{}
-			l.Log.Info().Msg("net.services.enabled withdrawn until every service is found ready again")
+			l.staleEnabled = true
 		}
+	}
+	if l.staleEnabled { // tried again on every pass until the store takes it
+		if err := l.Params.Set(ctx, params.ServicesEnabled, ""); err != nil {
+			return true, err
+		}
+		l.staleEnabled = false
+		run.Params[me+":"+params.ServicesEnabled] = ssclient.Param{}
+		l.Log.Info().Msg("net.services.enabled withdrawn until every service is found ready again")
 	}
 	anyDown := false
 	for i, s := range l.Services {
@@ -203,6 +209,9 @@ func (l *Loop) pass(ctx context.Context, me string) (wait bool, err error) {
 		if err != nil {
 			if role.IsTerminal(err) || errors.Is(err, ssclient.ErrAborted) || ctx.Err() != nil {
 				return false, err
+			}
+			if d, ok := s.(interface{ Down() bool }); ok && d.Down() {
+				anyDown = true
 			}
 			l.Log.Warn().Err(err).Str("service", s.Name()).Msg("reconcile failed; retrying")
 			l.display(ctx, fmt.Sprintf("cnsmo: %s: retrying after error: %v", s.Name(), err))

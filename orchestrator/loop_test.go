@@ -492,3 +492,46 @@ func TestCoreBumpsTheGenerationOnChanges(t *testing.T) {
 	p.vals["web.3:"+params.FWRules] = `[]`
 	require.Equal(t, "3", pass(), "an input changed")
 }
+
+// failingDownService is ready, then fails and is known down (a firewall whose apply fails).
+type failingDownService struct{ fakeService }
+
+func (s *failingDownService) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error) {
+	_, _ = s.fakeService.Reconcile(ctx, run)
+	if s.Down() {
+		return false, errors.New("fw: iptables-restore: exit 4")
+	}
+	return true, nil
+}
+func (s *failingDownService) Down() bool { return s.passes >= 3 }
+
+// A service that fails with an error and is known down withdraws net.services.enabled too.
+func TestFailingDownServiceWithdrawsEnabled(t *testing.T) {
+	p := newFake("web.1")
+	seen := enabledAfterEachPass(t, p, fastLoop(p, &failingDownService{fakeService{name: "fw"}}), 4)
+	assert.Equal(t, []string{"true", "true", "", ""}, seen)
+}
+
+// flakySetParams fails the first write of a key.
+type flakySetParams struct {
+	*fakeParams
+	failed bool
+}
+
+func (f *flakySetParams) Set(ctx context.Context, k, v string) error {
+	if !f.failed {
+		f.failed = true
+		return errors.New("503 Service Unavailable")
+	}
+	return f.fakeParams.Set(ctx, k, v)
+}
+
+// A stale net.services.enabled whose first withdrawal fails is withdrawn on a later pass, before
+// the role calls itself ready.
+func TestStaleFlagWithdrawnAfterAFailedWrite(t *testing.T) {
+	f := newFake("web.1")
+	f.vals["web.1:"+params.ServicesEnabled] = "true"
+	p := &flakySetParams{fakeParams: f}
+	seen := enabledAfterEachPass(t, f, fastLoop(p, &fakeService{name: "vpn", after: 3}), 5)
+	assert.Equal(t, []string{"", "", "", "true", "true"}, seen)
+}
