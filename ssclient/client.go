@@ -140,6 +140,7 @@ type request struct {
 func (c *Client) do(ctx context.Context, rq request) (int, string, error) {
 	bo := backoff.NewExponentialBackOff()
 	bo.InitialInterval, bo.MaxInterval, bo.MaxElapsedTime = 200*time.Millisecond, 5*time.Second, c.retryMax
+	bo.Reset() // the intervals above apply from the first retry on
 	retry := rq.method != http.MethodPost
 	relogged := false
 	for {
@@ -170,6 +171,7 @@ func (c *Client) do(ctx context.Context, rq request) (int, string, error) {
 		}
 		d := bo.NextBackOff()
 		if d == backoff.Stop {
+			c.log.Warn().Str("key", rq.key).Int("status", code).AnErr("cause", err).Dur("after", c.retryMax).Msg("parameter store failing; giving up")
 			if err != nil {
 				return 0, "", fmt.Errorf("%s %s: giving up after %s: %w", rq.method, rq.key, c.retryMax, err)
 			}
