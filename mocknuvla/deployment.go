@@ -177,15 +177,25 @@ func locate(data []byte) error {
 func jsonProblem(err error) string {
 	var te *json.UnmarshalTypeError
 	if errors.As(err, &te) {
-		want := map[string]string{"int": "number", "string": "string", "bool": "boolean"}[te.Type.Kind().String()]
+		want := map[string]string{"int": "number", "string": "string", "bool": "boolean", "slice": "list",
+			"map": "object", "struct": "object", "ptr": "number"}[te.Type.Kind().String()]
 		if want == "" {
-			want = te.Type.Kind().String()
+			want = "value of another type"
+		}
+		article := func(w string) string {
+			if strings.IndexByte("aeiou", w[0]) >= 0 {
+				return "an " + w
+			}
+			return "a " + w
+		}
+		if te.Field == "" {
+			return fmt.Sprintf("%s where %s goes", article(te.Value), article(want))
 		}
 		field := te.Field
 		if k := strings.LastIndex(field, "."); k >= 0 {
 			field = field[k+1:]
 		}
-		return fmt.Sprintf("%s: a %s where a %s goes", field, te.Value, want)
+		return fmt.Sprintf("%s: %s where %s goes", field, article(te.Value), article(want))
 	}
 	msg := err.Error()
 	return strings.TrimPrefix(msg, "json: ")

@@ -246,6 +246,7 @@ func TestDeploymentValidation(t *testing.T) {
 		{"unknown param field", `{"nodes":[{"name":"z","cloud":"c"},{"name":"a","cloud":"c","parameters":[{"name":"q"},{"name":"p","maping":"x:y"}]}]}`, `nodes[1] "a": parameters[1] "p": unknown field "maping"`},
 		{"unknown node field", `{"nodes":[{"name":"a","cloud":"c","multiplicty":2}]}`, `nodes[0] "a": unknown field "multiplicty"`},
 		{"wrong type", `{"nodes":[{"name":"a","cloud":"c","multiplicity":"2"}]}`, `nodes[0] "a": multiplicity: a string where a number goes`},
+		{"object for a list", `{"nodes":[{"name":"a","cloud":"c","parameters":{}}]}`, `nodes[0] "a": parameters: an object where a list goes`},
 		{"no nodes", `{"name":"d","nodes":[]}`, "at least one node"},
 		{"empty node name", `{"nodes":[{"cloud":"c"}]}`, "nodes[0]: name is empty"},
 		{"dotted node name", `{"nodes":[{"name":"a.b","cloud":"c"}]}`, `nodes[0] "a.b": name`},

@@ -43,14 +43,23 @@ cnsmo_supervised() {
 }
 
 # cnsmo_unit ROLE: write cnsmo-role.service, which starts `cnsmo-role ROLE` at boot and again
-# after a crash (not after a clean stop, a usage error or an aborted run), and the environment
+# after a crash (not after a clean stop, a usage error, a refused login or an aborted run), and the environment
 # it runs with (this recipe's SLIPSTREAM_* context and CNSMO_* settings, mode 0600).
 cnsmo_unit() {
   role=$1
   mkdir -p "$CNSMO_STATE_DIR" "$CNSMO_UNIT_DIR"
   envfile="$CNSMO_STATE_DIR/role.env"
   ( umask 077
-    env | grep -E '^(SLIPSTREAM|CNSMO)_[A-Z0-9_]*=' | grep -v "'" | sed "s/=\(.*\)$/='\1'/" >"$envfile.tmp"
+    : >"$envfile.tmp"
+    # The context the recipe runs with (SLIPSTREAM_*, CNSMO_*, and HOME, where a slipstream.context
+    # may be). A value with a quote, backslash, $ or ` cannot be written safely for both systemd and
+    # sh: it is left out, and said so (the role then finds it in slipstream.context).
+    env | grep -E '^((SLIPSTREAM|CNSMO)_[A-Z0-9_]*|HOME)=' | while IFS= read -r kv; do
+      case "$kv" in
+        *[\'\"\\\$\`]*) echo "cnsmo: ${kv%%=*} not written to $envfile (it holds a quote, backslash, \$ or \`)" >&2 ;;
+        *) printf "%s='%s'\n" "${kv%%=*}" "${kv#*=}" >>"$envfile.tmp" ;;
+      esac
+    done
     mv "$envfile.tmp" "$envfile" )
   cat >"$CNSMO_UNIT_DIR/cnsmo-role.service.tmp" <<UNIT
 # Written by the cnsmo recipes (recipes/lib.sh): the network services of this VM.
@@ -62,10 +71,11 @@ Wants=network-online.target
 [Service]
 Type=simple
 EnvironmentFile=$envfile
+WorkingDirectory=$(pwd)
 ExecStart=$CNSMO_BIN_DIR/cnsmo-role $role --state-dir $CNSMO_STATE_DIR
 Restart=on-failure
 RestartSec=2
-RestartPreventExitStatus=2 8
+RestartPreventExitStatus=2 6 7 8
 StandardOutput=append:$CNSMO_STATE_DIR/role.log
 StandardError=append:$CNSMO_STATE_DIR/role.log
 
@@ -91,6 +101,7 @@ cnsmo_start() {
       systemctl daemon-reload
       systemctl enable --now cnsmo-role.service
     else
+      rm -f /run/cnsmo-init.d/cnsmo-role.pid /run/cnsmo-init.d/cnsmo-role.code # start afresh
       mkdir -p "$CNSMO_UNIT_DIR/multi-user.target.wants"
       ln -sf "$CNSMO_UNIT_DIR/cnsmo-role.service" "$CNSMO_UNIT_DIR/multi-user.target.wants/cnsmo-role.service"
     fi

@@ -68,17 +68,19 @@ func TestUnitFileVerifies(t *testing.T) {
 	require.NoError(t, err)
 	cmd := exec.Command("sh", "-c", `. "$1" && cnsmo_unit agent`, "sh", lib)
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "CNSMO_BIN_DIR=" + bin, "CNSMO_STATE_DIR=" + filepath.Join(dir, "state"),
-		"CNSMO_UNIT_DIR=" + filepath.Join(dir, "units"), "SLIPSTREAM_DIID=0b6f3a8e", "SLIPSTREAM_API_SECRET=s3cret", "OTHER=x"}
+		"CNSMO_UNIT_DIR=" + filepath.Join(dir, "units"), "SLIPSTREAM_DIID=0b6f3a8e", "SLIPSTREAM_API_SECRET=s3cret", "OTHER=x",
+		"SLIPSTREAM_ODD=it's", "HOME=" + dir}
+	cmd.Dir = dir
 	out, err := cmd.CombinedOutput()
 	require.NoError(t, err, "%s", out)
 	unit := filepath.Join(dir, "units", "cnsmo-role.service")
-	out, err = exec.Command("systemd-analyze", "verify", unit).CombinedOutput()
-	require.NoError(t, err, "%s", out)
-	require.Empty(t, strings.TrimSpace(string(out)), "systemd-analyze verify warns")
+	vout, err := exec.Command("systemd-analyze", "verify", unit).CombinedOutput()
+	require.NoError(t, err, "%s", vout)
+	require.Empty(t, strings.TrimSpace(string(vout)), "systemd-analyze verify warns")
 	b, err := os.ReadFile(unit)
 	require.NoError(t, err)
 	for _, want := range []string{"ExecStart=" + bin + "/cnsmo-role agent --state-dir " + filepath.Join(dir, "state"),
-		"Restart=on-failure", "RestartPreventExitStatus=2 8", "WantedBy=multi-user.target"} {
+		"Restart=on-failure", "RestartPreventExitStatus=2 6 7 8", "WantedBy=multi-user.target"} {
 		require.Contains(t, string(b), want+"\n")
 	}
 	envFile := filepath.Join(dir, "state", "role.env")
@@ -89,4 +91,7 @@ func TestUnitFileVerifies(t *testing.T) {
 	require.NoError(t, err)
 	require.Contains(t, string(env), "SLIPSTREAM_DIID='0b6f3a8e'\n")
 	require.NotContains(t, string(env), "OTHER")
+	require.Contains(t, string(env), "HOME='"+dir+"'\n")
+	require.NotContains(t, string(env), "SLIPSTREAM_ODD", "a value the file cannot hold safely is left out")
+	require.Contains(t, string(out), "SLIPSTREAM_ODD not written")
 }

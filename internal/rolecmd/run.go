@@ -66,11 +66,15 @@ func Run(ctx context.Context, opts Options, log zerolog.Logger) error {
 		err = abortedBecause(ctx, client, err)
 	}
 	switch {
-	case err == nil, ctx.Err() != nil, errors.Is(err, errAlreadyRunning), errors.Is(err, orchestrator.ErrRunAborted),
-		errors.Is(err, ssclient.ErrAborted), errors.Is(err, errRunAbortedByRole),
+	case ctx.Err() != nil:
+		return nil // stopped (SIGTERM, SIGINT): exit 0 wherever the role was
+	case errors.Is(err, errRunAbortedByRole):
+		return errors.Join(err, ssclient.ErrAborted) // it aborted the run itself: exit 8, as any aborted run
+	case err == nil, errors.Is(err, errAlreadyRunning), errors.Is(err, orchestrator.ErrRunAborted),
+		errors.Is(err, ssclient.ErrAborted),
 		errors.Is(err, ssclient.ErrUnknownKey), errors.Is(err, ssclient.ErrUnauthorized):
-		// Stopped, or the run is aborted already (an unknown key aborts it on the server), or
-		// this role may not write to it.
+		// The run is aborted already (an unknown key aborts it on the server), or this role may
+		// not write to it.
 		return err
 	}
 	// The role could not run: say so in the run, as a service's invalid input does.
@@ -80,8 +84,9 @@ func Run(ctx context.Context, opts Options, log zerolog.Logger) error {
 	defer cancel()
 	if aerr := client.Abort(actx, msg); aerr != nil {
 		log.Error().Err(aerr).Msg("could not abort the run")
+		return err
 	}
-	return err
+	return errors.Join(err, ssclient.ErrAborted) // the run is aborted now: exit 8, not restarted
 }
 
 // abortedBecause says that the run was aborted, with the reason from ss:abort, instead of the

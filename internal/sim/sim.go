@@ -233,7 +233,10 @@ func (h *fakeHub) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error
 	}
 	return true, nil
 }
-func (h *fakeHub) Teardown(context.Context) error { h.r.tornDown.Store(time.Now().UnixNano()); return nil }
+func (h *fakeHub) Teardown(context.Context) error {
+	h.r.tornDown.Store(time.Now().UnixNano())
+	return nil
+}
 
 // fakeClient stands for a VPN client: once the server's endpoint is published it publishes its
 // overlay address (once) and is ready.
@@ -279,4 +282,7 @@ func (f *fakeFW) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error)
 	}
 	return true, nil
 }
-func (f *fakeFW) Teardown(context.Context) error { f.r.tornDown.Store(time.Now().UnixNano()); return nil }
+func (f *fakeFW) Teardown(context.Context) error {
+	f.r.tornDown.Store(time.Now().UnixNano())
+	return nil
+}

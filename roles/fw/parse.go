@@ -21,7 +21,7 @@ import (
 
 // Rule is one validated rule.
 type Rule struct {
-	DenyAll  bool   // {"policy":"denyall"}: drop everything not allowed before it
+	DenyAll  bool   // {"policy":"denyall"}: the default after every rule, wherever it stands
 	Dir      string // "in" or "out"
 	Proto    string // "tcp", "udp", "icmp" or "" (all)
 	DstPorts string // "N" or "N:M" ("" = any)

@@ -115,6 +115,7 @@ func (r *Role) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error) {
 		return false, role.Terminal(err)
 	}
 	cfg.SocketPath, cfg.StatePath = r.path(socketFile), r.path(stateFile)
+	r.waiting, r.down = "", false // said again below when still so
 	backends := r.backends(run, cfg)
 	conf := Render(cfg, backends)
 
