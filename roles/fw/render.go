@@ -28,7 +28,8 @@ type Jumps struct {
 type Options struct {
 	// NoAntiLockout drops the management-plane rules (net.i2cat.cnsmo.service.fw.lockout_ok=true).
 	NoAntiLockout bool
-	// VPNPort is the OpenVPN UDP port kept open when the VPN is on (0 = none); VPNDevice is the
+	// VPNPort is the OpenVPN UDP port kept open outwards when the VPN is on (0 = none): the
+	// firewall runs on the VPN's clients, whose server answers them; VPNDevice is the
 	// overlay device whose readiness pings (ICMP echo requests out of it) stay open.
 	VPNPort   int
 	VPNDevice string
@@ -63,8 +64,7 @@ func Render(rules []Rule, opts Options, v6 bool) []string {
 			"-A "+ChainIn+" -p tcp -m tcp --dport 22 -j ACCEPT")
 		out = append(out, "-A "+ChainOut+" -o lo -j ACCEPT",
 			"-A "+ChainOut+" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
-		if opts.VPNPort > 0 {
-			in = append(in, fmt.Sprintf("-A %s -p udp -m udp --dport %d -j ACCEPT", ChainIn, opts.VPNPort))
+		if opts.VPNPort > 0 { // the firewall runs on VPN clients: they only send to the server's port
 			out = append(out, fmt.Sprintf("-A %s -p udp -m udp --dport %d -j ACCEPT", ChainOut, opts.VPNPort))
 		}
 		if opts.VPNDevice != "" {

@@ -61,6 +61,8 @@ type Role struct {
 	Dir string
 	// UseVPN addresses backends at their vpn.address instead of their hostname.
 	UseVPN bool
+	// Own returns the LB VM's own addresses, never backends (default: its interfaces').
+	Own func() map[netip.Addr]bool
 	// Assigned returns the overlay address the VPN server assigned to an instance (with UseVPN).
 	Assigned func(instance string) (netip.Addr, bool)
 	// Exec: functions run on this VM's filesystem (the exec driver); teardown removes the socket.
@@ -252,6 +254,13 @@ func (r *Role) address(run *ssclient.Run, inst string) (a netip.Addr, key, v, wh
 	if why := LocalAddress(a); why != "" {
 		return netip.Addr{}, key, v, "its address is " + why
 	}
+	own := r.Own
+	if own == nil {
+		own = ownAddresses
+	}
+	if own()[a.Unmap()] {
+		return netip.Addr{}, key, v, "its address is one of the load balancer VM's own"
+	}
 	return a, key, v, ""
 }
 
@@ -296,8 +305,33 @@ func LocalAddress(a netip.Addr) string {
 		return "unspecified"
 	case a == netip.MustParseAddr("255.255.255.255"):
 		return "the broadcast address"
+	case metadata[a]:
+		return "a cloud's metadata or platform service"
 	}
 	return ""
+}
+
+// metadata are clouds' metadata and platform services outside the link-local range: AWS's IPv6
+// metadata address, Alibaba Cloud's metadata service, Azure's platform (wire server) address.
+var metadata = map[netip.Addr]bool{
+	netip.MustParseAddr("fd00:ec2::254"):   true,
+	netip.MustParseAddr("100.100.100.200"): true,
+	netip.MustParseAddr("168.63.129.16"):   true,
+}
+
+// ownAddresses are the addresses of the LB VM's own interfaces (the role runs in its namespace).
+func ownAddresses() map[netip.Addr]bool {
+	out := map[netip.Addr]bool{}
+	as, err := net.InterfaceAddrs()
+	if err != nil {
+		return out
+	}
+	for _, a := range as {
+		if p, err := netip.ParsePrefix(a.String()); err == nil {
+			out[p.Addr().Unmap()] = true
+		}
+	}
+	return out
 }
 
 func (r *Role) image() string {

@@ -272,13 +272,15 @@ func runWith(hosts map[string][2]string) *ssclient.Run {
 // out (IPv4-mapped forms too); other backends are served.
 func TestBackendsRefuseLocalAddresses(t *testing.T) {
 	bad := []string{"127.0.0.1", "127.1.2.3", "169.254.169.254", "0.0.0.0", "224.0.0.1", "255.255.255.255",
-		"::1", "::", "fe80::1", "ff02::1", "::ffff:127.0.0.1", "::ffff:169.254.169.254"}
+		"::1", "::", "fe80::1", "ff02::1", "::ffff:127.0.0.1", "::ffff:169.254.169.254",
+		"fd00:ec2::254", "100.100.100.200", "168.63.129.16", "198.18.0.2"} // the last: the LB VM's own
 	hosts := map[string][2]string{"web.1": {"198.18.0.11", ""}}
 	for i, a := range bad {
 		hosts[fmt.Sprintf("web.%d", i+2)] = [2]string{a, ""}
 	}
 	drv := &fakeDriver{files: map[string]string{}}
-	r := &Role{Params: &fakeParams{set: map[string]string{}}, Driver: drv, Log: zerolog.Nop(), Dial: runtimeAPI}
+	r := &Role{Params: &fakeParams{set: map[string]string{}}, Driver: drv, Log: zerolog.Nop(), Dial: runtimeAPI,
+		Own: func() map[netip.Addr]bool { return map[netip.Addr]bool{netip.MustParseAddr("198.18.0.2"): true} }}
 	_, err := r.Reconcile(context.Background(), runWith(hosts))
 	require.NoError(t, err)
 	conf := drv.files[ConfigPath]

@@ -702,6 +702,8 @@ func TestVPNForgedCSRChangesNothing(t *testing.T) {
 		connected = connected || st.CN == "web.2"
 	}
 	require.True(t, connected, "web.2 is still connected")
+	require.Equal(t, "true", l.param("cnsmo.1:"+params.VPNReady), "the forgery does not make the VPN unready")
+	require.Contains(t, l.param("cnsmo.1:statecustom"), "refused a certificate request for web.2", "the UI says so")
 
 	// web.2's role comes back, puts its own CSR back and is ready with the same address.
 	l.start("web.2", "2")

@@ -53,6 +53,7 @@ type Server struct {
 	pw      string
 	specKey string            // driver.Hash of the spec last started
 	written map[string]string // files put into the running function: path -> content
+	refused map[string]string // instance -> the refused request last said
 }
 
 // NewServer returns the VPN server service of the instance described by env.
@@ -356,7 +357,21 @@ func (s *Server) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error)
 			continue
 		}
 		cert, err := s.ca.Sign([]byte(csr), c)
-		if err != nil {
+		if errors.Is(err, pki.ErrKeyPinned) {
+			// Someone wrote a request with another key into c's vpn.csr: refused, said once per
+			// request; c keeps its certificate and address, and the VPN stays ready.
+			if s.refused[c] != csr {
+				s.env.Log.Warn().Err(err).Str("client", c).Msg("vpn: certificate request refused")
+				_ = s.env.Params.Display(ctx, fmt.Sprintf("cnsmo: vpn: refused a certificate request for %s: %v", c, err))
+				if s.refused == nil {
+					s.refused = map[string]string{}
+				}
+				s.refused[c] = csr
+			}
+			if cert = s.ca.ActiveCert(c); cert == nil {
+				continue
+			}
+		} else if err != nil {
 			s.env.Log.Error().Err(err).Str("client", c).Msg("vpn: certificate request refused")
 			problems = append(problems, fmt.Errorf("%s:%s: %w", c, params.VPNCSR, err))
 			continue

@@ -111,6 +111,14 @@ func LoadOrCreateCA(dir string) (*CA, error) {
 			return nil, err
 		}
 	case errors.Is(kerr, os.ErrNotExist) && errors.Is(cerr, os.ErrNotExist):
+		if b, err := os.ReadFile(filepath.Join(dir, stateFile)); err == nil {
+			var st state
+			if json.Unmarshal(b, &st) == nil && (len(st.Issued) > 0 || len(st.Left) > 0) {
+				// A new CA would drop every pinned key and every name that left.
+				return nil, fmt.Errorf("pki: %s and %s are missing while %s holds issued certificates: restore the CA's key and certificate from a backup, or remove the whole directory %s to start a new CA (every member then gets a new certificate)",
+					filepath.Join(dir, caKeyFile), caCertFile, stateFile, dir)
+			}
+		}
 		if err := ca.create(); err != nil {
 			return nil, err
 		}
@@ -380,6 +388,18 @@ func (ca *CA) Sign(csrPEM []byte, instance string) (certPEM []byte, err error) {
 		return nil, err
 	}
 	return certPEM, nil
+}
+
+// ActiveCert returns the certificate of instance that is not revoked (PEM), or nil.
+func (ca *CA) ActiveCert(instance string) []byte {
+	ca.mu.Lock()
+	defer ca.mu.Unlock()
+	for _, is := range ca.st.Issued {
+		if is.Instance == instance && !is.Revoked {
+			return []byte(is.CertPEM)
+		}
+	}
+	return nil
 }
 
 // IssuedTo returns the certificates issued to instance (revoked ones included), oldest first.

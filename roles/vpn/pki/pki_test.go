@@ -346,3 +346,22 @@ func TestSerialsAreRandom(t *testing.T) {
 		prev = c.SerialNumber
 	}
 }
+
+// A CA whose key and certificate were lost while its state still lists issued certificates
+// refuses to start instead of making a new CA that would forget every pin.
+func TestLoadRefusesAStateWithoutItsCA(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := LoadOrCreateCA(dir)
+	require.NoError(t, err)
+	k, _ := NewKey()
+	csr, _ := NewCSR(k, "web.1")
+	_, err = ca.Sign(csr, "web.1")
+	require.NoError(t, err)
+	require.NoError(t, os.Remove(filepath.Join(dir, "ca.key")))
+	require.NoError(t, os.Remove(filepath.Join(dir, "ca.crt")))
+	_, err = LoadOrCreateCA(dir)
+	require.ErrorContains(t, err, "restore the CA's key")
+	b, err := os.ReadFile(filepath.Join(dir, "state.json"))
+	require.NoError(t, err)
+	require.Contains(t, string(b), "web.1", "the state is kept")
+}
