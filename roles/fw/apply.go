@@ -104,8 +104,16 @@ func (a *Applier) read(ctx context.Context, v6 bool) (state, error) {
 		return state{}, err
 	}
 	st := state{rules: map[string][]string{}}
+	seen := map[string]bool{} // built-in chains (and DOCKER-USER) whose first rule was read
 	for _, l := range strings.Split(out, "\n") {
 		l = strings.TrimSpace(l)
+		for parent, jump := range map[string]*bool{"INPUT": &st.jumps.InFirst, "OUTPUT": &st.jumps.OutFirst, DockerUser: &st.jumps.DockerFirst} {
+			if strings.HasPrefix(l, "-A "+parent+" ") && !seen[parent] {
+				seen[parent] = true
+				own := map[string]string{"INPUT": ChainIn, "OUTPUT": ChainOut, DockerUser: ChainDocker}[parent]
+				*jump = l == "-A "+parent+" -j "+own
+			}
+		}
 		switch {
 		case l == "-N "+ChainIn || l == "-N "+ChainOut:
 			st.chains = true
@@ -188,6 +196,9 @@ func (st state) differs(want []string) string {
 	if st.jumps.In != 1 || st.jumps.Out != 1 || st.jumps.Docker != wantDocker {
 		return fmt.Sprintf("jumps to %s, %s and %s: %d, %d and %d; want 1, 1 and %d",
 			ChainIn, ChainOut, ChainDocker, st.jumps.In, st.jumps.Out, st.jumps.Docker, wantDocker)
+	}
+	if !st.jumps.InFirst || !st.jumps.OutFirst || (wantDocker == 1 && !st.jumps.DockerFirst) {
+		return "a rule stands before cnsmo's jump in INPUT, OUTPUT or DOCKER-USER"
 	}
 	return ""
 }

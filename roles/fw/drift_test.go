@@ -53,13 +53,20 @@ func TestDriftIsRepairedWithinTwoPasses(t *testing.T) {
 
 	for _, tamper := range [][]string{
 		{"iptables", "-F", ChainIn}, // flushed by another tool
-		{"iptables", "-R", ChainIn, "4", "-p", "tcp", "--dport", "8082", "-j", "DROP"}, // one rule edited
-		{"ip6tables", "-D", "INPUT", "-j", ChainIn},                                    // a jump removed
-		{"iptables", "-I", ChainIn, "1", "-j", "ACCEPT"},                               // a rule added
+		{"iptables", "-R", ChainIn, "4", "-p", "tcp", "--dport", "8082", "-j", "DROP"},   // one rule edited
+		{"ip6tables", "-D", "INPUT", "-j", ChainIn},                                      // a jump removed
+		{"iptables", "-I", ChainIn, "1", "-j", "ACCEPT"},                                 // a rule added
+		{"iptables", "-I", "INPUT", "1", "-p", "tcp", "--dport", "8081", "-j", "ACCEPT"}, // a rule before the jump
 	} {
 		sh(t, append([]string{"ip", "netns", "exec", p.srv}, tamper...)...)
 		require.NotEqual(t, want, save(t, p.srv), "%v changed the tables", tamper)
-		n := reconcileUntil(t, r, run, 2, func() bool { return save(t, p.srv) == want })
+		// cnsmo's chains and jumps as applied (another tool's own rule is left where it is, after
+		// cnsmo's jump).
+		n := reconcileUntil(t, r, run, 2, func() bool {
+			rules, _ := ParseRules(role.Get(run, "web.1", params.FWRules))
+			d, err := r.ap.Check(context.Background(), rules, r.options(context.Background(), run))
+			return err == nil && d == ""
+		})
 		require.LessOrEqual(t, n, 2, "%v not repaired within two passes", tamper)
 		require.False(t, p.connect("198.18.250.2", "8081"), "8081 dropped again after %v", tamper)
 	}

@@ -18,10 +18,13 @@ const (
 
 var ownChains = []string{ChainIn, ChainOut, ChainDocker}
 
-// Jumps counts cnsmo's jumps in the chains it does not own, and whether DOCKER-USER exists.
+// Jumps counts cnsmo's jumps in the chains it does not own, whether each chain's first rule is
+// cnsmo's jump (a rule inserted before it would go around cnsmo's rules), and whether DOCKER-USER
+// exists.
 type Jumps struct {
-	In, Out, Docker int
-	DockerUser      bool
+	In, Out, Docker                int
+	InFirst, OutFirst, DockerFirst bool
+	DockerUser                     bool
 }
 
 // Options shape the rendered rules.
@@ -168,19 +171,21 @@ func RestoreInput(rules []string, j Jumps) string {
 	}
 	type jump struct {
 		n            int
+		first        bool
 		parent, name string
 	}
-	jumps := []jump{{j.In, "INPUT", ChainIn}, {j.Out, "OUTPUT", ChainOut}}
+	jumps := []jump{{j.In, j.InFirst, "INPUT", ChainIn}, {j.Out, j.OutFirst, "OUTPUT", ChainOut}}
 	if j.DockerUser {
-		jumps = append(jumps, jump{j.Docker, DockerUser, ChainDocker})
+		jumps = append(jumps, jump{j.Docker, j.DockerFirst, DockerUser, ChainDocker})
 	}
 	for _, j := range jumps {
-		if j.n == 0 {
-			b.WriteString("-I " + j.parent + " 1 -j " + j.name + "\n")
+		if j.n == 1 && j.first {
+			continue
 		}
-		for i := 1; i < j.n; i++ {
+		for i := 0; i < j.n; i++ { // misplaced or repeated: every one goes, one comes back first
 			b.WriteString("-D " + j.parent + " -j " + j.name + "\n")
 		}
+		b.WriteString("-I " + j.parent + " 1 -j " + j.name + "\n")
 	}
 	b.WriteString("COMMIT\n")
 	return b.String()
