@@ -87,17 +87,35 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 type statusRecorder struct {
 	http.ResponseWriter
-	code  int
-	bytes int64 // body bytes written
+	code   int
+	bytes  int64 // bytes of the answer: status line, headers and body
+	headed bool
+}
+
+// head counts the status line and the headers, once.
+func (s *statusRecorder) head(code int) {
+	if s.headed {
+		return
+	}
+	s.headed = true
+	n := len(fmt.Sprintf("HTTP/1.1 %d %s\r\n", code, http.StatusText(code))) + 2 // + the blank line
+	for k, vs := range s.Header() {
+		for _, v := range vs {
+			n += len(k) + len(": ") + len(v) + 2
+		}
+	}
+	s.bytes += int64(n)
 }
 
 func (s *statusRecorder) Write(b []byte) (int, error) {
+	s.head(s.code)
 	n, err := s.ResponseWriter.Write(b)
 	s.bytes += int64(n)
 	return n, err
 }
 
 func (s *statusRecorder) WriteHeader(code int) {
+	s.head(code)
 	s.code = code
 	s.ResponseWriter.WriteHeader(code)
 }

@@ -456,8 +456,8 @@ func (s *Server) ResetCounters() {
 	s.faultCnt = map[string]int64{}
 }
 
-// ClientBytes returns the bytes of the answers' bodies sent to each remote address (the run and
-// session API, counted like ClientCounters).
+// ClientBytes returns the bytes of the answers (status line, headers and body) sent to each
+// remote address (the run and session API, counted like ClientCounters).
 func (s *Server) ClientBytes() map[string]int64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
