@@ -44,9 +44,10 @@ type Loop struct {
 	// a role whose instance has net.services.enabled=true treats every service as ready once.
 	Ready map[string]bool
 	// Generation, when set, is the key the CNSMO server bumps whenever anything this role depends
-	// on changed (e.g. "cnsmo.1:cnsmo.generation"): at steady state a pass reads only that key and
-	// reuses its last whole-run read while the value is unchanged (on SlipStream the read also
-	// answers 409 once the run is aborted). A key the run does not declare is never read.
+	// on changed (e.g. "cnsmo.1:cnsmo.generation"): a pass reads only that key and reuses its last
+	// whole-run read while the value is unchanged (on SlipStream the read also answers 409 once
+	// the run is aborted): at steady state, or all the time when Params is a Cache that keeps this
+	// role's own writes in that read. A key the run does not declare is never read.
 	Generation string
 	// Validate, when set, checks every input of the run that any enabled service reads, without
 	// side effects, before each pass reconciles anything: invalid input anywhere in the run aborts
@@ -267,7 +268,10 @@ func (l *Loop) pass(ctx context.Context, me string) (wait bool, err error) {
 // read returns the run for a pass: the last whole-run read while the generation it saw is
 // unchanged at steady state, else a new whole-run read.
 func (l *Loop) read(ctx context.Context) (*ssclient.Run, error) {
-	if l.Generation != "" && l.ready && l.steadyRead && l.lastRun != nil && l.lastGen != "" {
+	// With a Cache as the store, the last read holds this role's own writes since: it can be
+	// reused while converging too. Without, only a read made at steady state can.
+	_, cached := l.Params.(*Cache)
+	if l.Generation != "" && (cached || l.ready && l.steadyRead) && l.lastRun != nil && l.lastGen != "" {
 		v, err := l.Params.Get(ctx, l.Generation)
 		if errors.Is(err, ssclient.ErrAborted) {
 			return nil, err

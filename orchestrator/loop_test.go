@@ -535,3 +535,22 @@ func TestStaleFlagWithdrawnAfterAFailedWrite(t *testing.T) {
 	seen := enabledAfterEachPass(t, f, fastLoop(p, &fakeService{name: "vpn", after: 3}), 5)
 	assert.Equal(t, []string{"", "", "", "true", "true"}, seen)
 }
+
+// The cache writes through to the store and into the last whole-run read.
+func TestCacheWritesThrough(t *testing.T) {
+	p := newFake("web.1")
+	c := NewCache(p)
+	require.NoError(t, c.Set(context.Background(), params.VPNAddress, "198.19.0.2")) // before any read
+	run, err := c.Run(context.Background())
+	require.NoError(t, err)
+	require.NoError(t, c.Set(context.Background(), params.FWReady, "true"))
+	require.NoError(t, c.Set(context.Background(), "cnsmo.1:"+params.VPNCert, "PEM"))
+	require.NoError(t, c.Set(context.Background(), params.VPNAddress, ""))
+	v, _ := run.Value("web.1:" + params.FWReady)
+	require.Equal(t, "true", v)
+	v, _ = run.Value("cnsmo.1:" + params.VPNCert)
+	require.Equal(t, "PEM", v)
+	_, ok := run.Value("web.1:" + params.VPNAddress)
+	require.False(t, ok, "un-set")
+	require.Equal(t, "true", p.vals["web.1:"+params.FWReady], "written to the store")
+}

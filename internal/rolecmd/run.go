@@ -155,10 +155,13 @@ func run(ctx context.Context, opts Options, cfg ssclient.Config, client *ssclien
 	if err != nil {
 		return err
 	}
+	// The services and the loop share one view of the store: their own writes land in the loop's
+	// last whole-run read, which an agent reuses while the server's generation is unchanged.
+	cache := orchestrator.NewCache(client)
 	build := func(services []string) ([]role.Service, error) {
 		env := func(service string) role.Env {
 			return role.Env{
-				Params: client, Driver: drv, Instance: me, StateDir: filepath.Join(opts.StateDir, service),
+				Params: cache, Driver: drv, Instance: me, StateDir: filepath.Join(opts.StateDir, service),
 				Log:    log.With().Str("service", service).Logger(),
 				UseVPN: has(services, "vpn"), Exec: opts.Driver == "exec", Endpoint: cfg.ServiceURL,
 			}
@@ -213,7 +216,7 @@ func run(ctx context.Context, opts Options, cfg ssclient.Config, client *ssclien
 		if !opts.Server {
 			generation = server + ":" + params.Generation
 		}
-		loop := &orchestrator.Loop{Role: roleName, Params: client, Services: list, Log: log, Kick: kick, Ready: ready, Generation: generation,
+		loop := &orchestrator.Loop{Role: roleName, Params: cache, Services: list, Log: log, Kick: kick, Ready: ready, Generation: generation,
 			Validate: func(r *ssclient.Run) error {
 				if opts.Services == "" {
 					if raw := role.Get(r, server, params.ServicesEnable); raw != "" { // unset for a moment: keep what runs

@@ -140,11 +140,12 @@ func Start(cfg Config) (*Sim, error) {
 func (s *Sim) start(ctx context.Context, url, instance string, addr netip.Addr, cfg Config) (*Role, error) {
 	dialer := &net.Dialer{LocalAddr: &net.TCPAddr{IP: addr.AsSlice()}, Timeout: 10 * time.Second}
 	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DialContext: dialer.DialContext, MaxIdleConnsPerHost: 2}}
-	c, err := ssclient.New(ssclient.Config{ServiceURL: url, RunUUID: s.RunID, NodeInstance: instance},
+	client, err := ssclient.New(ssclient.Config{ServiceURL: url, RunUUID: s.RunID, NodeInstance: instance},
 		ssclient.WithHTTPClient(hc), ssclient.WithLogger(zerolog.Nop()))
 	if err != nil {
 		return nil, err
 	}
+	c := orchestrator.NewCache(client)
 	r := &Role{Instance: instance, Addr: addr.String(), done: make(chan error, 1), fw: &fakeFW{}}
 	server := instance == "cnsmo.1"
 	var services []role.Service
