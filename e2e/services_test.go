@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -10,10 +9,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/cnsmo/cnsmo/internal/deploy"
-	"github.com/cnsmo/cnsmo/internal/hoststate"
 	"github.com/cnsmo/cnsmo/internal/testutil"
 	"github.com/cnsmo/cnsmo/params"
-	"github.com/cnsmo/cnsmo/roles/lb"
 	"github.com/cnsmo/cnsmo/roles/vpn"
 	"github.com/cnsmo/cnsmo/testbed"
 )
@@ -270,16 +267,7 @@ func haproxyConfig(t *testing.T, ctx context.Context, d *deploy.Deployment) stri
 }
 
 func haproxyConfigE(ctx context.Context, d *deploy.Deployment) (string, error) {
-	names, err := listOwned(ctx, d.Run.UUID)
-	if err != nil {
-		return "", err
-	}
-	for _, n := range names {
-		if strings.Contains(n, "lb-haproxy") && !strings.Contains(n, "check") {
-			return hoststate.Host(ctx, "docker", "exec", n, "cat", lb.ConfigPath)
-		}
-	}
-	return "", fmt.Errorf("no HAProxy container in the run %s", d.Run.UUID)
+	return d.HAProxyConfig(ctx)
 }
 
 // net.services.enable is followed at run time: a deployment with the firewall only gets the VPN

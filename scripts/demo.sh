@@ -60,6 +60,17 @@ check "web.1: ss-set a 5000-character value → refused" 3 as web.1 ss-set vpn.c
 check "web.1: ss-get an undeclared key → 404, the run is aborted" 7 as web.1 ss-get no.such.param
 check "web.2: ss-get after the abort → aborted" 8 as web.2 ss-get --timeout 2 net.services.enabled
 check "web.2: ss-get --ignore-abort ss:abort (the reason)" 0 as web.2 ss-get --ignore-abort ss:abort
+check "web.2: ss-abort on the aborted run → refused (as SlipStream's own)" 8 as web.2 ss-abort "again"
+admin404() { [ "$(curl -s -o /dev/null -w '%{http_code}' "$url/admin/runs")" = 404 ]; }
+check "the run API (what VMs reach) serves no admin route → 404" 0 admin404
+
+echo
+echo "== a stale role.pid (after a crash or a reboot) names a live process that is no cnsmo-role"
+mkdir -p "$work/state"; sleep 60 & other=$!; echo "$other" >"$work/state/role.pid"
+check "cnsmo-role status → not running" 3 "$BIN/cnsmo-role" status --state-dir "$work/state"
+check "cnsmo-role stop signals nothing" 0 "$BIN/cnsmo-role" stop --state-dir "$work/state"
+check "the process named in role.pid still runs" 0 kill -0 "$other"
+kill "$other" 2>/dev/null; wait "$other" 2>/dev/null
 
 echo
 if [ -f cmd/cnsmo-demo/main.go ]; then

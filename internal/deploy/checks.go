@@ -3,6 +3,8 @@ package deploy
 import (
 	"context"
 	"fmt"
+	"github.com/cnsmo/cnsmo/internal/hoststate"
+	"github.com/cnsmo/cnsmo/roles/lb"
 	"net"
 	"sort"
 	"strconv"
@@ -120,4 +122,27 @@ func (d *Deployment) KeyLeaks() (leaks []string, scanned int, err error) {
 	}
 	sort.Strings(leaks)
 	return leaks, len(all), nil
+}
+
+// HAProxyConfig returns the configuration the load balancer runs with: in its container (Docker
+// driver) or under the server's state dir (exec driver).
+func (d *Deployment) HAProxyConfig(ctx context.Context) (string, error) {
+	if d.cfg.Driver == "exec" {
+		vm := d.VMOf(d.ServerNode() + ".1")
+		if vm == nil {
+			return "", fmt.Errorf("deploy: the server is not placed")
+		}
+		out, _, err := vm.Exec(ctx, "cat", StateDir+"/lb/fn/haproxy.cfg")
+		return out, err
+	}
+	out, err := hoststate.Host(ctx, "docker", "ps", "-a", "--filter", "label=cnsmo.run="+d.Run.UUID, "--format", "{{.Names}}")
+	if err != nil {
+		return "", err
+	}
+	for _, n := range strings.Fields(out) {
+		if strings.Contains(n, "lb-haproxy") && !strings.Contains(n, "check") {
+			return hoststate.Host(ctx, "docker", "exec", n, "cat", lb.ConfigPath)
+		}
+	}
+	return "", fmt.Errorf("deploy: no HAProxy container in the run %s", d.Run.UUID)
 }

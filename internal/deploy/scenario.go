@@ -13,6 +13,7 @@ import (
 	"github.com/cnsmo/cnsmo/mocknuvla"
 	"github.com/cnsmo/cnsmo/params"
 	"github.com/cnsmo/cnsmo/recipes"
+	"github.com/cnsmo/cnsmo/roles/vpn/pki"
 	"github.com/cnsmo/cnsmo/testbed"
 )
 
@@ -90,6 +91,7 @@ type Report struct {
 	JoinTime  time.Duration // from its start to its net.services.enabled
 	JoinPings []Ping
 	JoinLB    map[string]int
+	Trust     []string // what a VM of the run tried against another, and what came of it
 	Scanned   int      // parameters scanned for private keys
 	Leaks     []string // parameters holding private key material (must be none)
 	Failures  []string
@@ -228,6 +230,7 @@ func RunFull(ctx context.Context, tb *testbed.Testbed, driver string, progress i
 		r.fail("scale-out: the load balancer never sent a request to %s", r.Joined)
 	}
 	if VPN() {
+		r.trust(ctx, d)
 		r.checkAddresses()
 		r.Leaks, r.Scanned, err = d.KeyLeaks()
 		if err != nil {
@@ -238,6 +241,60 @@ func RunFull(ctx context.Context, tb *testbed.Testbed, driver string, progress i
 		}
 	}
 	return r, d, nil
+}
+
+// trust plays a VM of the run that writes another VM's parameters: web.3 publishes a
+// certificate request for web.2 made with a key of its own, and claims the overlay address
+// 127.0.0.1 (the load balancer's own host). Neither gets it anything.
+func (r *Report) trust(ctx context.Context, d *Deployment) {
+	cert, addr := d.Param("web.2:"+params.VPNCert), d.Param("web.2:"+params.VPNAddress)
+	key, err := pki.NewKey()
+	if err == nil {
+		var csr []byte
+		if csr, err = pki.NewCSR(key, "web.2"); err == nil {
+			err = d.Mock.SetParam(d.Run.UUID, "web.2:"+params.VPNCSR, string(csr))
+		}
+	}
+	if err != nil {
+		r.fail("trust: %v", err)
+		return
+	}
+	refused := false
+	for i := 0; i < 300 && !refused; i++ { // bounded: the server's next passes
+		refused = strings.Contains(d.Param("cnsmo.1:statecustom"), "refused a certificate request for web.2")
+		if !refused {
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	switch {
+	case !refused:
+		r.fail("trust: the server did not say it refused web.3's request for web.2")
+	case d.Param("web.2:"+params.VPNCert) != cert || d.Param("web.2:"+params.VPNAddress) != addr:
+		r.fail("trust: web.2's certificate or address changed after a forged request")
+	default:
+		r.Trust = append(r.Trust, "ok   a request for web.2 with another key is refused: web.2 keeps its certificate and "+addr)
+	}
+	real3 := d.Param("web.3:" + params.VPNAddress)
+	if err := d.Mock.SetParam(d.Run.UUID, "web.3:"+params.VPNAddress, "127.0.0.1"); err != nil {
+		r.fail("trust: %v", err)
+		return
+	}
+	gen := d.Param("cnsmo.1:" + params.Generation)
+	for i := 0; i < 300 && d.Param("cnsmo.1:"+params.Generation) == gen; i++ { // the server saw it
+		time.Sleep(100 * time.Millisecond)
+	}
+	conf, err := d.HAProxyConfig(ctx)
+	switch {
+	case err != nil:
+		r.fail("trust: %v", err)
+	case strings.Contains(conf, "server web.3 127.0.0.1"):
+		r.fail("trust: the load balancer serves a backend at 127.0.0.1")
+	case !strings.Contains(conf, "server web.3 "+real3+":"):
+		r.fail("trust: web.3 is not served at its assigned address %s", real3)
+	default:
+		r.Trust = append(r.Trust, "ok   web.3 claims the address 127.0.0.1: the load balancer serves it at "+real3+", assigned by the VPN server")
+	}
+	_ = d.Mock.SetParam(d.Run.UUID, "web.3:"+params.VPNAddress, real3)
 }
 
 // checkAddresses checks every instance has overlay addresses in the test prefixes, none shared.
@@ -306,6 +363,12 @@ func (r *Report) Print(w io.Writer) {
 		}
 		fmt.Fprintf(w, "  load balancer, 40 requests:\n")
 		printCounts(w, r.JoinLB)
+	}
+	if len(r.Trust) > 0 {
+		fmt.Fprintf(w, "\n== trust: a VM of the run writes another VM's parameters\n")
+		for _, l := range r.Trust {
+			fmt.Fprintf(w, "  %s\n", l)
+		}
 	}
 	fmt.Fprintf(w, "\n== time to net.services.enabled (server + 3 agents): %s\n", r.Enabled.Round(time.Millisecond))
 }
