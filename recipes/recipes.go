@@ -3,9 +3,23 @@
 // end-to-end tests and the demo run exactly these files on the simulated VMs.
 package recipes
 
-import "embed"
+import (
+	"embed"
+
+	"github.com/cnsmo/cnsmo/mocknuvla"
+)
 
 // FS holds the recipes (*.sh) and the application definition (application.json).
 //
 //go:embed *.sh application.json
 var FS embed.FS
+
+// Application returns the application definition (application.json) as a deployment of the mock,
+// ready to adjust (multiplicities, values) before a run is created from it.
+func Application() (*mocknuvla.Deployment, error) {
+	b, err := FS.ReadFile("application.json")
+	if err != nil {
+		return nil, err
+	}
+	return mocknuvla.ParseDeployment(b)
+}

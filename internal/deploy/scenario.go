@@ -40,11 +40,7 @@ var FullPlacement = map[string]string{"cnsmo.1": "cnsmo1", "web.1": "web1", "web
 
 // AppDefinition loads recipes/application.json with the test subnets set.
 func AppDefinition() (*mocknuvla.Deployment, error) {
-	b, err := recipes.FS.ReadFile("application.json")
-	if err != nil {
-		return nil, err
-	}
-	def, err := mocknuvla.ParseDeployment(b)
+	def, err := recipes.Application()
 	if err != nil {
 		return nil, err
 	}

@@ -21,9 +21,7 @@ import (
 // process's SLIPSTREAM_* variables to instance's context.
 func startRun(t *testing.T, instance string) (*mocknuvla.Server, *mocknuvla.RunInfo) {
 	t.Helper()
-	b, err := recipes.FS.ReadFile("application.json")
-	require.NoError(t, err)
-	def, err := mocknuvla.ParseDeployment(b)
+	def, err := recipes.Application()
 	require.NoError(t, err)
 	srv := mocknuvla.New(mocknuvla.Options{})
 	hs := httptest.NewServer(srv)

@@ -82,11 +82,7 @@ func Start(cfg Config) (*Sim, error) {
 	if cfg.Steady == 0 {
 		cfg.Steady = 3 * time.Second
 	}
-	b, err := recipes.FS.ReadFile("application.json")
-	if err != nil {
-		return nil, err
-	}
-	def, err := mocknuvla.ParseDeployment(b)
+	def, err := recipes.Application()
 	if err != nil {
 		return nil, err
 	}

@@ -229,9 +229,7 @@ func newLabWith(t testing.TB, hosts int, device string, docker bool) *lab {
 		l.hosts[name] = h
 	}
 
-	b, err := recipes.FS.ReadFile("application.json")
-	require.NoError(t, err)
-	def, err := mocknuvla.ParseDeployment(b)
+	def, err := recipes.Application()
 	require.NoError(t, err)
 	for i := range def.Nodes {
 		if def.Nodes[i].Name == "web" {
