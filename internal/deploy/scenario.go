@@ -243,13 +243,11 @@ func RunFull(ctx context.Context, tb *testbed.Testbed, driver string, progress i
 // certificate request for web.2 made with a key of its own, and claims the overlay address
 // 127.0.0.1 (the load balancer's own host). Neither gets it anything.
 func (r *Report) trust(ctx context.Context, d *Deployment) {
-	cert, addr := d.Param("web.2:"+params.VPNCert), d.Param("web.2:"+params.VPNAddress)
+	cert, addr, own := d.Param("web.2:"+params.VPNCert), d.Param("web.2:"+params.VPNAddress), d.Param("web.2:"+params.VPNCSR)
 	key, err := pki.NewKey()
+	var forged []byte
 	if err == nil {
-		var csr []byte
-		if csr, err = pki.NewCSR(key, "web.2"); err == nil {
-			err = d.Mock.SetParam(d.Run.UUID, "web.2:"+params.VPNCSR, string(csr))
-		}
+		forged, err = pki.NewCSR(key, "web.2")
 	}
 	if err != nil {
 		r.fail("trust: %v", err)
@@ -257,11 +255,20 @@ func (r *Report) trust(ctx context.Context, d *Deployment) {
 	}
 	refused := false
 	for i := 0; i < 300 && !refused; i++ { // bounded: the server's next passes
+		// Written again and again, as an attacker would: web.2 puts its own request back when it
+		// next reads the run.
+		if i%10 == 0 {
+			if err := d.Mock.SetParam(d.Run.UUID, "web.2:"+params.VPNCSR, string(forged)); err != nil {
+				r.fail("trust: %v", err)
+				return
+			}
+		}
 		refused = strings.Contains(d.Param("cnsmo.1:statecustom"), "refused a certificate request for web.2")
 		if !refused {
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
+	_ = d.Mock.SetParam(d.Run.UUID, "web.2:"+params.VPNCSR, own)
 	switch {
 	case !refused:
 		r.fail("trust: the server did not say it refused web.3's request for web.2")
