@@ -19,10 +19,10 @@ deps:
 images: deps
 	@bash images/build.sh
 
-# All tests, unit and end to end. CNSMO_REQUIRE_ALL=1 turns a missing capability into a failure
+# All tests, unit and end to end (printed as go test prints them, then the slowest tests). CNSMO_REQUIRE_ALL=1 turns a missing capability into a failure
 # instead of a skip (deps and images installed everything), so neither CI nor a developer passes by skipping.
 test: deps images build
-	CNSMO_REQUIRE_ALL=1 CNSMO_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	set -o pipefail; CNSMO_REQUIRE_ALL=1 CNSMO_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -json ./... | $(GO) run ./internal/tools/testsummary
 	$(GO) test -run '^$$' -fuzz FuzzParseRules -fuzztime 10s ./roles/fw
 
 # Unit tests only (no root, Docker or packages needed).
