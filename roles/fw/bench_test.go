@@ -66,7 +66,7 @@ func TestBenchFirewall(t *testing.T) {
 	if err := ap.Teardown(ctx); err != nil {
 		t.Fatal(err)
 	}
-	input := RestoreInput(Render(rules, Options{}, false), Jumps{In: 1, Out: 1}) // chains only, no jump
+	input := RestoreInput(Render(rules, Options{}, false), Jumps{In: 1, Out: 1, InFirst: true, OutFirst: true}) // chains only: no jump touched
 	for i := 0; i < 5; i++ {
 		cmd := exec.Command("ip", "netns", "exec", p.srv, "iptables-restore", "-w", "--noflush")
 		cmd.Stdin = strings.NewReader(input)
