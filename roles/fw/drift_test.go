@@ -166,3 +166,32 @@ func TestFailedApplyWithdrawsReadiness(t *testing.T) {
 	require.Equal(t, "", v, "un-set, not false")
 	require.True(t, r.Down())
 }
+
+// The anti-lockout waiver is pinned on first use: a VM writing lockout_ok=true into another VM's
+// parameters later gets nothing; set from the start it holds, cleared it is followed, and the pin
+// survives a restart of the role.
+func TestLockoutWaiverPinnedOnFirstUse(t *testing.T) {
+	dir := t.TempDir()
+	run := func(v string) *ssclient.Run {
+		r := rulesRun(`[{"policy":"denyall"}]`)
+		if v != "" {
+			for _, in := range []string{"web.1", "web.2"} {
+				r.Params[in+":"+params.FWLockoutOK] = ssclient.Param{Value: v, IsSet: true}
+			}
+		}
+		return r
+	}
+	r := New(role.Env{Instance: "web.1", StateDir: dir, Log: zerolog.Nop()})
+	ctx := context.Background()
+	require.False(t, r.options(ctx, run("")).NoAntiLockout)
+	require.False(t, r.options(ctx, run("true")).NoAntiLockout, "a waiver written later is refused")
+	r = New(role.Env{Instance: "web.1", StateDir: dir, Log: zerolog.Nop()}) // restarted
+	require.False(t, r.options(ctx, run("true")).NoAntiLockout, "still refused after a restart")
+
+	dir2 := t.TempDir()
+	r = New(role.Env{Instance: "web.2", StateDir: dir2, Log: zerolog.Nop()})
+	require.True(t, r.options(ctx, run("true")).NoAntiLockout, "set from the start: waived")
+	require.True(t, r.options(ctx, run("true")).NoAntiLockout)
+	require.False(t, r.options(ctx, run("")).NoAntiLockout, "cleared: the anti-lockout is back")
+	require.False(t, r.options(ctx, run("true")).NoAntiLockout, "and a new waiver is refused")
+}

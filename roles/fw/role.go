@@ -7,11 +7,13 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/cnsmo/cnsmo/internal/atomicfile"
 	"github.com/cnsmo/cnsmo/params"
 	"github.com/cnsmo/cnsmo/roles/role"
 	"github.com/cnsmo/cnsmo/ssclient"
@@ -27,11 +29,13 @@ type Role struct {
 	ResolvConf string
 	Lookup     func(ctx context.Context, host string) ([]netip.Addr, error)
 
-	env       role.Env
-	ap        *Applier
-	applied   string       // the input last applied by this process
-	endpoints []netip.Addr // the endpoint's last resolved addresses
-	down      bool         // the last apply failed
+	env        role.Env
+	ap         *Applier
+	applied    string       // the input last applied by this process
+	endpoints  []netip.Addr // the endpoint's last resolved addresses
+	down       bool         // the last apply failed
+	waiverPin  string       // "kept" or "waived" when there is no state dir
+	saidWaiver bool         // a refused waiver was logged
 }
 
 // New returns the firewall service of the instance described by env.
@@ -41,6 +45,49 @@ func New(env role.Env) *Role {
 
 // Name implements role.Service.
 func (r *Role) Name() string { return "fw" }
+
+// waiverPinFile keeps whether the anti-lockout waiver was asked for when the role first read it.
+const waiverPinFile = "lockout.pin"
+
+// waived says whether the anti-lockout rules are waived. The waiver is pinned on first use: set
+// when the role first read it, it holds while it stays set; not set then, a later
+// net.i2cat.cnsmo.service.fw.lockout_ok=true is refused (any VM of the run can write that
+// parameter, and it would lock this VM out under denyall). Turning the anti-lockout back on is
+// always followed. `cnsmo-role stop --purge` forgets the pin.
+func (r *Role) waived(asked bool) bool {
+	pin := ""
+	p := ""
+	if r.env.StateDir != "" {
+		p = filepath.Join(r.env.StateDir, waiverPinFile)
+		if b, err := os.ReadFile(p); err == nil {
+			pin = strings.TrimSpace(string(b))
+		}
+	}
+	if pin == "" {
+		pin = r.waiverPin
+	}
+	switch {
+	case pin == "kept" && asked:
+		if !r.saidWaiver {
+			r.env.Log.Warn().Str("param", params.FWLockoutOK).Msg("fw: the anti-lockout waiver was not set when this role started: refused (stop --purge and start again to waive it)")
+			r.saidWaiver = true
+		}
+		return false
+	case pin == "waived" && asked:
+		return true
+	}
+	next := "kept"
+	if asked && pin == "" {
+		next = "waived"
+	}
+	r.waiverPin = next
+	if p != "" && pin != next {
+		if err := os.MkdirAll(r.env.StateDir, 0o700); err == nil {
+			_ = atomicfile.Write(p, []byte(next+"\n"), 0o600)
+		}
+	}
+	return next == "waived"
+}
 
 // Where the resolver configuration is read. A local stub (systemd-resolved's 127.0.0.53) is on
 // loopback, which stays open; its upstream servers are in UpstreamResolvConf.
@@ -54,7 +101,7 @@ const (
 // addresses (resolved again on every pass), and the waiver.
 func (r *Role) options(ctx context.Context, run *ssclient.Run) Options {
 	me := r.env.Instance
-	o := Options{NoAntiLockout: role.Get(run, me, params.FWLockoutOK) == "true"}
+	o := Options{NoAntiLockout: r.waived(role.Get(run, me, params.FWLockoutOK) == "true")}
 	if r.env.UseVPN {
 		o.VPNPort, o.VPNDevice = 1194, vpnDevice
 		if srv := role.Get(run, me, params.ServerInstanceID); srv != "" {
