@@ -178,6 +178,7 @@ func run(ctx context.Context, opts Options, cfg ssclient.Config, client *ssclien
 				l := lb.New(env("lb"))
 				if srv != nil {
 					l.Assigned = srv.Assigned
+					srv.Hold = l.Serves // a scaled-in backend's tunnel closes once no worker sends to it
 				}
 				list = append(list, l)
 			}

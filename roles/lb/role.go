@@ -75,6 +75,8 @@ type Role struct {
 	reloaded bool   // a reload happened and its old worker was not yet seen gone
 	waiting  string // why the last pass was not ready
 	down     bool   // the last pass found every backend known down
+	// backendsApplied are the backends of the configuration applied.
+	backendsApplied []Backend
 	// beforeReload are HAProxy's processes just before the last reload.
 	beforeReload map[string]bool
 	warned       map[string]string // backend -> what was last warned about it (warned once)
@@ -97,6 +99,12 @@ func (r *Role) path(file string) string {
 		return path.Join(DefaultDir, file)
 	}
 	return path.Join(r.Dir, file)
+}
+
+// Serves reports whether the load balancer may still send to instance: it is a backend of the
+// configuration applied, or a reload is not over (its old worker may still have it).
+func (r *Role) Serves(instance string) bool {
+	return r.reloaded || slices.ContainsFunc(r.backendsApplied, func(b Backend) bool { return b.Instance == instance })
 }
 
 // Down reports whether the load balancer is known not to serve (every backend failed its checks).
@@ -135,6 +143,7 @@ func (r *Role) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error) {
 		if err := r.apply(ctx, cfg.StatsPort, conf, st); err != nil {
 			return false, err
 		}
+		r.backendsApplied = backends
 		r.Log.Info().Int("backends", len(backends)).Msg("haproxy configuration applied")
 	}
 
@@ -527,7 +536,7 @@ func backendStates(stat string) (up, pending int, err error) {
 
 // Teardown removes the HAProxy function and its files.
 func (r *Role) Teardown(ctx context.Context) error {
-	r.applied, r.reloaded = "", false
+	r.applied, r.reloaded, r.backendsApplied = "", false, nil
 	if err := r.Driver.Remove(ctx, FunctionName); err != nil && !errors.Is(err, driver.ErrNotFound) {
 		return fmt.Errorf("lb: remove haproxy: %w", err)
 	}

@@ -414,3 +414,23 @@ func TestExecFilesLiveUnderTheStateDir(t *testing.T) {
 		}
 	}
 }
+
+// Serves tells the VPN server when a scaled-in backend's tunnel may close: not while it is in the
+// applied configuration, nor while a reload is not over (the old worker may still send to it).
+func TestServesUntilTheReloadIsOver(t *testing.T) {
+	ctx := context.Background()
+	drv := &fakeDriver{files: map[string]string{}}
+	r := &Role{Params: &fakeParams{set: map[string]string{}}, Driver: drv, Log: zerolog.Nop(), Dial: runtimeAPI}
+	_, err := r.Reconcile(ctx, lbRun("web.1", "web.2"))
+	require.NoError(t, err)
+	require.True(t, r.Serves("web.2"))
+	drv.pids = "12 7\n" // the reload is not over yet
+	_, err = r.Reconcile(ctx, lbRun("web.1"))
+	require.NoError(t, err)
+	require.True(t, r.Serves("web.2"), "the old worker may still send to web.2")
+	drv.pids = "31 7\n"
+	_, err = r.Reconcile(ctx, lbRun("web.1"))
+	require.NoError(t, err)
+	require.False(t, r.Serves("web.2"), "reload over, web.2 gone from the configuration")
+	require.True(t, r.Serves("web.1"))
+}

@@ -43,6 +43,9 @@ type Server struct {
 	// assignments too. By default they stay in the state dir, so that a restarted role (or a
 	// re-deployment on the same VM) keeps the same CA and addresses.
 	RemoveCA bool
+	// Hold, when set, reports whether an instance that left must keep its tunnel a little longer
+	// (the load balancer still serves it); its revocation waits for a later pass.
+	Hold func(instance string) bool
 	// Hooks for the namespace the function runs in (defaults: this process's namespace).
 	Dial    DialFunc
 	Addrs   AddrsFunc
@@ -392,6 +395,12 @@ func (s *Server) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error)
 	leaving := map[string]bool{}
 	for _, c := range append(s.ca.Active(), s.alloc.Members()...) {
 		if !isCurrent[c] && gone(run, c) {
+			if s.Hold != nil && s.Hold(c) {
+				// The load balancer still sends to it (or its old worker may): its tunnel closes
+				// once that is over, so that no request in flight fails.
+				s.env.Log.Debug().Str("client", c).Msg("vpn: revocation held while the load balancer still serves it")
+				continue
+			}
 			leaving[c] = true
 		}
 	}
