@@ -58,6 +58,7 @@ func TestInRulesHoldForDockerPublishedPorts(t *testing.T) {
 	testutil.RequireRoot(t)
 	testutil.RequireBinary(t, "ip", "iptables", "ip6tables", "socat", "docker")
 	testutil.RequireImage(t, "cnsmo/vm:latest")
+	testutil.LockHost(t) // it changes the host's tables: never beside a test comparing them
 	if exec.Command("iptables", "-w", "-S", "DOCKER-USER").Run() != nil {
 		t.Skip("skipping: the host's Docker engine made no DOCKER-USER chain")
 	}

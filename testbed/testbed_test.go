@@ -61,6 +61,7 @@ func TestTestbed(t *testing.T) {
 	testutil.RequireImage(t, testbed.DefaultImage)
 	testutil.RequireImage(t, "cnsmo/base:bookworm")
 	testutil.RequireBinary(t, "iptables-save", "ip6tables-save", "ip", "docker")
+	testutil.LockHost(t) // no test changes the host's own tables between the two snapshots
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	before, err := hoststate.Take(ctx, hoststate.Host, true)

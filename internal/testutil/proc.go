@@ -4,8 +4,12 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
+	"syscall"
+	"testing"
 
 	"github.com/vishvananda/netns"
 
@@ -45,4 +49,21 @@ func InNS(ns string, fn func() error) error {
 		errc <- fn()
 	}()
 	return <-errc
+}
+
+// LockHost serialises the tests that change the host's own firewall tables (they create Docker
+// networks with published ports, or cnsmo's chains in the host's namespace) with the tests that
+// compare those tables before and after, across test packages running side by side. The lock is
+// held until the test ends.
+func LockHost(t testing.TB) {
+	t.Helper()
+	f, err := os.OpenFile(filepath.Join(os.TempDir(), "cnsmo-host-tables.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		t.Fatalf("host lock: %v", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		t.Fatalf("host lock: %v", err)
+	}
+	t.Cleanup(func() { f.Close() })
 }
