@@ -2,6 +2,7 @@ package mocknuvla
 
 import (
 	"fmt"
+	"github.com/cnsmo/cnsmo/internal/atomicfile"
 	"os"
 	"path/filepath"
 	"strings"
@@ -88,7 +89,7 @@ func WriteEnvFiles(dir, serviceURL string, ri *RunInfo, instances []InstanceInfo
 		if err != nil {
 			return fmt.Errorf("env dir: %w", err)
 		}
-		if err := writeFileAtomic(filepath.Join(dir, in.Name+".env"), []byte(env)); err != nil {
+		if err := atomicfile.Write(filepath.Join(dir, in.Name+".env"), []byte(env), 0o600); err != nil {
 			return err
 		}
 		ctx, err := ri.ContextFile(serviceURL, in.Name)
@@ -99,36 +100,9 @@ func WriteEnvFiles(dir, serviceURL string, ri *RunInfo, instances []InstanceInfo
 		if err := os.MkdirAll(sub, 0o700); err != nil {
 			return fmt.Errorf("env dir: %w", err)
 		}
-		if err := writeFileAtomic(filepath.Join(sub, "slipstream.context"), []byte(ctx)); err != nil {
+		if err := atomicfile.Write(filepath.Join(sub, "slipstream.context"), []byte(ctx), 0o600); err != nil {
 			return err
 		}
-	}
-	return nil
-}
-
-func writeFileAtomic(path string, data []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Chmod(0o600); err != nil {
-		f.Close()
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil
 }

@@ -2,48 +2,83 @@ package orchestrator
 
 import (
 	"context"
-	"strings"
+	"slices"
 	"sync"
 
-	"github.com/cnsmo/cnsmo/ssclient"
+	"github.com/cnsmo/cnsmo/roles/role"
 )
 
-// Cache is the parameter store as a role and its services see it: reads and writes go to the
-// store, and every write also lands in the loop's last whole-run read, so that a pass that
-// reuses that read (its generation unchanged) sees what this role itself wrote since.
+// Cache is the store as a role and its services see it: reads and writes go to the store, and
+// every write also lands in the loop's last snapshot, so that a pass that reuses that snapshot
+// (its generation unchanged) sees what this role itself wrote since.
 type Cache struct {
-	ssclient.Params
-	mu  sync.Mutex
-	run *ssclient.Run
+	role.Store
+	mu   sync.Mutex
+	last *overlay
 }
 
-// NewCache wraps p.
-func NewCache(p ssclient.Params) *Cache { return &Cache{Params: p} }
+// NewCache wraps st.
+func NewCache(st role.Store) *Cache { return &Cache{Store: st} }
 
-// Set writes through to the store, then into the cached read.
-func (c *Cache) Set(ctx context.Context, key, value string) error {
-	if err := c.Params.Set(ctx, key, value); err != nil {
+// Set writes through to the store, then into the last snapshot.
+func (c *Cache) Set(ctx context.Context, instance, key, value string) error {
+	if err := c.Store.Set(ctx, instance, key, value); err != nil {
 		return err
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.run != nil {
-		if !strings.Contains(key, ":") {
-			key = c.Params.Instance() + ":" + key
-		}
-		c.run.Params[key] = ssclient.Param{Value: value, IsSet: value != ""}
+	if c.last != nil {
+		c.last.put(instance, key, value)
 	}
 	return nil
 }
 
-// Run reads the whole run and keeps it as the cached read.
-func (c *Cache) Run(ctx context.Context) (*ssclient.Run, error) {
-	run, err := c.Params.Run(ctx)
+// Read reads the whole deployment and keeps the snapshot as the last one.
+func (c *Cache) Read(ctx context.Context) (role.Snapshot, error) {
+	s, err := c.Store.Read(ctx)
 	if err != nil {
 		return nil, err
 	}
+	o := &overlay{Snapshot: s, writes: map[[2]string]string{}}
 	c.mu.Lock()
-	c.run = run
+	c.last = o
 	c.mu.Unlock()
-	return run, nil
+	return o, nil
+}
+
+// overlay is a snapshot with this role's writes since it was read.
+type overlay struct {
+	role.Snapshot
+	mu     sync.Mutex
+	writes map[[2]string]string
+}
+
+func (o *overlay) put(instance, key, value string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.writes[[2]string{instance, key}] = value
+}
+
+func (o *overlay) Get(instance, key string) string {
+	o.mu.Lock()
+	v, ok := o.writes[[2]string{instance, key}]
+	o.mu.Unlock()
+	if ok {
+		return v
+	}
+	return o.Snapshot.Get(instance, key)
+}
+
+// Keys adds the keys written since (a backend may create a key on its first write).
+func (o *overlay) Keys(instance string) []string {
+	ks := o.Snapshot.Keys(instance)
+	o.mu.Lock()
+	for w := range o.writes {
+		if w[0] == instance && !slices.Contains(ks, w[1]) {
+			ks = append(ks, w[1])
+		}
+	}
+	o.mu.Unlock()
+	slices.Sort(ks)
+	return ks
 }

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -18,16 +19,18 @@ import (
 
 	"github.com/cnsmo/cnsmo/params"
 	"github.com/cnsmo/cnsmo/roles/role"
-	"github.com/cnsmo/cnsmo/ssclient"
 )
 
 // Loop drives the services of one instance.
 type Loop struct {
 	// Role is "server" or "agent": messages read "cnsmo <role> on <instance>: …".
 	Role     string
-	Params   ssclient.Params
+	Store    role.Store
 	Services []role.Service // in reconcile order
-	Log      zerolog.Logger
+	// Server makes this the CNSMO server's loop: before its services, every pass publishes the
+	// server's identity and bumps cnsmo.generation when anything an agent depends on changed.
+	Server bool
+	Log    zerolog.Logger
 	// Steady is the poll interval once every service is ready (default 3 s: an abort or a change
 	// is seen within it, at one whole-run read per 3 s); while converging the
 	// loop polls with a jittered backoff from MinPoll to MaxPoll (defaults 100 ms and 2 s).
@@ -43,33 +46,40 @@ type Loop struct {
 	// over after the service list changed keeps the readiness of the services that stay). Unset,
 	// a role whose instance has net.services.enabled=true treats every service as ready once.
 	Ready map[string]bool
-	// Generation, when set, is the key the CNSMO server bumps whenever anything this role depends
-	// on changed (e.g. "cnsmo.1:cnsmo.generation"): a pass reads only that key and reuses its last
-	// whole-run read while the value is unchanged (on SlipStream the read also answers 409 once
-	// the run is aborted): at steady state, or all the time when Params is a Cache that keeps this
-	// role's own writes in that read. A key the run does not declare is never read.
+	// Generation, when set, is the instance whose cnsmo.generation the CNSMO server bumps
+	// whenever anything this role depends on changed (the server's instance): a pass reads only
+	// that key and reuses its last snapshot while the value is unchanged (on SlipStream the read
+	// also answers 409 once the run is aborted): at steady state, or all the time when Store is
+	// a Cache that keeps this role's own writes in that snapshot. A key the deployment does not
+	// declare is never read.
 	Generation string
-	// Validate, when set, checks every input of the run that any enabled service reads, without
-	// side effects, before each pass reconciles anything: invalid input anywhere in the run aborts
-	// it before this role starts a function or applies a changed input.
-	Validate func(run *ssclient.Run) error
+	// Validate, when set, checks every input of the deployment that any enabled service reads,
+	// without side effects, on every new snapshot before a pass reconciles anything: invalid
+	// input anywhere aborts the run before this role starts a function or applies a changed input.
+	Validate func(s role.Snapshot) error
 
+	core        core
 	lastDisplay string
-	lastRun     *ssclient.Run // the last whole-run read
+	lastRun     role.Snapshot // the last whole-deployment read
+	validated   role.Snapshot // the last snapshot Validate accepted
 	lastGen     string        // the generation that read saw
 	steadyRead  bool          // that read was made at steady state (it holds this role's outputs)
 	// staleEnabled: net.services.enabled was found set at start and is not withdrawn yet.
 	staleEnabled bool
 	wasReady     map[string]bool // services that have been ready at least once
+	withdrew     bool            // this process un-set net.services.enabled (a reused snapshot still holds it)
 	ready        bool            // the last pass found every service ready
 }
 
 // Say is the one form of a role's messages in the run: "cnsmo <role> on <instance>: <what>",
 // without repeating the instance when what is about its own input.
-func (l *Loop) Say(me string, err error) string {
+func (l *Loop) Say(me string, err error) string { return Say(l.Role, me, err) }
+
+// Say is the one form of a role's messages in the run (see Loop.Say); role may be "".
+func Say(role, me string, err error) string {
 	who := "cnsmo"
-	if l.Role != "" {
-		who += " " + l.Role
+	if role != "" {
+		who += " " + role
 	}
 	return fmt.Sprintf("%s on %s: %s", who, me, strings.TrimPrefix(err.Error(), me+": "))
 }
@@ -104,13 +114,13 @@ func (l *Loop) Run(ctx context.Context) error {
 	bo := backoff.NewExponentialBackOff()
 	bo.InitialInterval, bo.MaxInterval, bo.MaxElapsedTime = l.MinPoll, l.MaxPoll, 0
 	bo.Reset()
-	me := l.Params.Instance()
+	me := l.Store.Self()
 	for {
 		wait, err := l.pass(ctx, me)
 		switch {
 		case errors.Is(err, ErrServicesChanged):
 			return err
-		case errors.Is(err, ErrRunAborted) || errors.Is(err, ssclient.ErrAborted):
+		case errors.Is(err, ErrRunAborted) || errors.Is(err, role.ErrAborted):
 			l.Log.Warn().Err(err).Msg("run aborted: tearing down")
 			l.teardown()
 			return fmt.Errorf("%s: %w", me, ErrRunAborted)
@@ -118,7 +128,7 @@ func (l *Loop) Run(ctx context.Context) error {
 			msg := l.Say(me, err)
 			l.Log.Error().Err(err).Msg("invalid input: aborting the run")
 			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.TeardownTimeout)
-			if aerr := l.Params.Abort(actx, msg); aerr != nil {
+			if aerr := l.Store.Abort(actx, msg); aerr != nil {
 				l.Log.Error().Err(aerr).Msg("could not abort the run")
 			}
 			cancel()
@@ -150,28 +160,34 @@ func (l *Loop) Run(ctx context.Context) error {
 
 // pass is one reconcile pass. wait reports that something is not ready yet (poll soon).
 func (l *Loop) pass(ctx context.Context, me string) (wait bool, err error) {
-	run, err := l.read(ctx)
-	if errors.Is(err, ssclient.ErrAborted) {
+	snap, err := l.read(ctx)
+	if errors.Is(err, role.ErrAborted) {
 		return false, err
 	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return true, ctx.Err()
 		}
-		l.Log.Warn().Err(err).Msg("whole-run read failed; retrying")
+		l.Log.Warn().Err(err).Msg("whole-deployment read failed; retrying")
 		return true, nil
 	}
-	if v, ok := run.Value("ss:abort"); ok && v != "" {
+	if _, aborted := snap.Aborted(); aborted {
 		return false, ErrRunAborted
 	}
-	if l.Validate != nil {
-		if err := l.Validate(run); errors.Is(err, ErrServicesChanged) {
+	if l.Validate != nil && snap != l.validated {
+		if err := l.Validate(snap); errors.Is(err, ErrServicesChanged) {
 			return false, err
 		} else if err != nil {
 			return false, role.Terminal(err)
 		}
+		l.validated = snap
 	}
-	allReady := true
+	if l.Server {
+		if err := l.core.pass(ctx, l.Store, snap); err != nil {
+			l.Log.Warn().Err(err).Msg("publishing the server's identity failed; retrying")
+			return true, nil
+		}
+	}
 	if l.wasReady == nil && l.Ready != nil {
 		l.wasReady = maps.Clone(l.Ready)
 	}
@@ -180,7 +196,7 @@ func (l *Loop) pass(ctx context.Context, me string) (wait bool, err error) {
 		// A role started again on an instance that was enabled before (after a crash or a
 		// reboot) skips the ordering: the overlay addresses the later services use exist, and
 		// a client that is down must not hold back the load balancer.
-		if v, _ := run.Value(me + ":" + params.ServicesEnabled); v == "true" {
+		if snap.Get(me, params.ServicesEnabled) == "true" {
 			for _, s := range l.Services {
 				l.wasReady[s.Name()] = true
 			}
@@ -190,39 +206,80 @@ func (l *Loop) pass(ctx context.Context, me string) (wait bool, err error) {
 		}
 	}
 	if l.staleEnabled { // tried again on every pass until the store takes it
-		if err := l.Params.Set(ctx, params.ServicesEnabled, ""); err != nil {
+		if err := l.Store.Set(ctx, me, params.ServicesEnabled, ""); err != nil {
 			return true, err
 		}
 		l.staleEnabled = false
-		run.Params[me+":"+params.ServicesEnabled] = ssclient.Param{}
 		l.Log.Info().Msg("net.services.enabled withdrawn until every service is found ready again")
 	}
-	anyDown := false
+	allReady, anyDown := l.reconcile(ctx, snap)
+	if errors.Is(anyDown.err, ErrRunAborted) || anyDown.err != nil {
+		return false, anyDown.err
+	}
+	if l.OnPass != nil {
+		defer l.OnPass(allReady)
+	}
+	enabled := snap.Get(me, params.ServicesEnabled) == "true" && !l.withdrew
+	if !allReady {
+		l.ready = false
+		// net.services.enabled follows the services: one known down withdraws it (un-set).
+		if anyDown.down && enabled {
+			if err := l.Store.Set(ctx, me, params.ServicesEnabled, ""); err != nil {
+				return true, err
+			}
+			l.withdrew = true
+			l.Log.Warn().Msg("a service is down: net.services.enabled withdrawn")
+		}
+		return true, nil
+	}
+	published := false
+	if !enabled {
+		if err := l.Store.Set(ctx, me, params.ServicesEnabled, "true"); err != nil {
+			return true, err
+		}
+		l.withdrew = false
+		published = true
+	}
+	if !l.ready || published {
+		// Once per way up of this process (its first ready pass after a restart too).
+		l.Log.Info().Bool("published", published).Msg(MsgAllReady)
+	}
+	l.ready = true
+	l.display(ctx, "cnsmo: services ready")
+	return false, nil
+}
+
+// outcome is what reconciling the services found beyond readiness.
+type outcome struct {
+	down bool  // a service is known down (net.services.enabled is withdrawn)
+	err  error // a terminal error, an abort or a stop: the pass ends the loop
+}
+
+// reconcile lets every service compare the snapshot with what runs, in order.
+func (l *Loop) reconcile(ctx context.Context, snap role.Snapshot) (allReady bool, o outcome) {
+	allReady = true
 	for i, s := range l.Services {
 		// Order on the way up: a service is first reconciled once every service before it has
 		// been ready (the firewall and the load balancer start on overlay addresses). Later, an
 		// earlier service going unready (a VPN client missing) does not freeze the others: the
 		// load balancer must keep following scale events while a stopped VM's tunnel is down.
 		if i > 0 && !l.wasReady[l.Services[i-1].Name()] {
-			break
+			return false, o
 		}
-		ready, err := s.Reconcile(ctx, run)
+		ready, err := s.Reconcile(ctx, snap)
+		if d, ok := s.(interface{ Down() bool }); ok && !ready && d.Down() {
+			o.down = true
+		}
 		if err != nil {
-			if role.IsTerminal(err) || errors.Is(err, ssclient.ErrAborted) || ctx.Err() != nil {
-				return false, err
-			}
-			if d, ok := s.(interface{ Down() bool }); ok && d.Down() {
-				anyDown = true
+			if role.IsTerminal(err) || errors.Is(err, role.ErrAborted) || ctx.Err() != nil {
+				o.err = err
+				return false, o
 			}
 			l.Log.Warn().Err(err).Str("service", s.Name()).Msg("reconcile failed; retrying")
 			l.display(ctx, fmt.Sprintf("cnsmo: %s: retrying after error: %v", s.Name(), err))
-			allReady = false
-			break
+			return false, o
 		}
 		if !ready {
-			if d, ok := s.(interface{ Down() bool }); ok && d.Down() {
-				anyDown = true
-			}
 			if allReady {
 				msg := "cnsmo: waiting for " + s.Name()
 				if w, ok := s.(interface{ Waiting() string }); ok && w.Waiting() != "" {
@@ -235,63 +292,34 @@ func (l *Loop) pass(ctx context.Context, me string) (wait bool, err error) {
 		}
 		l.wasReady[s.Name()] = true
 	}
-	if l.OnPass != nil {
-		defer l.OnPass(allReady)
-	}
-	if !allReady {
-		l.ready = false
-		// net.services.enabled follows the services: one known down withdraws it (un-set).
-		if v, _ := run.Value(me + ":" + params.ServicesEnabled); anyDown && v == "true" {
-			if err := l.Params.Set(ctx, params.ServicesEnabled, ""); err != nil {
-				return true, err
-			}
-			l.Log.Warn().Msg("a service is down: net.services.enabled withdrawn")
-		}
-		return true, nil
-	}
-	published := false
-	if v, _ := run.Value(me + ":" + params.ServicesEnabled); v != "true" {
-		if err := l.Params.Set(ctx, params.ServicesEnabled, "true"); err != nil {
-			return true, err
-		}
-		published = true
-	}
-	if !l.ready || published {
-		// Once per way up of this process (its first ready pass after a restart too).
-		l.Log.Info().Bool("published", published).Msg(MsgAllReady)
-	}
-	l.ready = true
-	l.display(ctx, "cnsmo: services ready")
-	return false, nil
+	return allReady, o
 }
 
-// read returns the run for a pass: the last whole-run read while the generation it saw is
-// unchanged at steady state, else a new whole-run read.
-func (l *Loop) read(ctx context.Context) (*ssclient.Run, error) {
-	// With a Cache as the store, the last read holds this role's own writes since: it can be
-	// reused while converging too. Without, only a read made at steady state can.
-	_, cached := l.Params.(*Cache)
+// read returns the snapshot for a pass: the last one while the generation it saw is unchanged,
+// else a new whole-deployment read.
+func (l *Loop) read(ctx context.Context) (role.Snapshot, error) {
+	// With a Cache as the store, the last snapshot holds this role's own writes since: it can be
+	// reused while converging too. Without, only a snapshot taken at steady state can.
+	_, cached := l.Store.(*Cache)
 	if l.Generation != "" && (cached || l.ready && l.steadyRead) && l.lastRun != nil && l.lastGen != "" {
-		v, err := l.Params.Get(ctx, l.Generation)
-		if errors.Is(err, ssclient.ErrAborted) {
+		v, err := l.Store.Get(ctx, l.Generation, params.Generation)
+		if errors.Is(err, role.ErrAborted) {
 			return nil, err
 		}
 		if err == nil && v == l.lastGen {
 			return l.lastRun, nil
 		}
 	}
-	run, err := l.Params.Run(ctx)
+	snap, err := l.Store.Read(ctx)
 	if err != nil {
 		return nil, err
 	}
-	l.lastRun, l.steadyRead = run, l.ready
+	l.lastRun, l.steadyRead = snap, l.ready
 	l.lastGen = ""
-	if l.Generation != "" {
-		if _, declared := run.Params[l.Generation]; declared {
-			l.lastGen, _ = run.Value(l.Generation)
-		}
+	if l.Generation != "" && slices.Contains(snap.Keys(l.Generation), params.Generation) {
+		l.lastGen = snap.Get(l.Generation, params.Generation)
 	}
-	return run, nil
+	return snap, nil
 }
 
 // MsgAllReady is logged when every service of the role has become ready (published: this pass
@@ -309,7 +337,7 @@ func (l *Loop) display(ctx context.Context, msg string) {
 	if msg == l.lastDisplay {
 		return
 	}
-	if err := l.Params.Display(ctx, msg); err != nil {
+	if err := l.Store.Display(ctx, msg); err != nil {
 		l.Log.Debug().Err(err).Msg("statecustom not updated")
 		return
 	}

@@ -3,7 +3,6 @@ package orchestrator
 import (
 	"context"
 	"errors"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -14,65 +13,12 @@ import (
 
 	"github.com/cnsmo/cnsmo/params"
 	"github.com/cnsmo/cnsmo/roles/role"
-	"github.com/cnsmo/cnsmo/ssclient"
+	"github.com/cnsmo/cnsmo/roles/role/roletest"
 )
 
-// fakeParams is an in-memory run for one instance.
-type fakeParams struct {
-	mu       sync.Mutex
-	me       string
-	vals     map[string]string
-	displays []string
-	aborted  string
-}
+func newFake(me string) *roletest.Store { return roletest.NewStore(me, nil) }
 
-func newFake(me string) *fakeParams { return &fakeParams{me: me, vals: map[string]string{}} }
-
-func (f *fakeParams) q(k string) string {
-	if strings.Contains(k, ":") {
-		return k
-	}
-	return f.me + ":" + k
-}
-func (f *fakeParams) Get(_ context.Context, k string) (string, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	v, ok := f.vals[f.q(k)]
-	if !ok {
-		return "", ssclient.ErrNotSet
-	}
-	return v, nil
-}
-func (f *fakeParams) Wait(ctx context.Context, k string) (string, error) { return f.Get(ctx, k) }
-func (f *fakeParams) Set(_ context.Context, k, v string) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.vals[f.q(k)] = v
-	return nil
-}
-func (f *fakeParams) Run(context.Context) (*ssclient.Run, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	r := &ssclient.Run{Params: map[string]ssclient.Param{}}
-	for k, v := range f.vals {
-		r.Params[k] = ssclient.Param{Value: v, IsSet: v != ""}
-	}
-	return r, nil
-}
-func (f *fakeParams) Abort(_ context.Context, reason string) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.aborted = reason
-	f.vals["ss:abort"] = reason
-	return nil
-}
-func (f *fakeParams) Display(_ context.Context, m string) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.displays = append(f.displays, m)
-	return nil
-}
-func (f *fakeParams) Instance() string { return f.me }
+func put(p *roletest.Store, k, v string) { p.Edit(func(s *roletest.Snapshot) { s.Put(k, v) }) }
 
 // fakeService becomes ready after `after` passes, or fails as told.
 type fakeService struct {
@@ -86,7 +32,7 @@ type fakeService struct {
 }
 
 func (s *fakeService) Name() string { return s.name }
-func (s *fakeService) Reconcile(context.Context, *ssclient.Run) (bool, error) {
+func (s *fakeService) Reconcile(context.Context, role.Snapshot) (bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.passes++
@@ -95,6 +41,7 @@ func (s *fakeService) Reconcile(context.Context, *ssclient.Run) (bool, error) {
 	}
 	return s.passes > s.after, nil
 }
+func (s *fakeService) Withdraw(context.Context) error { return nil }
 func (s *fakeService) Teardown(context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -102,8 +49,8 @@ func (s *fakeService) Teardown(context.Context) error {
 	return nil
 }
 
-func fastLoop(p ssclient.Params, svcs ...role.Service) *Loop {
-	return &Loop{Params: p, Services: svcs, Log: zerolog.Nop(), Steady: time.Millisecond, MinPoll: time.Millisecond, MaxPoll: 2 * time.Millisecond}
+func fastLoop(p role.Store, svcs ...role.Service) *Loop {
+	return &Loop{Store: p, Services: svcs, Log: zerolog.Nop(), Steady: time.Millisecond, MinPoll: time.Millisecond, MaxPoll: 2 * time.Millisecond}
 }
 
 func TestLoopPublishesEnabledWhenAllReadyAndTearsDownOnStop(t *testing.T) {
@@ -123,14 +70,13 @@ func TestLoopPublishesEnabledWhenAllReadyAndTearsDownOnStop(t *testing.T) {
 	}
 	err := l.Run(ctx)
 	require.ErrorIs(t, err, context.Canceled)
-	v, _ := p.Get(context.Background(), "net.services.enabled")
-	assert.Equal(t, "true", v)
+	assert.Equal(t, "true", p.Value(params.ServicesEnabled))
 	assert.Equal(t, 1, vpn.torn)
 	assert.Equal(t, 1, fw.torn)
 	// fw is reconciled only once the VPN is ready: its first pass comes after vpn's third.
 	assert.Equal(t, vpn.passes-2, fw.passes)
-	assert.Contains(t, p.displays, "cnsmo: waiting for vpn")
-	assert.Contains(t, p.displays, "cnsmo: services ready")
+	assert.Contains(t, p.Displays(), "cnsmo: waiting for vpn")
+	assert.Contains(t, p.Displays(), "cnsmo: services ready")
 }
 
 func TestLoopAbortsTheRunOnInvalidInput(t *testing.T) {
@@ -141,17 +87,16 @@ func TestLoopAbortsTheRunOnInvalidInput(t *testing.T) {
 	err := l.Run(context.Background())
 	require.Error(t, err)
 	assert.True(t, role.IsTerminal(err))
-	assert.Equal(t, "cnsmo agent on app.1: net.i2cat.cnsmo.service.fw.rules: fw.rules[0].dst_port: 70000 is out of range 1-65535", p.aborted)
+	assert.Equal(t, "cnsmo agent on app.1: net.i2cat.cnsmo.service.fw.rules: fw.rules[0].dst_port: 70000 is out of range 1-65535", p.AbortReason())
 	assert.Equal(t, 1, fw.torn)
-	_, err = p.Get(context.Background(), "net.services.enabled")
-	assert.ErrorIs(t, err, ssclient.ErrNotSet, "never announced ready")
+	assert.Empty(t, p.Value(params.ServicesEnabled), "never announced ready")
 }
 
 func TestLoopTearsDownWhenTheRunIsAborted(t *testing.T) {
 	p := newFake("app.1")
 	svc := &fakeService{name: "vpn"}
 	l := fastLoop(p, svc)
-	l.OnPass = func(bool) { _ = p.Set(context.Background(), "ss:abort", "app.2: something broke") }
+	l.OnPass = func(bool) { _ = p.Abort(context.Background(), "app.2: something broke") }
 	err := l.Run(context.Background())
 	require.ErrorIs(t, err, ErrRunAborted)
 	assert.Equal(t, 1, svc.torn)
@@ -173,9 +118,8 @@ func TestLoopRetriesTransientErrors(t *testing.T) {
 		}
 	}
 	require.ErrorIs(t, l.Run(ctx), context.Canceled)
-	assert.Empty(t, p.aborted)
-	v, _ := p.Get(context.Background(), "net.services.enabled")
-	assert.Equal(t, "true", v)
+	assert.Empty(t, p.AbortReason())
+	assert.Equal(t, "true", p.Value(params.ServicesEnabled))
 }
 
 func TestParseServices(t *testing.T) {
@@ -208,7 +152,7 @@ type flakyService struct {
 	down map[int]bool
 }
 
-func (s *flakyService) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error) {
+func (s *flakyService) Reconcile(ctx context.Context, run role.Snapshot) (bool, error) {
 	ready, err := s.fakeService.Reconcile(ctx, run)
 	return ready && !s.down[s.passes], err
 }
@@ -239,7 +183,7 @@ func TestLoopKeepsReconcilingLaterServicesWhenAnEarlierOneGoesUnready(t *testing
 // first pass, even while an earlier one is not ready (a client of the VPN is down).
 func TestLoopRestartedOnEnabledInstanceSkipsTheOrdering(t *testing.T) {
 	p := newFake("cnsmo.1")
-	require.NoError(t, p.Set(context.Background(), "net.services.enabled", "true"))
+	put(p, params.ServicesEnabled, "true")
 	vpn := &fakeService{name: "vpn", after: 1000} // never ready in this test
 	lb := &fakeService{name: "lb"}
 	l := fastLoop(p, vpn, lb)
@@ -280,7 +224,7 @@ func TestLoopValidatesTheRunBeforeReconcilingAnything(t *testing.T) {
 			l := fastLoop(p, vpn)
 			l.Role = "agent"
 			validations := 0
-			l.Validate = func(*ssclient.Run) error {
+			l.Validate = func(role.Snapshot) error {
 				validations++
 				if validations > c.badAfter {
 					return errors.New("web.2: net.i2cat.cnsmo.service.fw.rules[1].dst_port: 70000 is out of range 1-65535")
@@ -291,7 +235,7 @@ func TestLoopValidatesTheRunBeforeReconcilingAnything(t *testing.T) {
 			require.True(t, role.IsTerminal(err), "%v", err)
 			assert.Equal(t, c.badAfter, vpn.passes, "services reconciled only on passes whose run validated")
 			assert.Equal(t, c.wantPass0, vpn.passes > 0)
-			assert.Contains(t, p.aborted, "cnsmo agent on app.1: web.2: net.i2cat.cnsmo.service.fw.rules[1].dst_port")
+			assert.Contains(t, p.AbortReason(), "cnsmo agent on app.1: web.2: net.i2cat.cnsmo.service.fw.rules[1].dst_port")
 			assert.Equal(t, 1, vpn.torn)
 		})
 	}
@@ -304,7 +248,7 @@ func TestLoopReturnsOnChangedServicesWithoutTeardown(t *testing.T) {
 	fw := &fakeService{name: "fw"}
 	l := fastLoop(p, fw)
 	passes := 0
-	l.Validate = func(*ssclient.Run) error {
+	l.Validate = func(role.Snapshot) error {
 		passes++
 		if passes > 2 {
 			return ErrServicesChanged
@@ -316,7 +260,7 @@ func TestLoopReturnsOnChangedServicesWithoutTeardown(t *testing.T) {
 	assert.False(t, role.IsTerminal(err))
 	assert.Equal(t, 2, fw.passes)
 	assert.Zero(t, fw.torn, "no teardown")
-	assert.Empty(t, p.aborted, "the run is not aborted")
+	assert.Empty(t, p.AbortReason(), "the run is not aborted")
 }
 
 // One form for a role's messages: "cnsmo <role> on <instance>: <what>", the instance never
@@ -325,17 +269,17 @@ func TestAbortMessageHasOneForm(t *testing.T) {
 	p := newFake("netsvc.1")
 	l := fastLoop(p, &fakeService{name: "vpn", after: 1})
 	l.Role = "server"
-	l.Validate = func(*ssclient.Run) error {
+	l.Validate = func(role.Snapshot) error {
 		return errors.New(`netsvc.1: net.services.enable[0]: unknown service "dns" (known: vpn, fw, lb)`)
 	}
 	require.Error(t, l.Run(context.Background()))
-	assert.Equal(t, `cnsmo server on netsvc.1: net.services.enable[0]: unknown service "dns" (known: vpn, fw, lb)`, p.aborted)
+	assert.Equal(t, `cnsmo server on netsvc.1: net.services.enable[0]: unknown service "dns" (known: vpn, fw, lb)`, p.AbortReason())
 }
 
 // waitingService is never ready and says why.
 type waitingService struct{ fakeService }
 
-func (s *waitingService) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error) {
+func (s *waitingService) Reconcile(ctx context.Context, run role.Snapshot) (bool, error) {
 	_, _ = s.fakeService.Reconcile(ctx, run)
 	return false, nil
 }
@@ -353,19 +297,18 @@ func TestWaitingShowsTheServicesReason(t *testing.T) {
 		}
 	}
 	_ = l.Run(ctx)
-	assert.Contains(t, p.displays, "cnsmo: waiting for lb: every backend is down")
+	assert.Contains(t, p.Displays(), "cnsmo: waiting for lb: every backend is down")
 }
 
 // enabledAfterEachPass runs the loop for n passes and returns this instance's
 // net.services.enabled as each pass left it ("" = unset).
-func enabledAfterEachPass(t *testing.T, p *fakeParams, l *Loop, n int) []string {
+func enabledAfterEachPass(t *testing.T, p *roletest.Store, l *Loop, n int) []string {
 	t.Helper()
 	var seen []string
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	l.OnPass = func(bool) {
-		v, _ := p.Get(ctx, params.ServicesEnabled)
-		seen = append(seen, v)
+		seen = append(seen, p.Value(params.ServicesEnabled))
 		if len(seen) >= n {
 			cancel()
 		}
@@ -379,7 +322,7 @@ func enabledAfterEachPass(t *testing.T, p *fakeParams, l *Loop, n int) []string 
 // been found ready by this process.
 func TestStaleEnabledFlagIsNotTrusted(t *testing.T) {
 	p := newFake("web.1")
-	p.vals["web.1:"+params.ServicesEnabled] = "true"
+	put(p, "web.1:"+params.ServicesEnabled, "true")
 	seen := enabledAfterEachPass(t, p, fastLoop(p, &fakeService{name: "vpn", after: 2}), 4)
 	assert.Equal(t, []string{"", "", "true", "true"}, seen)
 }
@@ -390,7 +333,7 @@ type downService struct {
 	downFrom, downTo int
 }
 
-func (s *downService) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error) {
+func (s *downService) Reconcile(ctx context.Context, run role.Snapshot) (bool, error) {
 	_, _ = s.fakeService.Reconcile(ctx, run)
 	return !s.Down(), nil
 }
@@ -404,28 +347,13 @@ func TestEnabledFollowsADownService(t *testing.T) {
 	assert.Equal(t, []string{"true", "true", "", "", "true", "true"}, seen)
 }
 
-// countingParams counts the whole-run reads and the single-key reads.
-type countingParams struct {
-	*fakeParams
-	runs, gets int
-}
-
-func (c *countingParams) Run(ctx context.Context) (*ssclient.Run, error) {
-	c.runs++
-	return c.fakeParams.Run(ctx)
-}
-func (c *countingParams) Get(ctx context.Context, k string) (string, error) {
-	c.gets++
-	return c.fakeParams.Get(ctx, k)
-}
-
 // At steady state an agent reads only the server's generation key and reuses its last whole-run
 // read; a new generation (something changed) makes it read the whole run again.
 func TestSteadyStateReadsOnlyTheGeneration(t *testing.T) {
-	p := &countingParams{fakeParams: newFake("web.1")}
-	p.vals["cnsmo.1:"+params.Generation] = "1"
+	p := newFake("web.1")
+	put(p, "cnsmo.1:"+params.Generation, "1")
 	l := fastLoop(p, &fakeService{name: "fw"})
-	l.Generation = "cnsmo.1:" + params.Generation
+	l.Generation = "cnsmo.1"
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	passes, runsAt5 := 0, 0
@@ -433,14 +361,12 @@ func TestSteadyStateReadsOnlyTheGeneration(t *testing.T) {
 		passes++
 		switch passes {
 		case 5:
-			runsAt5 = p.runs
+			runsAt5 = p.Reads()
 		case 10:
-			require.Equal(t, runsAt5, p.runs, "steady passes read no whole run")
-			p.mu.Lock()
-			p.vals["cnsmo.1:"+params.Generation] = "2"
-			p.mu.Unlock()
+			require.Equal(t, runsAt5, p.Reads(), "steady passes read no whole run")
+			put(p, "cnsmo.1:"+params.Generation, "2")
 		case 11:
-			require.Equal(t, runsAt5+1, p.runs, "a new generation: one whole-run read")
+			require.Equal(t, runsAt5+1, p.Reads(), "a new generation: one whole-run read")
 			cancel()
 		}
 	}
@@ -452,9 +378,9 @@ func TestSteadyStateReadsOnlyTheGeneration(t *testing.T) {
 // Without a declared generation key the loop reads the whole run on every pass (and never reads
 // an undeclared key, which would abort the run on SlipStream).
 func TestNoGenerationKeyMeansWholeRunReads(t *testing.T) {
-	p := &countingParams{fakeParams: newFake("web.1")}
+	p := newFake("web.1")
 	l := fastLoop(p, &fakeService{name: "fw"})
-	l.Generation = "cnsmo.1:" + params.Generation
+	l.Generation = "cnsmo.1"
 	ctx, cancel := context.WithCancel(context.Background())
 	passes := 0
 	l.OnPass = func(bool) {
@@ -463,40 +389,44 @@ func TestNoGenerationKeyMeansWholeRunReads(t *testing.T) {
 		}
 	}
 	_ = l.Run(ctx)
-	require.Equal(t, 6, p.runs)
-	require.Zero(t, p.gets)
+	require.Equal(t, 6, p.Reads())
+	require.Zero(t, p.Gets())
 }
 
 // The server bumps the generation when anything changes, and not for progress text.
 func TestCoreBumpsTheGenerationOnChanges(t *testing.T) {
 	p := newFake("cnsmo.1")
-	p.vals["cnsmo.1:"+params.Generation] = ""
-	c := &Core{Params: p}
+	put(p, "cnsmo.1:"+params.Generation, "")
+	p.Edit(func(s *roletest.Snapshot) { s.AddNode("web", "web.3") })
+	c := &core{}
 	pass := func() string {
-		r, _ := p.Run(context.Background())
-		r.Params["cnsmo.1:"+params.Generation] = ssclient.Param{Value: p.vals["cnsmo.1:"+params.Generation], IsSet: p.vals["cnsmo.1:"+params.Generation] != ""}
-		_, err := c.Reconcile(context.Background(), r)
+		snap, err := p.Read(context.Background())
 		require.NoError(t, err)
-		return p.vals["cnsmo.1:"+params.Generation]
+		require.NoError(t, c.pass(context.Background(), p, snap))
+		return p.Value(params.Generation)
 	}
 	g1 := pass()
 	require.Equal(t, "1", g1)
 	g := pass() // its own identity got published in pass 1: a change
 	require.Equal(t, "2", g)
 	require.Equal(t, g, pass(), "nothing changed")
-	p.vals["web.3:statecustom"] = "cnsmo: waiting for vpn"
+	put(p, "cnsmo.1:"+params.Statecustom, "cnsmo: waiting for vpn")
 	require.Equal(t, g, pass(), "progress text is no change")
-	p.vals["web.3:"+params.VPNAddress] = "198.19.0.4"
-	p.vals["web.3:"+params.ServicesEnabled] = "true"
+	put(p, "web.3:"+params.VPNAddress, "198.19.0.4")
+	put(p, "web.3:"+params.ServicesEnabled, "true")
 	require.Equal(t, g, pass(), "an agent's outputs are no change for the others")
-	p.vals["web.3:"+params.FWRules] = `[]`
+	put(p, "web.3:"+params.FWRules, `[]`)
 	require.Equal(t, "3", pass(), "an input changed")
+	p.Edit(func(s *roletest.Snapshot) { s.AddNode("web", "web.4") })
+	require.Equal(t, "4", pass(), "a new instance")
+	p.Edit(func(s *roletest.Snapshot) { s.Left["web.3"] = true })
+	require.Equal(t, "5", pass(), "an instance left")
 }
 
 // failingDownService is ready, then fails and is known down (a firewall whose apply fails).
 type failingDownService struct{ fakeService }
 
-func (s *failingDownService) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error) {
+func (s *failingDownService) Reconcile(ctx context.Context, run role.Snapshot) (bool, error) {
 	_, _ = s.fakeService.Reconcile(ctx, run)
 	if s.Down() {
 		return false, errors.New("fw: iptables-restore: exit 4")
@@ -512,45 +442,37 @@ func TestFailingDownServiceWithdrawsEnabled(t *testing.T) {
 	assert.Equal(t, []string{"true", "true", "", ""}, seen)
 }
 
-// flakySetParams fails the first write of a key.
-type flakySetParams struct {
-	*fakeParams
-	failed bool
-}
-
-func (f *flakySetParams) Set(ctx context.Context, k, v string) error {
-	if !f.failed {
-		f.failed = true
-		return errors.New("503 Service Unavailable")
-	}
-	return f.fakeParams.Set(ctx, k, v)
-}
-
 // A stale net.services.enabled whose first withdrawal fails is withdrawn on a later pass, before
 // the role calls itself ready.
 func TestStaleFlagWithdrawnAfterAFailedWrite(t *testing.T) {
-	f := newFake("web.1")
-	f.vals["web.1:"+params.ServicesEnabled] = "true"
-	p := &flakySetParams{fakeParams: f}
-	seen := enabledAfterEachPass(t, f, fastLoop(p, &fakeService{name: "vpn", after: 3}), 5)
+	p := newFake("web.1")
+	put(p, "web.1:"+params.ServicesEnabled, "true")
+	failed := false
+	p.FailSet = func(string, string, string) error {
+		if !failed {
+			failed = true
+			return errors.New("503 Service Unavailable")
+		}
+		return nil
+	}
+	seen := enabledAfterEachPass(t, p, fastLoop(p, &fakeService{name: "vpn", after: 3}), 5)
 	assert.Equal(t, []string{"", "", "", "true", "true"}, seen)
 }
 
-// The cache writes through to the store and into the last whole-run read.
+// The cache writes through to the store and into the last snapshot.
 func TestCacheWritesThrough(t *testing.T) {
 	p := newFake("web.1")
 	c := NewCache(p)
-	require.NoError(t, c.Set(context.Background(), params.VPNAddress, "198.19.0.2")) // before any read
-	run, err := c.Run(context.Background())
+	ctx := context.Background()
+	require.NoError(t, c.Set(ctx, "web.1", params.VPNAddress, "198.19.0.2")) // before any read
+	snap, err := c.Read(ctx)
 	require.NoError(t, err)
-	require.NoError(t, c.Set(context.Background(), params.FWReady, "true"))
-	require.NoError(t, c.Set(context.Background(), "cnsmo.1:"+params.VPNCert, "PEM"))
-	require.NoError(t, c.Set(context.Background(), params.VPNAddress, ""))
-	v, _ := run.Value("web.1:" + params.FWReady)
-	require.Equal(t, "true", v)
-	v, _ = run.Value("cnsmo.1:" + params.VPNCert)
-	require.Equal(t, "PEM", v)
-	_, ok := run.Value("web.1:" + params.VPNAddress)
-	require.False(t, ok, "un-set")
-	require.Equal(t, "true", p.vals["web.1:"+params.FWReady], "written to the store")
+	require.NoError(t, c.Set(ctx, "web.1", params.FWReady, "true"))
+	require.NoError(t, c.Set(ctx, "cnsmo.1", params.VPNCert, "PEM"))
+	require.NoError(t, c.Set(ctx, "web.1", params.VPNAddress, ""))
+	require.Equal(t, "true", snap.Get("web.1", params.FWReady))
+	require.Equal(t, "PEM", snap.Get("cnsmo.1", params.VPNCert))
+	require.Empty(t, snap.Get("web.1", params.VPNAddress), "un-set")
+	require.Contains(t, snap.Keys("cnsmo.1"), params.VPNCert, "a key first written since the read")
+	require.Equal(t, "true", p.Value(params.FWReady), "written to the store")
 }

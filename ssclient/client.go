@@ -16,6 +16,8 @@ import (
 	"github.com/cenkalti/backoff/v4"
 	"github.com/go-resty/resty/v2"
 	"github.com/rs/zerolog"
+
+	"github.com/cnsmo/cnsmo/internal/wait"
 )
 
 // CookieName is the session cookie of SlipStream.
@@ -299,36 +301,19 @@ func (c *Client) Get(ctx context.Context, key string) (string, error) {
 }
 
 // Wait blocks until key is set, polling with jittered backoff from the poll minimum to its cap.
-func (c *Client) Wait(ctx context.Context, key string) (string, error) {
-	bo := c.pollBackoff()
-	for {
-		v, err := c.Get(ctx, key)
-		if !errors.Is(err, ErrNotSet) {
-			return v, err
-		}
-		if err := sleep(ctx, bo.NextBackOff()); err != nil {
-			return "", fmt.Errorf("waiting for %s: %w", c.Qualify(key), err)
-		}
+func (c *Client) Wait(ctx context.Context, key string) (v string, err error) {
+	werr := c.poll().Until(ctx, func(ctx context.Context) (bool, error) {
+		v, err = c.Get(ctx, key)
+		return !errors.Is(err, ErrNotSet), nil
+	})
+	if werr != nil {
+		return "", fmt.Errorf("waiting for %s: %w (%v)", c.Qualify(key), ErrTimeout, werr)
 	}
+	return v, err
 }
 
-func (c *Client) pollBackoff() *backoff.ExponentialBackOff {
-	bo := backoff.NewExponentialBackOff()
-	bo.InitialInterval, bo.MaxInterval, bo.MaxElapsedTime, bo.Multiplier = c.minPoll, c.maxPoll, 0, 1.5
-	bo.Reset()
-	return bo
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return fmt.Errorf("%w (%v)", ErrTimeout, ctx.Err())
-	case <-t.C:
-		return nil
-	}
-}
+// poll is how the client polls: from its poll minimum to its cap.
+func (c *Client) poll() wait.Backoff { return wait.Backoff{Min: c.minPoll, Max: c.maxPoll} }
 
 // Set writes value; an empty value un-sets the key. Values over 4096 characters are refused
 // before anything is sent.
@@ -444,23 +429,23 @@ func ParseRunXML(b []byte) (*Run, error) {
 }
 
 // WaitRun polls the whole run (one request per poll) until cond holds.
-func (c *Client) WaitRun(ctx context.Context, cond func(*Run) bool) (*Run, error) {
-	bo := c.pollBackoff()
-	for {
-		r, err := c.Run(ctx)
-		if err != nil {
-			return nil, err
+func (c *Client) WaitRun(ctx context.Context, cond func(*Run) bool) (r *Run, err error) {
+	werr := c.poll().Until(ctx, func(ctx context.Context) (bool, error) {
+		if r, err = c.Run(ctx); err != nil {
+			return false, err
 		}
 		if v, ok := r.Value("ss:abort"); ok && v != "" && !c.ignoreAbort {
-			return r, fmt.Errorf("%w: %s", ErrAborted, v)
+			return false, fmt.Errorf("%w: %s", ErrAborted, v)
 		}
-		if cond(r) {
-			return r, nil
-		}
-		if err := sleep(ctx, bo.NextBackOff()); err != nil {
-			return r, err
-		}
+		return cond(r), nil
+	})
+	switch {
+	case err != nil:
+		return r, err
+	case werr != nil:
+		return r, fmt.Errorf("%w (%v)", ErrTimeout, werr)
 	}
+	return r, nil
 }
 
 // WaitAll is the barrier: it waits until key is set on every instance (and, when match is not

@@ -31,20 +31,6 @@ func ping(ctx context.Context, vm *testbed.VM, addr string) bool {
 	return err == nil
 }
 
-// eventually polls cond for up to 10 s (a link that just came up may need a moment).
-func eventually(cond func() bool) bool {
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if cond() {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-}
-
 // mineOnly keeps, in the sections other tests change meanwhile (go test runs packages in
 // parallel: other testbeds, the firewall's and the VPN's namespaces, the drivers' containers),
 // only the lines of this testbed: every host-visible object it makes is named with its prefix
@@ -137,11 +123,11 @@ func TestTestbed(t *testing.T) {
 		defer func() { _ = p.Signal(syscall.SIGKILL) }()
 		peer := func(from *testbed.VM, to string) string {
 			var out string
-			eventually(func() bool {
+			require.Eventually(t, func() bool {
 				o, _, err := from.Exec(ctx, "socat", "-T3", "-", "TCP:"+to+":7000")
 				out = strings.TrimSpace(o)
 				return err == nil && out != ""
-			})
+			}, 10*time.Second, 200*time.Millisecond, "%s answers", to)
 			return out
 		}
 		require.Equal(t, a1.PrivateAddr, peer(a1, a2.PrivateAddr))
@@ -164,16 +150,16 @@ func TestTestbed(t *testing.T) {
 		_, _, err = a1.Exec(short, "sleep", "97")
 		require.ErrorIs(t, err, context.DeadlineExceeded)
 		require.Less(t, time.Since(start), 10*time.Second)
-		require.True(t, eventually(func() bool {
+		require.Eventually(t, func() bool {
 			_, _, err := a1.Exec(ctx, "pgrep", "-f", "sleep 97")
 			return err != nil
-		}), "a cancelled command is killed")
+		}, 10*time.Second, 200*time.Millisecond, "a cancelled command is killed")
 	})
 
 	t.Run("process", func(t *testing.T) {
 		p, err := a1.Start(ctx, []string{"GREETING=hi"}, "sh", "-c", `trap 'echo got TERM; exit 7' TERM; echo $GREETING; while :; do sleep 0.1; done`)
 		require.NoError(t, err)
-		require.True(t, eventually(func() bool { return strings.Contains(p.Output(), "hi") }), p.Output())
+		require.Eventually(t, func() bool { return strings.Contains(p.Output(), "hi") }, 10*time.Second, 200*time.Millisecond, p.Output())
 		require.NoError(t, p.Signal(syscall.SIGTERM))
 		var ee *testbed.ExitError
 		require.ErrorAs(t, p.Wait(ctx), &ee)
@@ -205,7 +191,7 @@ func TestTestbed(t *testing.T) {
 		require.False(t, ping(ctx, a1, b1.PublicAddr), "cut off")
 		require.False(t, ping(ctx, b1, tb.HostAddr()), "cut off")
 		require.NoError(t, b1.Reconnect(ctx))
-		require.True(t, eventually(func() bool { return ping(ctx, a1, b1.PublicAddr) }), "reconnected")
+		require.Eventually(t, func() bool { return ping(ctx, a1, b1.PublicAddr) }, 10*time.Second, 200*time.Millisecond, "reconnected")
 	})
 
 	t.Run("function container in a VM's namespace", func(t *testing.T) {
@@ -232,8 +218,8 @@ func TestTestbed(t *testing.T) {
 		require.NoError(t, err)
 		require.Contains(t, out, " "+a2.PrivateAddr+"/24 ")
 		require.Contains(t, out, " "+a2.PublicAddr6+"/64 ")
-		require.True(t, eventually(func() bool { return ping(ctx, b1, a2.PublicAddr) }), "public address again")
-		require.True(t, eventually(func() bool { return ping(ctx, a1, a2.PrivateAddr) }), "private address again")
+		require.Eventually(t, func() bool { return ping(ctx, b1, a2.PublicAddr) }, 10*time.Second, 200*time.Millisecond, "public address again")
+		require.Eventually(t, func() bool { return ping(ctx, a1, a2.PrivateAddr) }, 10*time.Second, 200*time.Millisecond, "private address again")
 		out, _, err = a2.Exec(ctx, "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2", "http://"+tb.HostAddr()+":9/")
 		require.Error(t, err, "nothing listens there, but the host answers (connection refused, not a timeout): %s", out)
 		var ee *testbed.ExitError

@@ -7,9 +7,8 @@ import (
 	"os"
 
 	"github.com/cnsmo/cnsmo/internal/cli"
-	"github.com/cnsmo/cnsmo/internal/rolecmd"
 )
 
 func main() {
-	os.Exit(cli.Main(context.Background(), os.Args, os.Stdout, os.Stderr, rolecmd.Commands()...))
+	os.Exit(cli.Main(context.Background(), os.Args, os.Stdout, os.Stderr))
 }

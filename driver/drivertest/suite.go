@@ -25,17 +25,6 @@ type Config struct {
 	Leftovers func(t *testing.T, owner driver.Owner) []string
 }
 
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond) // polling a condition under a deadline
-	}
-}
-
 // Run runs every case.
 func Run(t *testing.T, cfg Config) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -78,13 +67,13 @@ func Run(t *testing.T, cfg Config) {
 
 	t.Run("start is idempotent, a changed spec replaces", func(t *testing.T) {
 		require.NoError(t, d.Start(ctx, long("fn", "first")))
-		eventually(t, "first output", func() bool { l, _ := d.Logs(ctx, "fn"); return strings.Contains(l, "first") })
+		require.Eventually(t, func() bool { l, _ := d.Logs(ctx, "fn"); return strings.Contains(l, "first") }, 20*time.Second, 20*time.Millisecond, "first output")
 		require.NoError(t, d.Start(ctx, long("fn", "first")))
 		l, err := d.Logs(ctx, "fn")
 		require.NoError(t, err)
 		require.Equal(t, 1, strings.Count(l, "first"), "the same spec is not restarted")
 		require.NoError(t, d.Start(ctx, long("fn", "second")))
-		eventually(t, "replaced", func() bool { l, _ := d.Logs(ctx, "fn"); return strings.Contains(l, "second") })
+		require.Eventually(t, func() bool { l, _ := d.Logs(ctx, "fn"); return strings.Contains(l, "second") }, 20*time.Second, 20*time.Millisecond, "replaced")
 		st, err := d.Status(ctx, "fn")
 		require.NoError(t, err)
 		require.Equal(t, driver.StateRunning, st.State)
@@ -119,11 +108,11 @@ func Run(t *testing.T, cfg Config) {
 
 	t.Run("a crash shows as exited", func(t *testing.T) {
 		require.NoError(t, d.Start(ctx, long("crashy", "up")))
-		eventually(t, "running", func() bool { l, _ := d.Logs(ctx, "crashy"); return strings.Contains(l, "up") })
+		require.Eventually(t, func() bool { l, _ := d.Logs(ctx, "crashy"); return strings.Contains(l, "up") }, 20*time.Second, 20*time.Millisecond, "running")
 		require.NoError(t, d.Signal(ctx, "crashy", syscall.SIGKILL))
-		eventually(t, "exited", func() bool { st, _ := d.Status(ctx, "crashy"); return st.State == driver.StateExited })
+		require.Eventually(t, func() bool { st, _ := d.Status(ctx, "crashy"); return st.State == driver.StateExited }, 20*time.Second, 20*time.Millisecond, "exited")
 		require.NoError(t, d.Start(ctx, long("crashy", "up")), "start after a crash restarts it")
-		eventually(t, "running again", func() bool { st, _ := d.Status(ctx, "crashy"); return st.State == driver.StateRunning })
+		require.Eventually(t, func() bool { st, _ := d.Status(ctx, "crashy"); return st.State == driver.StateRunning }, 20*time.Second, 20*time.Millisecond, "running again")
 	})
 
 	t.Run("files and signals", func(t *testing.T) {
@@ -131,10 +120,10 @@ func Run(t *testing.T, cfg Config) {
 			Files: []driver.File{{Path: "/tmp/cnsmo-suite-" + owner.Instance + "/conf", Mode: 0o600, Data: []byte("v1")}},
 			Cmd:   []string{"sh", "-c", "trap 'cat /tmp/cnsmo-suite-" + owner.Instance + "/conf; echo' HUP; echo ready; while :; do sleep 0.1; done"}}
 		require.NoError(t, d.Start(ctx, spec))
-		eventually(t, "ready", func() bool { l, _ := d.Logs(ctx, "files"); return strings.Contains(l, "ready") })
+		require.Eventually(t, func() bool { l, _ := d.Logs(ctx, "files"); return strings.Contains(l, "ready") }, 20*time.Second, 20*time.Millisecond, "ready")
 		require.NoError(t, d.PutFiles(ctx, "files", []driver.File{{Path: spec.Files[0].Path, Mode: 0o600, Data: []byte("v2")}}))
 		require.NoError(t, d.Signal(ctx, "files", syscall.SIGHUP))
-		eventually(t, "reload saw v2", func() bool { l, _ := d.Logs(ctx, "files"); return strings.Contains(l, "v2") })
+		require.Eventually(t, func() bool { l, _ := d.Logs(ctx, "files"); return strings.Contains(l, "v2") }, 20*time.Second, 20*time.Millisecond, "reload saw v2")
 		err := d.PutFiles(ctx, "nothing-here", nil)
 		require.True(t, errors.Is(err, driver.ErrNotFound), "got %v", err)
 	})

@@ -21,6 +21,7 @@ import (
 
 	"github.com/cnsmo/cnsmo/driver"
 	"github.com/cnsmo/cnsmo/internal/atomicfile"
+	"github.com/cnsmo/cnsmo/internal/wait"
 )
 
 // Driver is the exec driver of one owner.
@@ -319,19 +320,16 @@ func (d *Driver) Stop(ctx context.Context, name string) error {
 		return nil
 	}
 	_ = syscall.Kill(-pid, syscall.SIGTERM)
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
-		if _, ok := d.alive(name); !ok {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			_ = syscall.Kill(-pid, syscall.SIGKILL)
-			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
+	err := wait.Backoff{Min: 20 * time.Millisecond, Max: 20 * time.Millisecond, Limit: 5 * time.Second}.Until(ctx, func(context.Context) (bool, error) {
+		_, ok := d.alive(name)
+		return !ok, nil
+	})
+	if err != nil {
+		_ = syscall.Kill(-pid, syscall.SIGKILL)
 	}
-	_ = syscall.Kill(-pid, syscall.SIGKILL)
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
 	return nil
 }
 

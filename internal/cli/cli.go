@@ -101,6 +101,7 @@ type globals struct {
 
 // NewRoot builds cnsmo-role's command tree; extra adds the role subcommands.
 func NewRoot(extra ...*cobra.Command) *cobra.Command {
+	extra = append(roleCommands(), extra...)
 	g := &globals{}
 	root := &cobra.Command{
 		Use:   "cnsmo-role",

@@ -17,9 +17,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cenkalti/backoff/v4"
 	"github.com/rs/zerolog"
 
+	"github.com/cnsmo/cnsmo/internal/wait"
 	"github.com/cnsmo/cnsmo/mocknuvla"
 	"github.com/cnsmo/cnsmo/orchestrator"
 	"github.com/cnsmo/cnsmo/params"
@@ -239,28 +239,24 @@ func (d *Deployment) WaitSet(ctx context.Context, key string, instances ...strin
 }
 
 func (d *Deployment) waitParam(ctx context.Context, key, want string, ok func(string) bool, instances []string) error {
-	bo := backoff.NewExponentialBackOff()
-	bo.InitialInterval, bo.MaxInterval, bo.MaxElapsedTime = 50*time.Millisecond, 500*time.Millisecond, 0
-	for {
+	var missing []string
+	err := wait.Backoff{Min: 50 * time.Millisecond, Max: 500 * time.Millisecond}.Until(ctx, func(context.Context) (bool, error) {
 		if msg := d.Param("ss:abort"); msg != "" {
-			return fmt.Errorf("%w: %s", ErrAborted, msg)
+			return false, fmt.Errorf("%w: %s", ErrAborted, msg)
 		}
-		var missing []string
+		missing = missing[:0]
 		for _, in := range instances {
 			if !ok(d.Param(in + ":" + key)) {
 				missing = append(missing, in)
 			}
 		}
-		if len(missing) == 0 {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("deploy: waiting for %s=%s on %s: %w (statecustom: %s)", key, want,
-				strings.Join(missing, ", "), ctx.Err(), d.states(missing))
-		case <-time.After(bo.NextBackOff()):
-		}
+		return len(missing) == 0, nil
+	})
+	if err != nil && !errors.Is(err, ErrAborted) {
+		return fmt.Errorf("deploy: waiting for %s=%s on %s: %w (statecustom: %s)", key, want,
+			strings.Join(missing, ", "), err, d.states(missing))
 	}
+	return err
 }
 
 func (d *Deployment) states(instances []string) string {

@@ -2,6 +2,7 @@ package deploy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/netip"
@@ -10,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cnsmo/cnsmo/internal/wait"
 	"github.com/cnsmo/cnsmo/mocknuvla"
 	"github.com/cnsmo/cnsmo/params"
 	"github.com/cnsmo/cnsmo/recipes"
@@ -254,19 +256,21 @@ func (r *Report) trust(ctx context.Context, d *Deployment) {
 		return
 	}
 	refused := false
-	for i := 0; i < 300 && !refused; i++ { // bounded: the server's next passes
+	i := 0
+	werr := wait.Backoff{Min: 100 * time.Millisecond, Max: 100 * time.Millisecond, Limit: 30 * time.Second}.Until(ctx, func(context.Context) (bool, error) {
 		// Written again and again, as an attacker would: web.2 puts its own request back when it
 		// next reads the run.
-		if i%10 == 0 {
+		if i++; i%10 == 1 {
 			if err := d.Mock.SetParam(d.Run.UUID, "web.2:"+params.VPNCSR, string(forged)); err != nil {
-				r.fail("trust: %v", err)
-				return
+				return false, err
 			}
 		}
 		refused = strings.Contains(d.Param("cnsmo.1:statecustom"), "refused a certificate request for web.2")
-		if !refused {
-			time.Sleep(100 * time.Millisecond)
-		}
+		return refused, nil
+	})
+	if werr != nil && !errors.Is(werr, wait.ErrTimeout) {
+		r.fail("trust: %v", werr)
+		return
 	}
 	_ = d.Mock.SetParam(d.Run.UUID, "web.2:"+params.VPNCSR, own)
 	switch {
@@ -283,9 +287,9 @@ func (r *Report) trust(ctx context.Context, d *Deployment) {
 		return
 	}
 	gen := d.Param("cnsmo.1:" + params.Generation)
-	for i := 0; i < 300 && d.Param("cnsmo.1:"+params.Generation) == gen; i++ { // the server saw it
-		time.Sleep(100 * time.Millisecond)
-	}
+	_ = wait.Backoff{Min: 100 * time.Millisecond, Max: 100 * time.Millisecond, Limit: 30 * time.Second}.Until(ctx, func(context.Context) (bool, error) {
+		return d.Param("cnsmo.1:"+params.Generation) != gen, nil // the server saw it
+	})
 	conf, err := d.HAProxyConfig(ctx)
 	switch {
 	case err != nil:

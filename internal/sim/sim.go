@@ -19,6 +19,8 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/cnsmo/cnsmo/backend/slipstream"
+	"github.com/cnsmo/cnsmo/internal/wait"
 	"github.com/cnsmo/cnsmo/mocknuvla"
 	"github.com/cnsmo/cnsmo/orchestrator"
 	"github.com/cnsmo/cnsmo/params"
@@ -141,21 +143,21 @@ func (s *Sim) start(ctx context.Context, url, instance string, addr netip.Addr, 
 	if err != nil {
 		return nil, err
 	}
-	c := orchestrator.NewCache(client)
+	c := orchestrator.NewCache(slipstream.New(client))
 	r := &Role{Instance: instance, Addr: addr.String(), done: make(chan error, 1), fw: &fakeFW{}}
 	server := instance == "cnsmo.1"
 	var services []role.Service
 	generation := ""
 	if server {
-		services = []role.Service{&orchestrator.Core{Params: c}, &fakeHub{p: c, r: r}}
+		services = []role.Service{&fakeHub{p: c, r: r}}
 	} else {
 		services = []role.Service{&fakeClient{p: c, r: r}, r.fw}
 		r.fw.p, r.fw.r = c, r
 		if !cfg.WholeRun {
-			generation = "cnsmo.1:" + params.Generation
+			generation = "cnsmo.1"
 		}
 	}
-	l := &orchestrator.Loop{Role: "sim", Params: c, Services: services, Log: zerolog.Nop(), Steady: cfg.Steady,
+	l := &orchestrator.Loop{Role: "sim", Store: c, Server: server, Services: services, Log: zerolog.Nop(), Steady: cfg.Steady,
 		Generation: generation, OnPass: func(bool) { r.passes.Add(1) }}
 	s.wg.Add(1)
 	go func() {
@@ -188,12 +190,10 @@ func (s *Sim) Converged() bool {
 
 // WaitConverged waits (polling under ctx) until every role is enabled.
 func (s *Sim) WaitConverged(ctx context.Context) error {
-	for !s.Converged() {
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("sim: not converged: %w", ctx.Err())
-		case <-time.After(50 * time.Millisecond):
-		}
+	if err := (wait.Backoff{Min: 50 * time.Millisecond, Max: 50 * time.Millisecond}).Until(ctx, func(context.Context) (bool, error) {
+		return s.Converged(), nil
+	}); err != nil {
+		return fmt.Errorf("sim: not converged: %w", err)
 	}
 	return nil
 }
@@ -211,20 +211,17 @@ func (s *Sim) Done() bool {
 // fakeHub stands for the VPN server: it publishes its endpoint and is ready when every agent has
 // published its address (as the real one waits for every client's tunnel).
 type fakeHub struct {
-	p ssclient.Params
+	p role.Publisher
 	r *Role
 }
 
 func (h *fakeHub) Name() string { return "vpn" }
-func (h *fakeHub) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error) {
-	me := h.p.Instance()
-	if v, _ := run.Value(me + ":" + params.VPNEndpoint); v == "" {
-		if err := h.p.Set(ctx, params.VPNEndpoint, "198.18.0.1:1194/udp"); err != nil {
-			return false, err
-		}
+func (h *fakeHub) Reconcile(ctx context.Context, s role.Snapshot) (bool, error) {
+	if err := role.Publish(ctx, h.p, s, s.Self(), params.VPNEndpoint, "198.18.0.1:1194/udp"); err != nil {
+		return false, err
 	}
-	for _, in := range run.Instances("web") {
-		if v, _ := run.Value(in + ":" + params.VPNAddress); v == "" {
+	for _, in := range s.Instances("web") {
+		if s.Get(in, params.VPNAddress) == "" {
 			return false, nil
 		}
 	}
@@ -234,30 +231,37 @@ func (h *fakeHub) Teardown(context.Context) error {
 	h.r.tornDown.Store(time.Now().UnixNano())
 	return nil
 }
+func (h *fakeHub) Withdraw(ctx context.Context) error {
+	return role.Withdraw(ctx, h.p, params.VPNEndpoint)
+}
 
 // fakeClient stands for a VPN client: once the server's endpoint is published it publishes its
 // overlay address (once) and is ready.
 type fakeClient struct {
-	p ssclient.Params
+	p role.Publisher
 	r *Role
 }
 
 func (c *fakeClient) Name() string { return "vpn" }
-func (c *fakeClient) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error) {
-	if v, _ := run.Value("cnsmo.1:" + params.VPNEndpoint); v == "" {
+func (c *fakeClient) Reconcile(ctx context.Context, s role.Snapshot) (bool, error) {
+	if s.Get("cnsmo.1", params.VPNEndpoint) == "" {
 		return false, nil
 	}
-	if v, _ := run.Value(c.p.Instance() + ":" + params.VPNAddress); v == "" {
-		return false, c.p.Set(ctx, params.VPNAddress, "198.19.0."+c.p.Instance()[len("web."):])
+	me := s.Self()
+	if err := role.Publish(ctx, c.p, s, me, params.VPNAddress, "198.19.0."+me[len("web."):]); err != nil {
+		return false, err
 	}
 	return true, nil
 }
 func (c *fakeClient) Teardown(context.Context) error { return nil }
+func (c *fakeClient) Withdraw(ctx context.Context) error {
+	return role.Withdraw(ctx, c.p, params.VPNAddress)
+}
 
 // fakeFW stands for the firewall: it applies its instance's rules (records them) and publishes
 // fw.ready once.
 type fakeFW struct {
-	p     ssclient.Params
+	p     role.Publisher
 	r     *Role
 	mu    sync.Mutex
 	rules string
@@ -269,13 +273,13 @@ func (f *fakeFW) seen() string {
 	return f.rules
 }
 func (f *fakeFW) Name() string { return "fw" }
-func (f *fakeFW) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error) {
-	v, _ := run.Value(f.p.Instance() + ":" + params.FWRules)
+func (f *fakeFW) Reconcile(ctx context.Context, s role.Snapshot) (bool, error) {
+	me := s.Self()
 	f.mu.Lock()
-	f.rules = v
+	f.rules = s.Get(me, params.FWRules)
 	f.mu.Unlock()
-	if r, _ := run.Value(f.p.Instance() + ":" + params.FWReady); r != "true" {
-		return false, f.p.Set(ctx, params.FWReady, "true")
+	if err := role.Publish(ctx, f.p, s, me, params.FWReady, "true"); err != nil {
+		return false, err
 	}
 	return true, nil
 }
@@ -283,3 +287,4 @@ func (f *fakeFW) Teardown(context.Context) error {
 	f.r.tornDown.Store(time.Now().UnixNano())
 	return nil
 }
+func (f *fakeFW) Withdraw(ctx context.Context) error { return role.Withdraw(ctx, f.p, params.FWReady) }

@@ -19,7 +19,7 @@ import (
 	"github.com/cnsmo/cnsmo/internal/testutil"
 	"github.com/cnsmo/cnsmo/params"
 	"github.com/cnsmo/cnsmo/roles/role"
-	"github.com/cnsmo/cnsmo/ssclient"
+	"github.com/cnsmo/cnsmo/roles/role/roletest"
 )
 
 // flushNeighbours forgets every IPv6 neighbour of both namespaces, so that the next packet
@@ -63,7 +63,7 @@ func TestDenyAllKeepsVPNPings(t *testing.T) {
 		sh(t, append([]string{"ip", "netns", "exec"}, c...)...)
 	}
 	r := New(role.Env{Params: &fakeParams{set: map[string]string{}}, Driver: nsDriver{ns: p.srv}, Instance: "web.1", Exec: true, Log: zerolog.Nop(), UseVPN: true})
-	ready, err := r.Reconcile(ctx, &ssclient.Run{Params: map[string]ssclient.Param{"web.1:" + params.FWRules: {Value: `[{"policy":"denyall"}]`, IsSet: true}}})
+	ready, err := r.Reconcile(ctx, roletest.NewSnapshot("web.1", map[string]string{params.FWRules: `[{"policy":"denyall"}]`}))
 	require.NoError(t, err)
 	require.True(t, ready)
 	for _, a := range []string{"198.19.250.1", "2001:db8:fb::1"} {
@@ -163,7 +163,7 @@ func TestDenyAllKeepsNameResolutionAndTheEndpoint(t *testing.T) {
 		}
 		return as, nil
 	}
-	run := &ssclient.Run{Params: map[string]ssclient.Param{"web.1:" + params.FWRules: {Value: `[{"policy":"denyall"}]`, IsSet: true}}}
+	run := roletest.NewSnapshot("web.1", map[string]string{params.FWRules: `[{"policy":"denyall"}]`})
 	ready, err := r.Reconcile(ctx, run)
 	require.NoError(t, err)
 	require.True(t, ready)

@@ -13,16 +13,16 @@ import (
 	"github.com/cnsmo/cnsmo/driver"
 	"github.com/cnsmo/cnsmo/params"
 	"github.com/cnsmo/cnsmo/roles/role"
-	"github.com/cnsmo/cnsmo/ssclient"
+	"github.com/cnsmo/cnsmo/roles/role/roletest"
 )
 
-func rulesRun(rules string) *ssclient.Run {
-	return &ssclient.Run{Params: map[string]ssclient.Param{"web.1:" + params.FWRules: {Value: rules, IsSet: true}}}
+func rulesRun(rules string) *roletest.Snapshot {
+	return roletest.NewSnapshot("web.1", map[string]string{params.FWRules: rules})
 }
 
 // reconcileUntil runs the role's passes until cond holds, at most max passes, and returns how
 // many it took (max+1 when it never held).
-func reconcileUntil(t *testing.T, r *Role, run *ssclient.Run, max int, cond func() bool) int {
+func reconcileUntil(t *testing.T, r *Role, run role.Snapshot, max int, cond func() bool) int {
 	t.Helper()
 	for i := 1; i <= max; i++ {
 		_, err := r.Reconcile(context.Background(), run)
@@ -63,7 +63,7 @@ func TestDriftIsRepairedWithinTwoPasses(t *testing.T) {
 		// cnsmo's chains and jumps as applied (another tool's own rule is left where it is, after
 		// cnsmo's jump).
 		n := reconcileUntil(t, r, run, 2, func() bool {
-			rules, _ := ParseRules(role.Get(run, "web.1", params.FWRules))
+			rules, _ := ParseRules(run.Get("web.1", params.FWRules))
 			d, err := r.ap.Check(context.Background(), rules, r.options(context.Background(), run))
 			return err == nil && d == ""
 		})
@@ -157,7 +157,7 @@ func TestFailedApplyWithdrawsReadiness(t *testing.T) {
 	fp := &fakeParams{set: map[string]string{}}
 	r := New(role.Env{Params: fp, Driver: failingDriver{}, Instance: "web.1", Exec: true, Log: zerolog.Nop()})
 	run := rulesRun(`[]`)
-	run.Params["web.1:"+params.FWReady] = ssclient.Param{Value: "true", IsSet: true}
+	run.Put("web.1:"+params.FWReady, "true")
 	ready, err := r.Reconcile(context.Background(), run)
 	require.Error(t, err)
 	require.False(t, ready)
@@ -172,11 +172,11 @@ func TestFailedApplyWithdrawsReadiness(t *testing.T) {
 // survives a restart of the role.
 func TestLockoutWaiverPinnedOnFirstUse(t *testing.T) {
 	dir := t.TempDir()
-	run := func(v string) *ssclient.Run {
+	run := func(v string) *roletest.Snapshot {
 		r := rulesRun(`[{"policy":"denyall"}]`)
 		if v != "" {
 			for _, in := range []string{"web.1", "web.2"} {
-				r.Params[in+":"+params.FWLockoutOK] = ssclient.Param{Value: v, IsSet: true}
+				r.Put(in+":"+params.FWLockoutOK, v)
 			}
 		}
 		return r

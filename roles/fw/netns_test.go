@@ -17,7 +17,7 @@ import (
 	"github.com/cnsmo/cnsmo/internal/testutil"
 	"github.com/cnsmo/cnsmo/params"
 	"github.com/cnsmo/cnsmo/roles/role"
-	"github.com/cnsmo/cnsmo/ssclient"
+	"github.com/cnsmo/cnsmo/roles/role/roletest"
 )
 
 // nsDriver runs one-shot commands in a network namespace of the test (the exec driver's way,
@@ -135,20 +135,22 @@ func TestApplyInANamespace(t *testing.T) {
 	require.True(t, p.connect("198.18.250.2", "8081"))
 }
 
+// fakeParams records the writes of web.1 by key.
 type fakeParams struct {
-	ssclient.Params
 	set map[string]string
 }
 
-func (f *fakeParams) Set(_ context.Context, k, v string) error { f.set[k] = v; return nil }
+func (f *fakeParams) Self() string                                { return "web.1" }
+func (f *fakeParams) Display(context.Context, string) error       { return nil }
+func (f *fakeParams) Set(_ context.Context, _, k, v string) error { f.set[k] = v; return nil }
 
 func TestRoleInvalidRulesApplyNothing(t *testing.T) {
 	p := twoHosts(t)
 	ctx := context.Background()
 	fp := &fakeParams{set: map[string]string{}}
 	r := New(role.Env{Params: fp, Driver: nsDriver{ns: p.srv}, Instance: "web.1", Exec: true, Log: zerolog.Nop()})
-	run := func(rules string) *ssclient.Run {
-		return &ssclient.Run{Params: map[string]ssclient.Param{"web.1:" + params.FWRules: {Value: rules, IsSet: true}}}
+	run := func(rules string) *roletest.Snapshot {
+		return roletest.NewSnapshot("web.1", map[string]string{params.FWRules: rules})
 	}
 	ready, err := r.Reconcile(ctx, run(`[{"direction":"in","protocol":"tcp","dst_port":"8081","action":"drop"}]`))
 	require.NoError(t, err)

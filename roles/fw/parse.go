@@ -16,7 +16,7 @@ import (
 	"strings"
 
 	"github.com/cnsmo/cnsmo/params"
-	"github.com/cnsmo/cnsmo/ssclient"
+	"github.com/cnsmo/cnsmo/roles/role"
 )
 
 // Rule is one validated rule.
@@ -50,32 +50,36 @@ func ParseRules(value string) ([]Rule, error) {
 	if value == "" {
 		return nil, nil
 	}
-	if n := len([]rune(value)); n > ssclient.MaxValueLen {
-		return nil, fmt.Errorf("%s: value is %d characters, over the %d limit", params.FWRules, n, ssclient.MaxValueLen)
+	if n := len([]rune(value)); n > role.MaxValueLen {
+		return nil, role.Invalid(params.FWRules, "", "value is %d characters, over the %d limit", n, role.MaxValueLen)
 	}
 	var raw []json.RawMessage
 	dec := json.NewDecoder(bytes.NewReader([]byte(value)))
 	if err := dec.Decode(&raw); err != nil {
-		return nil, fmt.Errorf("%s: not a JSON list of rule objects (%s)", params.FWRules, jsonProblem(err))
+		return nil, role.Invalid(params.FWRules, "", "not a JSON list of rule objects (%s)", jsonProblem(err))
 	}
 	if dec.More() {
-		return nil, fmt.Errorf("%s: text after the JSON list", params.FWRules)
+		return nil, role.Invalid(params.FWRules, "", "text after the JSON list")
 	}
 	rules := make([]Rule, 0, len(raw))
 	policy := -1
 	for i, elem := range raw {
 		var m map[string]json.RawMessage
 		if err := json.Unmarshal(elem, &m); err != nil || m == nil {
-			return nil, fmt.Errorf(`%s[%d]: a rule must be a JSON object such as {"direction":"in","protocol":"tcp","dst_port":"8081","action":"drop"} or {"policy":"denyall"}, not %s`,
-				params.FWRules, i, clip(string(elem), 40))
+			return nil, role.Invalid(params.FWRules, fmt.Sprintf("[%d]", i), `a rule must be a JSON object such as {"direction":"in","protocol":"tcp","dst_port":"8081","action":"drop"} or {"policy":"denyall"}, not %s`,
+				clip(string(elem), 40))
 		}
 		r, err := parseRule(m)
 		if err != nil {
-			return nil, fmt.Errorf("%s[%d].%w", params.FWRules, i, err)
+			var fe *fieldError
+			if errors.As(err, &fe) {
+				return nil, role.Invalid(params.FWRules, fmt.Sprintf("[%d].%s", i, fe.field), "%s", fe.msg)
+			}
+			return nil, role.Invalid(params.FWRules, fmt.Sprintf("[%d]", i), "%v", err)
 		}
 		if r.DenyAll {
 			if policy >= 0 {
-				return nil, fmt.Errorf("%s[%d].policy: a second policy (the first is rule %d); a list has at most one", params.FWRules, i, policy)
+				return nil, role.Invalid(params.FWRules, fmt.Sprintf("[%d].policy", i), "a second policy (the first is rule %d); a list has at most one", policy)
 			}
 			policy = i
 		}
@@ -281,12 +285,9 @@ func parsePorts(field string, v json.RawMessage) (string, error) {
 }
 
 func port(field, s string) (int, error) {
-	n, err := strconv.Atoi(strings.TrimSpace(s))
+	n, err := role.Port(s)
 	if err != nil {
-		return 0, ferr(field, "%q is not a port number", s)
-	}
-	if n < 1 || n > 65535 {
-		return 0, ferr(field, "%d is out of range 1-65535", n)
+		return 0, ferr(field, "%v", err)
 	}
 	return n, nil
 }

@@ -16,7 +16,6 @@ import (
 	"github.com/cnsmo/cnsmo/internal/atomicfile"
 	"github.com/cnsmo/cnsmo/params"
 	"github.com/cnsmo/cnsmo/roles/role"
-	"github.com/cnsmo/cnsmo/ssclient"
 )
 
 // vpnDevice is the VPN's overlay device (vpn.Device).
@@ -99,13 +98,13 @@ const (
 // options derives the anti-lockout rules from the run: the VPN port (from the CNSMO server's
 // vpn.port) and overlay pings when the VPN is on, the name servers and the Nuvla endpoint's
 // addresses (resolved again on every pass), and the waiver.
-func (r *Role) options(ctx context.Context, run *ssclient.Run) Options {
+func (r *Role) options(ctx context.Context, s role.Snapshot) Options {
 	me := r.env.Instance
-	o := Options{NoAntiLockout: r.waived(role.Get(run, me, params.FWLockoutOK) == "true")}
+	o := Options{NoAntiLockout: r.waived(s.Get(me, params.FWLockoutOK) == "true")}
 	if r.env.UseVPN {
 		o.VPNPort, o.VPNDevice = 1194, vpnDevice
-		if srv := role.Get(run, me, params.ServerInstanceID); srv != "" {
-			if p, err := strconv.Atoi(role.Get(run, srv, params.VPNPort)); err == nil && p > 0 {
+		if srv := s.Get(me, params.ServerInstanceID); srv != "" {
+			if p, err := role.ParsePort(params.VPNPort, s.Get(srv, params.VPNPort)); err == nil {
 				o.VPNPort = p
 			}
 		}
@@ -187,14 +186,14 @@ func nameServers(path string) []netip.Addr {
 
 // Reconcile validates the rules (invalid: nothing applied, the run is aborted), applies them
 // when they changed, and publishes fw.ready once they are verified in place.
-func (r *Role) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error) {
+func (r *Role) Reconcile(ctx context.Context, s role.Snapshot) (bool, error) {
 	me := r.env.Instance
-	raw := role.Get(run, me, params.FWRules)
+	raw := s.Get(me, params.FWRules)
 	rules, err := ParseRules(raw)
 	if err != nil {
 		return false, role.Terminal(err)
 	}
-	opts := r.options(ctx, run)
+	opts := r.options(ctx, s)
 	key := fmt.Sprintf("%s|%+v", raw, opts)
 	if key == r.applied {
 		// Steady: compare with what the kernel holds (another tool may have flushed or edited
@@ -211,18 +210,14 @@ func (r *Role) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error) {
 	if key != r.applied {
 		if err := r.ap.Apply(ctx, rules, opts); err != nil {
 			r.down = true
-			if role.Get(run, me, params.FWReady) != "" {
-				_ = r.env.Params.Set(ctx, params.FWReady, "") // withdrawn: un-set, not false
-			}
+			_ = role.Publish(ctx, r.env.Params, s, me, params.FWReady, "") // withdrawn: un-set, not false
 			return false, err
 		}
 		r.applied, r.down = key, false
 		r.env.Log.Info().Int("rules", len(rules)).Msg("firewall rules applied and verified")
 	}
-	if role.Get(run, me, params.FWReady) != "true" {
-		if err := r.env.Params.Set(ctx, params.FWReady, "true"); err != nil {
-			return false, fmt.Errorf("fw: set %s: %w", params.FWReady, err)
-		}
+	if err := role.Publish(ctx, r.env.Params, s, me, params.FWReady, "true"); err != nil {
+		return false, fmt.Errorf("fw: %w", err)
 	}
 	return true, nil
 }
@@ -234,4 +229,25 @@ func (r *Role) Down() bool { return r.down }
 func (r *Role) Teardown(ctx context.Context) error {
 	r.applied = ""
 	return r.ap.Teardown(ctx)
+}
+
+// Withdraw un-sets fw.ready.
+func (r *Role) Withdraw(ctx context.Context) error {
+	return role.Withdraw(ctx, r.env.Params, params.FWReady)
+}
+
+// Validate checks the rules of every application instance of the deployment (server, the CNSMO
+// server's instance, has none), without side effects.
+func Validate(s role.Snapshot, server string) error {
+	for _, node := range s.Nodes() {
+		for _, inst := range s.Instances(node) {
+			if inst == server {
+				continue
+			}
+			if _, err := ParseRules(s.Get(inst, params.FWRules)); err != nil {
+				return fmt.Errorf("%s: %w", inst, err)
+			}
+		}
+	}
+	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/cnsmo/cnsmo/params"
+	"github.com/cnsmo/cnsmo/roles/role"
 )
 
 // Modes are the balancing algorithms HAProxy offers in TCP mode.
@@ -39,14 +40,6 @@ type Config struct {
 	SocketPath, StatePath string
 }
 
-// InputError names the parameter whose value is wrong.
-type InputError struct {
-	Param string
-	Msg   string
-}
-
-func (e *InputError) Error() string { return e.Param + ": " + e.Msg }
-
 // ParseConfig validates the LB inputs. get returns a parameter's value ("" when unset);
 // nodes are the node names of the run (from ss:groups). Errors name the parameter.
 func ParseConfig(get func(key string) string, nodes []string) (Config, error) {
@@ -63,7 +56,7 @@ func ParseConfig(get func(key string) string, nodes []string) (Config, error) {
 	}
 	if v := strings.TrimSpace(get(params.LBMode)); v != "" {
 		if !slices.Contains(Modes, v) {
-			return Config{}, &InputError{params.LBMode, fmt.Sprintf("%q is not one of %s", v, strings.Join(Modes, ", "))}
+			return Config{}, role.Invalid(params.LBMode, "", "%q is not one of %s", v, strings.Join(Modes, ", "))
 		}
 		cfg.Mode = v
 	}
@@ -73,7 +66,7 @@ func ParseConfig(get func(key string) string, nodes []string) (Config, error) {
 	if v := strings.TrimSpace(get(params.LBCheckInter)); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 100 || n > 3600000 {
-			return Config{}, &InputError{params.LBCheckInter, fmt.Sprintf("%q is not a whole number of milliseconds from 100 to 3600000", v)}
+			return Config{}, role.Invalid(params.LBCheckInter, "", "%q is not a whole number of milliseconds from 100 to 3600000", v)
 		}
 		cfg.CheckInter = n
 	}
@@ -84,7 +77,7 @@ func ParseConfig(get func(key string) string, nodes []string) (Config, error) {
 		if v := strings.TrimSpace(get(c.param)); v != "" {
 			n, err := strconv.Atoi(v)
 			if err != nil || n < 1 || n > 100 {
-				return Config{}, &InputError{c.param, fmt.Sprintf("%q is not a number of checks from 1 to 100", v)}
+				return Config{}, role.Invalid(c.param, "", "%q is not a number of checks from 1 to 100", v)
 			}
 			*c.dst = n
 		}
@@ -99,30 +92,23 @@ func parsePort(param, v string, required bool) (int, error) {
 	v = strings.TrimSpace(v)
 	if v == "" {
 		if required {
-			return 0, &InputError{param, "is not set (a TCP port from 1 to 65535)"}
+			return 0, role.Invalid(param, "", "is not set (a TCP port from 1 to 65535)")
 		}
 		return 0, nil
 	}
-	n, err := strconv.Atoi(v)
-	if err != nil {
-		return 0, &InputError{param, fmt.Sprintf("%q is not a port number", v)}
-	}
-	if n < 1 || n > 65535 {
-		return 0, &InputError{param, fmt.Sprintf("%d is out of range 1-65535", n)}
-	}
-	return n, nil
+	return role.ParsePort(param, v)
 }
 
 // parseNodes accepts "web", "web,api", or a JSON list ["web","api"].
 func parseNodes(v string, known []string) ([]string, error) {
 	v = strings.TrimSpace(v)
 	if v == "" {
-		return nil, &InputError{params.LBNode, "is not set (the node whose instances are the backends)"}
+		return nil, role.Invalid(params.LBNode, "", "is not set (the node whose instances are the backends)")
 	}
 	var names []string
 	if strings.HasPrefix(v, "[") {
 		if err := json.Unmarshal([]byte(v), &names); err != nil {
-			return nil, &InputError{params.LBNode, fmt.Sprintf("not a JSON list of node names: %v", err)}
+			return nil, role.Invalid(params.LBNode, "", "not a JSON list of node names: %v", err)
 		}
 	} else {
 		names = strings.Split(v, ",")
@@ -134,14 +120,14 @@ func parseNodes(v string, known []string) ([]string, error) {
 			continue
 		}
 		if !slices.Contains(known, n) {
-			return nil, &InputError{params.LBNode, fmt.Sprintf("node %q is not in the run (nodes: %s)", n, strings.Join(known, ", "))}
+			return nil, role.Invalid(params.LBNode, "", "node %q is not in the run (nodes: %s)", n, strings.Join(known, ", "))
 		}
 		if !slices.Contains(out, n) {
 			out = append(out, n)
 		}
 	}
 	if len(out) == 0 {
-		return nil, &InputError{params.LBNode, "names no node"}
+		return nil, role.Invalid(params.LBNode, "", "names no node")
 	}
 	return out, nil
 }

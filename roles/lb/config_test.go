@@ -14,6 +14,7 @@ import (
 
 	"github.com/cnsmo/cnsmo/internal/testutil"
 	"github.com/cnsmo/cnsmo/params"
+	"github.com/cnsmo/cnsmo/roles/role"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files")
@@ -58,7 +59,7 @@ func TestParseConfig(t *testing.T) {
 			got, err := ParseConfig(getter(tt.in), nodes)
 			if tt.wantErr != "" {
 				require.EqualError(t, err, tt.wantErr)
-				var ie *InputError
+				var ie *role.InputError
 				require.True(t, errors.As(err, &ie), "error is an *InputError naming the parameter")
 				return
 			}

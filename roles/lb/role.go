@@ -23,7 +23,6 @@ import (
 	"github.com/cnsmo/cnsmo/driver"
 	"github.com/cnsmo/cnsmo/params"
 	"github.com/cnsmo/cnsmo/roles/role"
-	"github.com/cnsmo/cnsmo/ssclient"
 )
 
 // Where the function's files go: DefaultDir in the HAProxy container (Docker driver); with the
@@ -53,7 +52,7 @@ const (
 
 // Role runs the load balancer on the instance whose parameters hold lb.port, lb.mode and lb.node.
 type Role struct {
-	Params ssclient.Params
+	Params role.Publisher
 	Driver driver.Driver
 	Image  string
 	Log    zerolog.Logger
@@ -117,16 +116,15 @@ func (r *Role) Waiting() string { return r.waiting }
 // Reconcile validates the inputs, renders the configuration for the current backends, checks it
 // with `haproxy -c`, starts HAProxy or reloads it hitlessly when the configuration changed, and
 // sets lb.ready once HAProxy accepts connections and at least one backend is up.
-func (r *Role) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error) {
-	me := r.Params.Instance()
-	get := func(k string) string { return role.Get(run, me, k) }
-	cfg, err := ParseConfig(get, run.Nodes())
+func (r *Role) Reconcile(ctx context.Context, s role.Snapshot) (bool, error) {
+	me := r.Params.Self()
+	cfg, err := ParseConfig(func(k string) string { return s.Get(me, k) }, s.Nodes())
 	if err != nil {
 		return false, role.Terminal(err)
 	}
 	cfg.SocketPath, cfg.StatePath = r.path(socketFile), r.path(stateFile)
 	r.waiting, r.down = "", false // said again below when still so
-	backends := r.backends(run, cfg)
+	backends := r.backends(s, cfg)
 	conf := Render(cfg, backends)
 
 	st, err := r.Driver.Status(ctx, FunctionName)
@@ -170,38 +168,45 @@ func (r *Role) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error) {
 		// Ready means serving: a backend has passed a check. With every backend known down it
 		// is not, and lb.ready is withdrawn (un-set). Checks not run yet, or a runtime API that
 		// does not answer for a moment (during a reload), withdraw nothing.
-		if r.down && role.Get(run, me, params.LBReady) != "" {
-			if err := r.Params.Set(ctx, params.LBReady, ""); err != nil {
-				return false, fmt.Errorf("lb: withdraw %s: %w", params.LBReady, err)
+		if r.down {
+			if err := role.Publish(ctx, r.Params, s, me, params.LBReady, ""); err != nil {
+				return false, fmt.Errorf("lb: %w", err)
 			}
 		}
 		return false, nil
 	}
-	for _, kv := range [][2]string{
-		{params.URLService, urlService(run, me, cfg.Port)},
-		{params.SSURLService, urlService(run, me, cfg.Port)},
-		{params.LBReady, "true"},
+	url := urlService(s, me, cfg.Port)
+	for _, out := range []struct{ instance, key, value string }{
+		{me, params.URLService, url},
+		{role.Deployment, params.URLService, url}, // the deployment's URL, shown by the platform
+		{me, params.LBReady, "true"},
 	} {
-		if role.Get(run, keyInstance(kv[0], me), strings.TrimPrefix(kv[0], "ss:")) == kv[1] {
-			continue
-		}
-		if err := r.Params.Set(ctx, kv[0], kv[1]); err != nil {
-			return false, fmt.Errorf("lb: set %s: %w", kv[0], err)
+		if err := role.Publish(ctx, r.Params, s, out.instance, out.key, out.value); err != nil {
+			return false, fmt.Errorf("lb: %w", err)
 		}
 	}
 	return true, nil
 }
 
-// keyInstance tells under which group a key lives in a whole-run read.
-func keyInstance(key, me string) string {
-	if strings.HasPrefix(key, "ss:") {
-		return "ss"
+// Withdraw un-sets lb.ready and the service URLs (the instance's and the deployment's).
+func (r *Role) Withdraw(ctx context.Context) error {
+	err := role.Withdraw(ctx, r.Params, params.LBReady, params.URLService)
+	if werr := r.Params.Set(ctx, role.Deployment, params.URLService, ""); werr != nil {
+		err = errors.Join(err, fmt.Errorf("withdraw the deployment's %s: %w", params.URLService, werr))
 	}
-	return me
+	return err
 }
 
-func urlService(run *ssclient.Run, me string, port int) string {
-	host := role.Get(run, me, params.Hostname)
+// Validate checks the load balancer's inputs on the CNSMO server's instance, without side effects.
+func Validate(s role.Snapshot, server string) error {
+	if _, err := ParseConfig(func(k string) string { return s.Get(server, k) }, s.Nodes()); err != nil {
+		return fmt.Errorf("%s: %w", server, err)
+	}
+	return nil
+}
+
+func urlService(s role.Snapshot, me string, port int) string {
+	host := s.Get(me, params.Hostname)
 	if host == "" {
 		host = "localhost"
 	}
@@ -213,11 +218,11 @@ func urlService(run *ssclient.Run, me string, port int) string {
 // by publishing vpn.address), never the value it claims; without, its hostname, unless that is
 // an address of the LB VM itself or of the cloud (loopback, link-local such as the metadata
 // service 169.254.169.254, multicast, unspecified). A backend left out is warned about once.
-func (r *Role) backends(run *ssclient.Run, cfg Config) []Backend {
+func (r *Role) backends(s role.Snapshot, cfg Config) []Backend {
 	var out []Backend
 	for _, node := range cfg.Nodes {
-		for _, inst := range run.Instances(node) {
-			a, key, v, why := r.address(run, inst)
+		for _, inst := range s.Instances(node) {
+			a, key, v, why := r.address(s, inst)
 			if why != "" {
 				if v != "" {
 					r.warnOnce(inst, key+"="+v, func(e *zerolog.Event) *zerolog.Event { return e.Str("param", key).Str("value", v) }, "backend left out: "+why)
@@ -232,10 +237,10 @@ func (r *Role) backends(run *ssclient.Run, cfg Config) []Backend {
 
 // address returns the address inst is served at, or why it is not (with the parameter and value
 // that were looked at).
-func (r *Role) address(run *ssclient.Run, inst string) (a netip.Addr, key, v, why string) {
+func (r *Role) address(s role.Snapshot, inst string) (a netip.Addr, key, v, why string) {
 	if r.UseVPN {
 		key = params.VPNAddress
-		v = strings.TrimSpace(role.Get(run, inst, key))
+		v = strings.TrimSpace(s.Get(inst, key))
 		if v == "" {
 			return a, key, v, "" // its tunnel is not up yet
 		}
@@ -251,7 +256,7 @@ func (r *Role) address(run *ssclient.Run, inst string) (a netip.Addr, key, v, wh
 		return a, key, v, "the VPN server assigned it no address"
 	}
 	key = params.Hostname
-	v = strings.TrimSpace(role.Get(run, inst, key))
+	v = strings.TrimSpace(s.Get(inst, key))
 	if v == "" {
 		return a, key, v, ""
 	}

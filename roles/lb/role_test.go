@@ -19,7 +19,7 @@ import (
 	"github.com/cnsmo/cnsmo/driver"
 	"github.com/cnsmo/cnsmo/params"
 	"github.com/cnsmo/cnsmo/roles/role"
-	"github.com/cnsmo/cnsmo/ssclient"
+	"github.com/cnsmo/cnsmo/roles/role/roletest"
 )
 
 // fakeDriver records what the role asks of the runtime; the `haproxy -c` one-shot fails when
@@ -92,14 +92,25 @@ func (d *fakeDriver) Status(context.Context, string) (driver.Status, error) {
 	return driver.Status{}, nil
 }
 
+// fakeParams records the writes of cnsmo.1: its own keys by name, others' as "instance:key", the
+// deployment's as "deployment:key".
 type fakeParams struct {
-	ssclient.Params
 	set      map[string]string
 	displays []string
 }
 
-func (f *fakeParams) Instance() string                         { return "cnsmo.1" }
-func (f *fakeParams) Set(_ context.Context, k, v string) error { f.set[k] = v; return nil }
+func (f *fakeParams) Self() string { return "cnsmo.1" }
+func (f *fakeParams) Set(_ context.Context, instance, k, v string) error {
+	switch instance {
+	case role.Deployment:
+		k = "deployment:" + k
+	case "cnsmo.1":
+	default:
+		k = instance + ":" + k
+	}
+	f.set[k] = v
+	return nil
+}
 func (f *fakeParams) Display(_ context.Context, m string) error {
 	f.displays = append(f.displays, m)
 	return nil
@@ -138,21 +149,15 @@ func fakeRuntimeAPI(status string) (net.Conn, error) {
 	return c, nil
 }
 
-func lbRun(backends ...string) *ssclient.Run {
-	p := map[string]ssclient.Param{}
-	set := func(k, v string) { p[k] = ssclient.Param{Value: v, IsSet: true} }
-	set("ss:groups", "cloud-a:cnsmo,cloud-b:web")
-	set("cnsmo.1:"+params.LBPort, "8080")
-	set("cnsmo.1:"+params.LBMode, "roundrobin")
-	set("cnsmo.1:"+params.LBNode, "web")
-	set("cnsmo.1:"+params.Hostname, "198.18.0.2")
-	var ids []string
+func lbRun(backends ...string) *roletest.Snapshot {
+	s := roletest.NewSnapshot("cnsmo.1", map[string]string{
+		params.LBPort: "8080", params.LBMode: "roundrobin", params.LBNode: "web", params.Hostname: "198.18.0.2",
+	})
+	s.AddNode("cnsmo", "cnsmo.1").AddNode("web", backends...)
 	for i, b := range backends {
-		ids = append(ids, strings.TrimPrefix(b, "web."))
-		set(b+":"+params.Hostname, "198.18.0."+string(rune('1'+i))+"1")
+		s.Put(b+":"+params.Hostname, "198.18.0."+string(rune('1'+i))+"1")
 	}
-	set("web:ids", strings.Join(ids, ","))
-	return &ssclient.Run{Params: p}
+	return s
 }
 
 // A new backend set is checked, then handed to the running HAProxy with the servers' states and
@@ -169,7 +174,7 @@ func TestReconcileReloadsCheckedConfigsOnly(t *testing.T) {
 	require.True(t, ready)
 	require.Equal(t, 1, drv.starts)
 	require.Equal(t, "true", fp.set[params.LBReady])
-	require.Equal(t, "198.18.0.2:8080", fp.set[params.SSURLService])
+	require.Equal(t, "198.18.0.2:8080", fp.set["deployment:"+params.URLService])
 	first := drv.files[ConfigPath]
 	require.Contains(t, first, "server web.1 198.18.0.11:8080 check")
 
@@ -218,7 +223,7 @@ func TestReadyOnlyWhileABackendIsUp(t *testing.T) {
 
 	r.Dial = runtimeAPIWith("DOWN")
 	run := lbRun("web.1")
-	run.Params["cnsmo.1:"+params.LBReady] = ssclient.Param{Value: "true", IsSet: true}
+	run.Put("cnsmo.1:"+params.LBReady, "true")
 	ready, err = r.Reconcile(ctx, run)
 	require.NoError(t, err)
 	require.False(t, ready, "every backend down: not ready")
@@ -241,7 +246,7 @@ func TestReadyMeansABackendPassedACheck(t *testing.T) {
 	require.False(t, r.Down())
 
 	run := lbRun("web.1")
-	run.Params["cnsmo.1:"+params.LBReady] = ssclient.Param{Value: "true", IsSet: true}
+	run.Put("cnsmo.1:"+params.LBReady, "true")
 	ready, err = r.Reconcile(ctx, run)
 	require.NoError(t, err)
 	require.False(t, ready)
@@ -250,20 +255,20 @@ func TestReadyMeansABackendPassedACheck(t *testing.T) {
 }
 
 // runWith is lbRun with each backend's hostname and vpn.address as given.
-func runWith(hosts map[string][2]string) *ssclient.Run {
+func runWith(hosts map[string][2]string) *roletest.Snapshot {
 	run := lbRun()
 	var ids []string
 	for inst, hv := range hosts {
-		ids = append(ids, strings.TrimPrefix(inst, "web."))
+		ids = append(ids, inst)
 		if hv[0] != "" {
-			run.Params[inst+":"+params.Hostname] = ssclient.Param{Value: hv[0], IsSet: true}
+			run.Put(inst+":"+params.Hostname, hv[0])
 		}
 		if hv[1] != "" {
-			run.Params[inst+":"+params.VPNAddress] = ssclient.Param{Value: hv[1], IsSet: true}
+			run.Put(inst+":"+params.VPNAddress, hv[1])
 		}
 	}
-	slices.Sort(ids)
-	run.Params["web:ids"] = ssclient.Param{Value: strings.Join(ids, ","), IsSet: true}
+	slices.SortFunc(ids, compareInstance)
+	run.Members["web"] = ids
 	return run
 }
 
@@ -335,7 +340,7 @@ func TestNotReadyWhileAnOldWorkerRuns(t *testing.T) {
 
 	drv.pids = "12 7\n" // right after SIGUSR2 the master may not have forked the new worker yet
 	run := lbRun("web.1", "web.2")
-	run.Params["cnsmo.1:"+params.LBReady] = ssclient.Param{Value: "true", IsSet: true}
+	run.Put("cnsmo.1:"+params.LBReady, "true")
 	ready, err = r.Reconcile(ctx, run)
 	require.NoError(t, err)
 	require.Len(t, drv.signals, 1, "reloaded")

@@ -6,19 +6,19 @@ package role
 import (
 	"context"
 	"errors"
-
-	"github.com/cnsmo/cnsmo/ssclient"
 )
 
-// Service is one network service on one instance. The orchestrator calls Reconcile with a fresh
-// whole-run read on every pass; Reconcile compares what the parameters ask for with what runs,
-// acts on the difference, and reports whether the service is ready. Running it twice with the
-// same input changes nothing.
+// Service is one network service on one instance. The orchestrator calls Reconcile with a
+// snapshot of the deployment on every pass; Reconcile compares what the parameters ask for with
+// what runs, acts on the difference, and reports whether the service is ready. Running it twice
+// with the same snapshot changes nothing.
 type Service interface {
 	Name() string
-	Reconcile(ctx context.Context, run *ssclient.Run) (ready bool, err error)
+	Reconcile(ctx context.Context, s Snapshot) (ready bool, err error)
 	// Teardown removes exactly what this service created on this instance.
 	Teardown(ctx context.Context) error
+	// Withdraw un-sets every value this service published (when it is no longer enabled).
+	Withdraw(ctx context.Context) error
 }
 
 // terminalError marks an error that retrying cannot fix (invalid input): the run is aborted.
@@ -39,10 +39,4 @@ func Terminal(err error) error {
 func IsTerminal(err error) bool {
 	var t *terminalError
 	return errors.As(err, &t)
-}
-
-// Get returns the value of key on instance in run ("" when unset).
-func Get(run *ssclient.Run, instance, key string) string {
-	v, _ := run.Value(instance + ":" + key)
-	return v
 }

@@ -4,14 +4,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/cnsmo/cnsmo/internal/atomicfile"
+	"github.com/cnsmo/cnsmo/params"
+	"github.com/cnsmo/cnsmo/roles/role"
 	"math/big"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
 	"sync"
-
-	"github.com/cnsmo/cnsmo/roles/vpn/pki"
 )
 
 // Default overlay prefixes. IPv4: a /16 inside 100.64.0.0/10 (RFC 6598 shared address space, the
@@ -69,23 +70,23 @@ func ParsePrefixes(subnet, subnet6 string) (v4, v6 netip.Prefix, err error) {
 	}
 	v4, err = netip.ParsePrefix(subnet)
 	if err != nil || !v4.Addr().Is4() {
-		return v4, v6, fmt.Errorf("vpn.subnet: %q is not an IPv4 prefix such as %s", subnet, DefaultSubnet)
+		return v4, v6, role.Invalid(params.VPNSubnet, "", "%q is not an IPv4 prefix such as %s", subnet, DefaultSubnet)
 	}
 	if v4 != v4.Masked() {
-		return v4, v6, fmt.Errorf("vpn.subnet: %q has host bits set (did you mean %s?)", subnet, v4.Masked())
+		return v4, v6, role.Invalid(params.VPNSubnet, "", "%q has host bits set (did you mean %s?)", subnet, v4.Masked())
 	}
 	if v4.Bits() < 8 || v4.Bits() > 29 {
-		return v4, v6, fmt.Errorf("vpn.subnet: %q: prefix length must be between /8 and /29", subnet)
+		return v4, v6, role.Invalid(params.VPNSubnet, "", "%q: prefix length must be between /8 and /29", subnet)
 	}
 	v6, err = netip.ParsePrefix(subnet6)
 	if err != nil || !v6.Addr().Is6() || v6.Addr().Is4In6() {
-		return v4, v6, fmt.Errorf("vpn.subnet6: %q is not an IPv6 prefix such as %s", subnet6, DefaultSubnet6)
+		return v4, v6, role.Invalid(params.VPNSubnet6, "", "%q is not an IPv6 prefix such as %s", subnet6, DefaultSubnet6)
 	}
 	if v6 != v6.Masked() {
-		return v4, v6, fmt.Errorf("vpn.subnet6: %q has host bits set (did you mean %s?)", subnet6, v6.Masked())
+		return v4, v6, role.Invalid(params.VPNSubnet6, "", "%q has host bits set (did you mean %s?)", subnet6, v6.Masked())
 	}
 	if v6.Bits() < 64 || v6.Bits() > 124 {
-		return v4, v6, fmt.Errorf("vpn.subnet6: %q: prefix length must be between /64 and /124 (OpenVPN's limits)", subnet6)
+		return v4, v6, role.Invalid(params.VPNSubnet6, "", "%q: prefix length must be between /64 and /124 (OpenVPN's limits)", subnet6)
 	}
 	return v4, v6, nil
 }
@@ -212,5 +213,5 @@ func (a *Allocator) saveLocked() error {
 	if err := os.MkdirAll(filepath.Dir(a.path), 0o700); err != nil {
 		return fmt.Errorf("vpn: addresses: %w", err)
 	}
-	return pki.WriteFileAtomic(a.path, append(b, '\n'), 0o600)
+	return atomicfile.Write(a.path, append(b, '\n'), 0o600)
 }

@@ -71,7 +71,7 @@ func TestBenchVPN(t *testing.T) {
 	require.NoError(t, err)
 	start := time.Now()
 	l.start(names[0], "3")
-	eventually(t, 90*time.Second, names[0]+" vpn.address", func() bool { return l.param(names[0]+":"+params.VPNAddress) != "" })
+	require.Eventually(t, func() bool { return l.param(names[0]+":"+params.VPNAddress) != "" }, 90*time.Second, 100*time.Millisecond, names[0]+" vpn.address")
 	join := time.Since(start)
 
 	benchreport.Report(t,

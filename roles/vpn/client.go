@@ -6,17 +6,21 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"time"
 
 	"github.com/cnsmo/cnsmo/driver"
+	"github.com/cnsmo/cnsmo/internal/atomicfile"
+	"github.com/cnsmo/cnsmo/internal/wait"
 	"github.com/cnsmo/cnsmo/params"
 	"github.com/cnsmo/cnsmo/roles/role"
 	"github.com/cnsmo/cnsmo/roles/vpn/pki"
-	"github.com/cnsmo/cnsmo/ssclient"
 )
 
 // PingFunc reports whether addr answers one ICMP echo through the namespace of the functions.
@@ -91,7 +95,7 @@ func (c *Client) loadKey() error {
 			csr = old
 		}
 	}
-	if err := pki.WriteFileAtomic(csrPath, csr, 0o644); err != nil {
+	if err := atomicfile.Write(csrPath, csr, 0o644); err != nil {
 		return err
 	}
 	c.key, c.keyPEM, c.csrPEM = key, keyPEM, csr
@@ -102,65 +106,111 @@ func (c *Client) loadKey() error {
 // endpoint, runs the OpenVPN client, and reports ready (publishing vpn.address, vpn.address6
 // and client.listening) once its device has its addresses and the server answers through the
 // tunnel.
-func (c *Client) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error) {
-	me := c.env.Instance
+func (c *Client) Reconcile(ctx context.Context, s role.Snapshot) (bool, error) {
 	if err := c.loadKey(); err != nil {
 		return false, err
 	}
-	if pub := role.Get(run, me, params.VPNCSR); pub == "" || !sameKeyCSR(pub, c.key, me) {
-		if err := c.env.Params.Set(ctx, params.VPNCSR, string(c.csrPEM)); err != nil {
-			return false, fmt.Errorf("vpn: publish %s: %w", params.VPNCSR, err)
-		}
-		c.env.Log.Info().Msg("vpn: certificate request published")
-	}
-	srv := role.Get(run, me, params.ServerInstanceID)
-	if srv == "" {
-		return false, nil
-	}
-	if v := role.Get(run, srv, params.VPNServerInstanceID); v != "" {
-		srv = v
-	} else {
-		return false, nil // the VPN server has not published itself yet
-	}
-	caPEM := role.Get(run, srv, params.VPNCACert)
-	endpoint := role.Get(run, srv, params.VPNEndpoint)
-	certPEM := role.Get(run, me, params.VPNCert)
-	if caPEM == "" || endpoint == "" || certPEM == "" {
-		return false, nil
-	}
-	if err := c.pinCA(caPEM, srv); err != nil {
+	if err := c.publishCSR(ctx, s); err != nil {
 		return false, err
 	}
-	cert, err := pki.VerifyClientCert([]byte(certPEM), []byte(caPEM), me, &c.key.PublicKey)
+	g, err := c.granted(s)
+	if g == nil || err != nil {
+		return false, err
+	}
+	spec := c.spec(g)
+	hash := driver.Hash(spec)
+	if up, err := c.run(ctx, spec, hash, g); up || err != nil {
+		return up, err
+	}
+	c.confirmed = ""
+	ok, err := c.confirm(ctx, s, g)
+	if ok {
+		c.confirmed = hash
+	}
+	return ok, err
+}
+
+// grant is what the server has granted this client, checked: its certificate, signed by the
+// pinned CA, not revoked, and where the server listens.
+type grant struct {
+	server         string // the VPN server's instance
+	caPEM, certPEM string
+	device         string // tun or tap
+	host           string
+	port           int
+}
+
+// publishCSR publishes this client's certificate request, unless the one published is for its key.
+func (c *Client) publishCSR(ctx context.Context, s role.Snapshot) error {
+	me := c.env.Instance
+	if pub := s.Get(me, params.VPNCSR); pub != "" && sameKeyCSR(pub, c.key, me) {
+		return nil
+	}
+	if err := c.env.Params.Set(ctx, me, params.VPNCSR, string(c.csrPEM)); err != nil {
+		return fmt.Errorf("vpn: publish %s: %w", params.VPNCSR, err)
+	}
+	c.env.Log.Info().Msg("vpn: certificate request published")
+	return nil
+}
+
+// granted returns what the server has granted this client; nil (and no error) while something
+// is missing: the server, its CA or endpoint, a certificate for this key, or a certificate the
+// server has not revoked.
+func (c *Client) granted(s role.Snapshot) (*grant, error) {
+	me := c.env.Instance
+	srv := s.Get(me, params.ServerInstanceID)
+	if srv == "" {
+		return nil, nil
+	}
+	if srv = s.Get(srv, params.VPNServerInstanceID); srv == "" {
+		return nil, nil // the VPN server has not published itself yet
+	}
+	g := &grant{server: srv, caPEM: s.Get(srv, params.VPNCACert), certPEM: s.Get(me, params.VPNCert)}
+	endpoint := s.Get(srv, params.VPNEndpoint)
+	if g.caPEM == "" || endpoint == "" || g.certPEM == "" {
+		return nil, nil
+	}
+	if err := c.pinCA(g.caPEM, srv); err != nil {
+		return nil, err
+	}
+	cert, err := pki.VerifyClientCert([]byte(g.certPEM), []byte(g.caPEM), me, &c.key.PublicKey)
 	if err != nil {
 		// A certificate for an older key, or not yet re-signed: wait for the server.
 		c.env.Log.Debug().Err(err).Msg("vpn: waiting for a certificate for this key")
-		return false, nil
+		return nil, nil
 	}
-	if c.revoked(cert, caPEM, role.Get(run, srv, params.VPNCRL)) {
-		return false, nil
+	if c.revoked(cert, g.caPEM, s.Get(srv, params.VPNCRL)) {
+		return nil, nil
 	}
-	in, err := ParseInputs(func(k string) string { return role.Get(run, srv, k) })
+	in, err := ParseInputs(func(k string) string { return s.Get(srv, k) })
 	if err != nil {
-		return false, nil // the server aborts the run with the message
+		return nil, nil // the server aborts the run with the message
 	}
-	host, port, err := ParseEndpoint(endpoint)
-	if err != nil {
-		return false, fmt.Errorf("vpn: %s: %w", srv, err)
+	g.device = in.Device
+	if g.host, g.port, err = ParseEndpoint(endpoint); err != nil {
+		return nil, fmt.Errorf("vpn: %s: %w", srv, err)
 	}
-	cfg := ClientConfig{Dir: c.Dir, Device: in.Device, Host: host, Port: port}
-	spec := driver.Spec{
+	return g, nil
+}
+
+// spec is the OpenVPN client function for a grant.
+func (c *Client) spec(g *grant) driver.Spec {
+	cfg := ClientConfig{Dir: c.Dir, Device: g.device, Host: g.host, Port: g.port}
+	return driver.Spec{
 		Name: ClientFunction, Service: "vpn", Image: c.Image,
 		Cmd:    []string{"openvpn", "--config", cfg.ConfigPath()},
 		CapAdd: []string{"NET_ADMIN"}, Devices: []string{"/dev/net/tun"},
 		Files: []driver.File{
 			{Path: cfg.ConfigPath(), Mode: 0o644, Data: []byte(RenderClient(cfg))},
-			{Path: path.Join(cfg.Dir, "ca.crt"), Mode: 0o644, Data: []byte(caPEM)},
-			{Path: path.Join(cfg.Dir, "client.crt"), Mode: 0o644, Data: []byte(certPEM)},
+			{Path: path.Join(cfg.Dir, "ca.crt"), Mode: 0o644, Data: []byte(g.caPEM)},
+			{Path: path.Join(cfg.Dir, "client.crt"), Mode: 0o644, Data: []byte(g.certPEM)},
 			{Path: path.Join(cfg.Dir, "client.key"), Mode: 0o600, Data: c.keyPEM},
 		},
 	}
-	hash := driver.Hash(spec)
+}
+
+// run makes the client function run spec; up reports that it runs the spec already confirmed.
+func (c *Client) run(ctx context.Context, spec driver.Spec, hash string, g *grant) (up bool, err error) {
 	st, err := c.env.Driver.Status(ctx, ClientFunction)
 	if err != nil {
 		return false, fmt.Errorf("vpn: status of %s: %w", ClientFunction, err)
@@ -175,11 +225,14 @@ func (c *Client) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error)
 		return false, fmt.Errorf("vpn: start openvpn client: %w", err)
 	}
 	if c.confirmed != "" && c.confirmed != hash || st.State != driver.StateRunning {
-		c.env.Log.Info().Str("server", endpoint).Str("device", in.Device).Msg("vpn: openvpn client (re)started")
+		c.env.Log.Info().Str("server", net.JoinHostPort(g.host, strconv.Itoa(g.port))).Str("device", g.device).Msg("vpn: openvpn client (re)started")
 	}
-	c.confirmed = ""
+	return false, nil
+}
 
-	// Readiness: the device has the addresses the server pushed, and the server answers.
+// confirm reports whether the tunnel is up: the device has the addresses the server pushed, and
+// the server answers through it; then it publishes the client's addresses and listening flag.
+func (c *Client) confirm(ctx context.Context, s role.Snapshot, g *grant) (bool, error) {
 	addrs := c.Addrs
 	if addrs == nil {
 		addrs = defaultAddrs
@@ -189,8 +242,8 @@ func (c *Client) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error)
 		return false, err
 	}
 	v4, v6 := pick(have)
-	srv4, err4 := netip.ParseAddr(role.Get(run, srv, params.VPNAddress))
-	srv6, err6 := netip.ParseAddr(role.Get(run, srv, params.VPNAddress6))
+	srv4, err4 := netip.ParseAddr(s.Get(g.server, params.VPNAddress))
+	srv6, err6 := netip.ParseAddr(s.Get(g.server, params.VPNAddress6))
 	if err4 != nil || err6 != nil {
 		return false, nil // the server publishes its addresses once its device has them
 	}
@@ -202,22 +255,37 @@ func (c *Client) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error)
 			return false, err
 		}
 	}
-	addr6 := v6.Addr().String()
+	me := c.env.Instance
 	for _, kv := range [][2]string{
 		{params.VPNAddress, v4.Addr().String()},
-		{params.VPNAddress6, addr6},
+		{params.VPNAddress6, v6.Addr().String()},
 		{params.VPNClientListening, "true"},
 	} {
-		if kv[1] == "" || role.Get(run, me, kv[0]) == kv[1] {
-			continue
-		}
-		if err := c.env.Params.Set(ctx, kv[0], kv[1]); err != nil {
-			return false, fmt.Errorf("vpn: set %s: %w", kv[0], err)
+		if err := role.Publish(ctx, c.env.Params, s, me, kv[0], kv[1]); err != nil {
+			return false, fmt.Errorf("vpn: %w", err)
 		}
 	}
-	c.env.Log.Info().Str("address", v4.Addr().String()).Str("address6", addr6).Msg("vpn: tunnel up, server answers")
-	c.confirmed = hash
+	c.env.Log.Info().Str("address", v4.Addr().String()).Str("address6", v6.Addr().String()).Msg("vpn: tunnel up, server answers")
 	return true, nil
+}
+
+// Withdraw un-sets the client's addresses and listening flag.
+func (c *Client) Withdraw(ctx context.Context) error {
+	return role.Withdraw(ctx, c.env.Params, params.VPNClientListening, params.VPNAddress, params.VPNAddress6)
+}
+
+// Leave waits, for at most 30 s, until the VPN server has withdrawn its overlay address before
+// the client is dropped: the overlay closes from the hub, once the server's load balancer no
+// longer sends to overlay addresses.
+func (c *Client) Leave(ctx context.Context, st role.Store) {
+	srv, err := st.Get(ctx, c.env.Instance, params.ServerInstanceID)
+	if err != nil || srv == "" {
+		return
+	}
+	_ = wait.Backoff{Limit: 30 * time.Second}.Until(ctx, func(ctx context.Context) (bool, error) {
+		v, err := st.Get(ctx, srv, params.VPNAddress)
+		return errors.Is(err, role.ErrNotSet) || err == nil && v == "", nil
+	})
 }
 
 // revoked reports whether the server's published CRL (signed by the pinned CA) lists this
@@ -257,7 +325,7 @@ func (c *Client) pinCA(caPEM, srv string) error {
 		if err != nil || !ca.IsCA {
 			return fmt.Errorf("vpn: %s:%s is not a CA certificate (%v): not trusted", srv, params.VPNCACert, err)
 		}
-		if err := pki.WriteFileAtomic(p, []byte(caPEM), 0o644); err != nil {
+		if err := atomicfile.Write(p, []byte(caPEM), 0o644); err != nil {
 			return err
 		}
 		c.env.Log.Info().Str("server", srv).Msg("vpn: CA pinned on first use")

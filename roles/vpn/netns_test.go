@@ -27,12 +27,12 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
+	"github.com/cnsmo/cnsmo/backend/slipstream"
 	"github.com/cnsmo/cnsmo/driver"
 	"github.com/cnsmo/cnsmo/driver/dockerdriver"
 	"github.com/cnsmo/cnsmo/driver/execdriver"
 	"github.com/cnsmo/cnsmo/internal/testutil"
 	"github.com/cnsmo/cnsmo/mocknuvla"
-	"github.com/cnsmo/cnsmo/orchestrator"
 	"github.com/cnsmo/cnsmo/params"
 	"github.com/cnsmo/cnsmo/recipes"
 	"github.com/cnsmo/cnsmo/roles/role"
@@ -124,18 +124,6 @@ func nsRun(ns string, args ...string) (string, error) {
 	return string(out), err
 }
 
-// eventually polls cond every 100 ms until it holds or the deadline passes.
-func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
 // lab is the simulated deployment: mocknuvla, the namespaces and the roles.
 type lab struct {
 	docker bool
@@ -162,7 +150,6 @@ type member struct {
 	instance string
 	host     *host
 	svc      role.Service
-	client   *ssclient.Client
 	cancel   context.CancelFunc
 	done     chan struct{}
 	passes   atomic.Int64
@@ -265,9 +252,10 @@ func (l *lab) start(instance, hostName string) *member {
 	t := l.t
 	h := l.hosts[hostName]
 	require.NoError(t, l.mock.SetParam(l.uuid, instance+":"+params.Hostname, h.addr))
-	c, err := ssclient.New(ssclient.Config{ServiceURL: l.url, RunUUID: l.uuid, NodeInstance: instance},
+	sc, err := ssclient.New(ssclient.Config{ServiceURL: l.url, RunUUID: l.uuid, NodeInstance: instance},
 		ssclient.WithPoll(50*time.Millisecond, 500*time.Millisecond))
 	require.NoError(t, err)
+	c := slipstream.New(sc)
 	dir := filepath.Join(l.base, instance)
 	var drv driver.Driver
 	if l.docker {
@@ -287,12 +275,12 @@ func (l *lab) start(instance, hostName string) *member {
 	env := role.Env{Params: c, Driver: drv, Instance: instance, StateDir: filepath.Join(dir, "state"),
 		UseVPN: true, Exec: !l.docker, Log: zerolog.New(zerolog.NewTestWriter(t)).With().Str("instance", instance).Logger().Level(zerolog.InfoLevel)}
 	dial, addrs, del := nsHooks(h.ns)
-	m := &member{instance: instance, host: h, client: c, done: make(chan struct{})}
+	m := &member{instance: instance, host: h, done: make(chan struct{})}
 	var services []role.Service
 	if instance == "cnsmo.1" {
 		s := newServer(env)
 		s.Dial, s.Addrs, s.DelLink = dial, addrs, del // exec: its files under its own state dir
-		services = []role.Service{&orchestrator.Core{Params: c}, s}
+		services = []role.Service{serverID{c}, s}
 		m.svc = s
 	} else {
 		cl := newClient(env)
@@ -305,7 +293,7 @@ func (l *lab) start(instance, hostName string) *member {
 	go func() {
 		defer close(m.done)
 		for ctx.Err() == nil {
-			r, err := c.Run(ctx)
+			r, err := c.Read(ctx)
 			if err == nil {
 				for _, s := range services {
 					ok, err := s.Reconcile(ctx, r)
@@ -328,6 +316,17 @@ func (l *lab) start(instance, hostName string) *member {
 	l.roles[instance] = m
 	l.mu.Unlock()
 	return m
+}
+
+// serverID publishes the server's identity, as the orchestrator does on the CNSMO server (the
+// clients find the server through it).
+type serverID struct{ p role.Publisher }
+
+func (serverID) Name() string                   { return "core" }
+func (serverID) Teardown(context.Context) error { return nil }
+func (serverID) Withdraw(context.Context) error { return nil }
+func (s serverID) Reconcile(ctx context.Context, snap role.Snapshot) (bool, error) {
+	return true, role.Publish(ctx, s.p, snap, snap.Self(), params.ServerInstanceID, snap.Self())
 }
 
 // kill stops a role's loop without teardown (as kill -9 of the role would).
@@ -353,7 +352,7 @@ func (l *lab) stopAll() {
 // its addresses.
 func (l *lab) waitReady(d time.Duration, clients ...string) {
 	l.t.Helper()
-	eventually(l.t, d, "vpn ready on "+strings.Join(clients, ", "), func() bool {
+	require.Eventually(l.t, func() bool {
 		if l.param("cnsmo.1:"+params.VPNReady) != "true" {
 			return false
 		}
@@ -363,7 +362,7 @@ func (l *lab) waitReady(d time.Duration, clients ...string) {
 			}
 		}
 		return true
-	})
+	}, d, 100*time.Millisecond, "vpn ready on "+strings.Join(clients, ", "))
 }
 
 func (l *lab) ping(from *host, addr string) error {
@@ -428,11 +427,11 @@ func capture(t *testing.T, ns, dev, filter string) (stop func() []byte) {
 	var mu sync.Mutex
 	cmd.Stderr = writerFunc(func(p []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return stderr.Write(p) })
 	require.NoError(t, cmd.Start())
-	eventually(t, 10*time.Second, "tcpdump listening", func() bool {
+	require.Eventually(t, func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return strings.Contains(stderr.String(), "listening on")
-	})
+	}, 10*time.Second, 100*time.Millisecond, "tcpdump listening")
 	return func() []byte {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		_ = cmd.Wait()
@@ -535,13 +534,13 @@ func TestVPNRolesInNamespaces(t *testing.T) {
 	for _, pid := range killed {
 		require.NoError(t, syscall.Kill(pid, syscall.SIGKILL))
 	}
-	eventually(t, 10*time.Second, "the server's OpenVPN is gone", func() bool { return len(nsPids(srv.host.ns, "openvpn")) == 0 })
+	require.Eventually(t, func() bool { return len(nsPids(srv.host.ns, "openvpn")) == 0 }, 10*time.Second, 100*time.Millisecond, "the server's OpenVPN is gone")
 	restartAt := time.Now()
 	srv = l.start("cnsmo.1", "s")
-	eventually(t, 90*time.Second, "clients reconnected to the restarted server", func() bool {
+	require.Eventually(t, func() bool {
 		st := l.mgmtStatusSoft(srv)
 		return len(st) == 2
-	})
+	}, 90*time.Second, 100*time.Millisecond, "clients reconnected to the restarted server")
 	t.Logf("clients reconnected %s after the server restarted", time.Since(restartAt).Round(time.Millisecond))
 	require.Equal(t, caBefore, l.param("cnsmo.1:"+params.VPNCACert), "same CA after a restart")
 	for _, in := range []string{"web.1", "web.2"} {
@@ -568,10 +567,10 @@ func TestVPNRolesInNamespaces(t *testing.T) {
 	require.NoError(t, l.mock.ScaleDown(l.uuid, "web", []int{2}))
 	require.NoError(t, l.mock.SetState(l.uuid, "Ready"))
 	srvSvc := srv.svc.(*Server)
-	eventually(t, 60*time.Second, "the server refuses web.2's revoked certificate", func() bool {
+	require.Eventually(t, func() bool {
 		logs, _ := srvSvc.env.Driver.Logs(context.Background(), ServerFunction)
 		return strings.Contains(logs, "certificate revoked") && strings.Contains(logs, "CN=web.2")
-	})
+	}, 60*time.Second, 100*time.Millisecond, "the server refuses web.2's revoked certificate")
 	crl := l.param("cnsmo.1:" + params.VPNCRL)
 	c, err := parseCertSerial(oldCert)
 	require.NoError(t, err)
@@ -667,7 +666,7 @@ func forgeCSR(t *testing.T, instance string) string {
 func (m *member) waitPasses(t *testing.T, n int64) {
 	t.Helper()
 	from := m.passes.Load()
-	eventually(t, 60*time.Second, fmt.Sprintf("%d passes of %s", n, m.instance), func() bool { return m.passes.Load() >= from+n })
+	require.Eventually(t, func() bool { return m.passes.Load() >= from+n }, 60*time.Second, 100*time.Millisecond, fmt.Sprintf("%d passes of %s", n, m.instance))
 }
 
 // TestVPNForgedCSRChangesNothing: a VM writes web.2's vpn.csr with a key of its own. The server

@@ -11,15 +11,16 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
 
 	"github.com/cnsmo/cnsmo/driver"
+	"github.com/cnsmo/cnsmo/internal/atomicfile"
 	"github.com/cnsmo/cnsmo/params"
 	"github.com/cnsmo/cnsmo/roles/role"
 	"github.com/cnsmo/cnsmo/roles/vpn/pki"
-	"github.com/cnsmo/cnsmo/ssclient"
 )
 
 // Defaults of the function.
@@ -97,12 +98,12 @@ func ParseInputs(get func(string) string) (Inputs, error) {
 		in.Device = DefaultDevice
 	}
 	if in.Device != "tap" && in.Device != "tun" {
-		return in, fmt.Errorf("%s: %q is not tap or tun", params.VPNDevice, get(params.VPNDevice))
+		return in, role.Invalid(params.VPNDevice, "", "%q is not tap or tun", get(params.VPNDevice))
 	}
 	if p := strings.TrimSpace(get(params.VPNPort)); p != "" {
-		n, err := strconv.Atoi(p)
-		if err != nil || n < 1 || n > 65535 {
-			return in, fmt.Errorf("%s: %q is not a port 1-65535", params.VPNPort, p)
+		n, err := role.ParsePort(params.VPNPort, p)
+		if err != nil {
+			return in, err
 		}
 		in.Port = n
 	}
@@ -168,7 +169,7 @@ func (s *Server) open(in Inputs) error {
 				return fmt.Errorf("vpn: management password: %w", err)
 			}
 			b = []byte(hex.EncodeToString(r))
-			if err := pki.WriteFileAtomic(p, b, 0o600); err != nil {
+			if err := atomicfile.Write(p, b, 0o600); err != nil {
 				return err
 			}
 		} else if err != nil {
@@ -223,7 +224,7 @@ func (s *Server) seedCRL() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return b, pki.WriteFileAtomic(p, b, 0o600)
+	return b, atomicfile.Write(p, b, 0o600)
 }
 
 func (s *Server) spec(cfg ServerConfig) (driver.Spec, error) {
@@ -251,11 +252,11 @@ func (s *Server) spec(cfg ServerConfig) (driver.Spec, error) {
 	}, nil
 }
 
-// clients returns the current instances of the run other than the server, sorted.
-func clients(run *ssclient.Run, me string) []string {
+// clients returns the current instances of the deployment other than the server, sorted.
+func clients(snap role.Snapshot, me string) []string {
 	var out []string
-	for _, n := range run.Nodes() {
-		for _, in := range run.Instances(n) {
+	for _, n := range snap.Nodes() {
+		for _, in := range snap.Instances(n) {
 			if in != me {
 				out = append(out, in)
 			}
@@ -263,22 +264,6 @@ func clients(run *ssclient.Run, me string) []string {
 	}
 	sort.Strings(out)
 	return out
-}
-
-// gone reports whether instance has left the run: scaled in (scale.state removing/removed/gone)
-// or no parameter of it is left. An instance merely missing from one read is not gone.
-func gone(run *ssclient.Run, instance string) bool {
-	switch role.Get(run, instance, "scale.state") {
-	case "removing", "removed", "gone":
-		return true
-	}
-	prefix := instance + ":"
-	for k := range run.Params {
-		if strings.HasPrefix(k, prefix) {
-			return false
-		}
-	}
-	return true
 }
 
 // Endpoint formats the server's endpoint as published in vpn.server.endpoint.
@@ -296,9 +281,11 @@ func ParseEndpoint(v string) (host string, port int, err error) {
 	if err != nil {
 		return "", 0, fmt.Errorf("%s: %q: %w", params.VPNEndpoint, v, err)
 	}
-	port, err = strconv.Atoi(p)
-	if err != nil || port < 1 || port > 65535 || h == "" {
-		return "", 0, fmt.Errorf("%s: %q: bad host or port", params.VPNEndpoint, v)
+	if h == "" {
+		return "", 0, fmt.Errorf("%s: %q: no host", params.VPNEndpoint, v)
+	}
+	if port, err = role.Port(p); err != nil {
+		return "", 0, fmt.Errorf("%s: %q: %w", params.VPNEndpoint, v, err)
 	}
 	return h, port, nil
 }
@@ -307,14 +294,13 @@ func ParseEndpoint(v string) (host string, port int, err error) {
 // certificate, a certificate and a fixed address for every current client that published a
 // valid request, revocation of the instances that left, and the parameters published. It
 // reports ready when OpenVPN listens and every current client is connected.
-func (s *Server) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error) {
+func (s *Server) Reconcile(ctx context.Context, snap role.Snapshot) (bool, error) {
 	me := s.env.Instance
-	get := func(k string) string { return role.Get(run, me, k) }
-	in, err := ParseInputs(get)
+	in, err := ParseInputs(func(k string) string { return snap.Get(me, k) })
 	if err != nil {
 		return false, role.Terminal(err)
 	}
-	host := strings.TrimSpace(get(params.Hostname))
+	host := strings.TrimSpace(snap.Get(me, params.Hostname))
 	if host == "" {
 		s.env.Log.Debug().Msg("vpn: waiting for this VM's hostname parameter")
 		return false, nil
@@ -322,40 +308,74 @@ func (s *Server) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error)
 	if err := s.open(in); err != nil {
 		return false, err
 	}
-	dial, addrs, _ := s.hooks()
-	cfg := s.config(in)
-	spec, err := s.spec(cfg)
+	p := &serverPass{in: in, cfg: s.config(in), files: map[string]string{}, current: clients(snap, me)}
+	if err := s.run(ctx, p); err != nil {
+		return false, err
+	}
+	if err := s.issue(ctx, snap, p); err != nil {
+		return false, err
+	}
+	if err := s.revoke(snap, p); err != nil {
+		return false, err
+	}
+	if err := s.putFiles(ctx, p.files); err != nil {
+		return false, err
+	}
+	connected, err := s.connections(ctx, p)
 	if err != nil {
 		return false, err
 	}
+	if connected == nil { // the management interface does not answer yet
+		return false, errors.Join(p.problems...)
+	}
+	ready, err := s.publish(ctx, snap, p, host, connected)
+	if err != nil {
+		return false, err
+	}
+	return ready, errors.Join(p.problems...)
+}
 
-	// The function: started (or left alone when it runs with this spec).
+// serverPass is what one pass of the server works out, step by step.
+type serverPass struct {
+	in       Inputs
+	cfg      ServerConfig
+	files    map[string]string // function files to write (ccd entries, CRL)
+	current  []string          // the deployment's current clients
+	problems []error           // clients whose request failed (the VPN is not ready)
+	toKill   []string          // clients that left: connection closed, address freed
+	crl      []byte
+}
+
+// run starts the OpenVPN server function, or leaves it alone when it runs with this spec.
+func (s *Server) run(ctx context.Context, p *serverPass) error {
+	spec, err := s.spec(p.cfg)
+	if err != nil {
+		return err
+	}
 	st, err := s.env.Driver.Status(ctx, ServerFunction)
 	if err != nil {
-		return false, fmt.Errorf("vpn: status of %s: %w", ServerFunction, err)
+		return fmt.Errorf("vpn: status of %s: %w", ServerFunction, err)
 	}
 	if st.State == driver.StateExited {
 		logTail(ctx, s.env, ServerFunction, st)
 	}
 	if h := driver.Hash(spec); st.State != driver.StateRunning || h != s.specKey {
 		if err := s.env.Driver.Start(ctx, spec); err != nil {
-			return false, fmt.Errorf("vpn: start openvpn server: %w", err)
+			return fmt.Errorf("vpn: start openvpn server: %w", err)
 		}
 		if st.State != driver.StateRunning || s.specKey != "" {
-			s.env.Log.Info().Str("device", in.Device).Int("port", in.Port).Str("subnet", in.V4.String()).Str("subnet6", in.V6.String()).Msg("vpn: openvpn server started")
+			s.env.Log.Info().Str("device", p.in.Device).Int("port", p.in.Port).Str("subnet", p.in.V4.String()).Str("subnet6", p.in.V6.String()).Msg("vpn: openvpn server started")
 		}
 		s.specKey, s.written = h, map[string]string{}
 	}
+	return nil
+}
 
-	// Clients: sign, assign, configure. Scale-in: revoke, disable, free.
-	var problems []error
-	files := map[string]string{}
-	current := clients(run, me)
-	isCurrent := map[string]bool{}
-	var toKill []string
-	for _, c := range current {
-		isCurrent[c] = true
-		csr := role.Get(run, c, params.VPNCSR)
+// issue signs every current client's request (the first key of an instance is pinned), assigns
+// its addresses, writes its ccd entry and publishes its certificate.
+func (s *Server) issue(ctx context.Context, snap role.Snapshot, p *serverPass) error {
+	for _, c := range p.current {
+		csr := snap.Get(c, params.VPNCSR)
 		if csr == "" {
 			continue
 		}
@@ -376,25 +396,31 @@ func (s *Server) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error)
 			}
 		} else if err != nil {
 			s.env.Log.Error().Err(err).Str("client", c).Msg("vpn: certificate request refused")
-			problems = append(problems, fmt.Errorf("%s:%s: %w", c, params.VPNCSR, err))
+			p.problems = append(p.problems, fmt.Errorf("%s: %s: %w", c, params.VPNCSR, err))
 			continue
 		}
 		as, err := s.alloc.Assign(c)
 		if err != nil {
-			problems = append(problems, err)
+			p.problems = append(p.problems, err)
 			continue
 		}
-		files[path.Join(cfg.CCDDir(), c)] = RenderCCD(cfg, as)
-		if !pki.SamePEM([]byte(role.Get(run, c, params.VPNCert)), cert) {
-			if err := s.env.Params.Set(ctx, c+":"+params.VPNCert, string(cert)); err != nil {
-				return false, fmt.Errorf("vpn: publish %s:%s: %w", c, params.VPNCert, err)
+		p.files[path.Join(p.cfg.CCDDir(), c)] = RenderCCD(p.cfg, as)
+		if !pki.SamePEM([]byte(snap.Get(c, params.VPNCert)), cert) {
+			if err := s.env.Params.Set(ctx, c, params.VPNCert, string(cert)); err != nil {
+				return fmt.Errorf("vpn: publish %s of %s: %w", params.VPNCert, c, err)
 			}
 			s.env.Log.Info().Str("client", c).Str("address", as.V4.String()).Str("address6", as.V6.String()).Msg("vpn: certificate issued")
 		}
 	}
+	return nil
+}
+
+// revoke revokes the certificates of the instances that left the deployment (once the load
+// balancer no longer sends to them), disables their ccd entries, and renders the CRL.
+func (s *Server) revoke(snap role.Snapshot, p *serverPass) error {
 	leaving := map[string]bool{}
 	for _, c := range append(s.ca.Active(), s.alloc.Members()...) {
-		if !isCurrent[c] && gone(run, c) {
+		if !slices.Contains(p.current, c) && snap.Gone(c) {
 			if s.Hold != nil && s.Hold(c) {
 				// The load balancer still sends to it (or its old worker may): its tunnel closes
 				// once that is over, so that no request in flight fails.
@@ -407,62 +433,76 @@ func (s *Server) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error)
 	for c := range leaving {
 		revoked, err := s.ca.RevokeInstance(c)
 		if err != nil {
-			return false, err
+			return err
 		}
-		files[path.Join(cfg.CCDDir(), c)] = RenderCCDDisabled()
-		toKill = append(toKill, c)
+		p.files[path.Join(p.cfg.CCDDir(), c)] = RenderCCDDisabled()
+		p.toKill = append(p.toKill, c)
 		if revoked {
 			s.env.Log.Info().Str("client", c).Msg("vpn: instance left the run: certificate revoked")
 		}
 	}
+	sort.Strings(p.toKill)
 	crl, err := s.ca.CRLPEM()
 	if err != nil {
-		return false, err
+		return err
 	}
-	files[cfg.CRLPath()] = string(crl)
+	p.crl = crl
 	// Revoked instances of earlier passes keep their disabled ccd file (a fresh container has
 	// none, and ccd-exclusive refuses them then anyway).
-	if err := s.putFiles(ctx, files); err != nil {
-		return false, err
-	}
+	p.files[p.cfg.CRLPath()] = string(crl)
+	return nil
+}
 
-	// Management interface: the server listens when it answers.
+// connections asks the management interface which clients are connected, after closing the
+// connections of the clients that left and freeing their addresses. nil: it does not answer yet.
+func (s *Server) connections(ctx context.Context, p *serverPass) (map[string]bool, error) {
+	dial, _, _ := s.hooks()
 	mg := &Mgmt{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(s.MgmtPort)), Password: s.pw, Dial: dial}
 	status, err := mg.Status(ctx)
 	if err != nil {
 		s.env.Log.Debug().Err(err).Msg("vpn: management interface not answering yet")
-		return false, errors.Join(problems...)
+		return nil, nil
 	}
-	sort.Strings(toKill)
-	for _, c := range toKill {
+	for _, c := range p.toKill {
 		killed, err := mg.Kill(ctx, c)
 		if err != nil {
-			return false, err
+			return nil, err
 		}
 		if killed {
 			s.env.Log.Info().Str("client", c).Msg("vpn: connection of a removed instance closed")
 		}
 		if err := s.alloc.Free(c); err != nil {
-			return false, err
+			return nil, err
 		}
 	}
-	if len(toKill) > 0 { // the kills above may have raced a reconnect: read the status again
+	if len(p.toKill) > 0 { // the kills above may have raced a reconnect: read the status again
 		if status, err = mg.Status(ctx); err != nil {
-			return false, err
+			return nil, err
 		}
 	}
+	connected := map[string]bool{}
+	for _, c := range status {
+		connected[c.CN] = true
+	}
+	return connected, nil
+}
 
-	// Publish what clients need (public data only), then the server's own readiness.
+// publish publishes what clients need (public data only), then the server's own readiness:
+// ready when its device has both overlay addresses and every current client is connected and has
+// confirmed its tunnel.
+func (s *Server) publish(ctx context.Context, snap role.Snapshot, p *serverPass, host string, connected map[string]bool) (bool, error) {
+	me := s.env.Instance
 	pub := [][2]string{
 		{params.VPNServerInstanceID, me},
 		{params.VPNCACert, string(s.ca.CertPEM())},
-		{params.VPNEndpoint, Endpoint(host, in.Port)},
+		{params.VPNEndpoint, Endpoint(host, p.in.Port)},
 	}
-	if len(crl) <= ssclient.MaxValueLen {
-		pub = append(pub, [2]string{params.VPNCRL, string(crl)})
+	if len(p.crl) <= role.MaxValueLen {
+		pub = append(pub, [2]string{params.VPNCRL, string(p.crl)})
 	} else {
-		s.env.Log.Warn().Int("bytes", len(crl)).Msg("vpn: CRL too long for a parameter; not published (OpenVPN uses the file)")
+		s.env.Log.Warn().Int("bytes", len(p.crl)).Msg("vpn: CRL too long for a parameter; not published (OpenVPN uses the file)")
 	}
+	_, addrs, _ := s.hooks()
 	srv := s.alloc.Server()
 	have, err := addrs(ctx, Device)
 	if err != nil {
@@ -470,47 +510,55 @@ func (s *Server) Reconcile(ctx context.Context, run *ssclient.Run) (bool, error)
 	}
 	// The device has both overlay addresses (IPv6 once its duplicate address detection is done).
 	has4, has6 := false, false
-	for _, p := range have {
-		has4 = has4 || p.Addr() == srv.V4
-		has6 = has6 || p.Addr() == srv.V6
+	for _, a := range have {
+		has4 = has4 || a.Addr() == srv.V4
+		has6 = has6 || a.Addr() == srv.V6
 	}
 	devOK := has4 && has6
 	if devOK {
 		pub = append(pub, [2]string{params.VPNAddress, srv.V4.String()}, [2]string{params.VPNAddress6, srv.V6.String()},
 			[2]string{params.VPNServerListening, "true"})
 	}
-	connected := map[string]bool{}
-	for _, c := range status {
-		connected[c.CN] = true
-	}
 	// A client counts once it is connected and has confirmed its tunnel (vpn.address published
 	// with vpn.client.listening): then every service after the VPN in this pass, such as the
 	// load balancer, sees every client's overlay address.
 	var missing []string
-	for _, c := range current {
-		if !connected[c] || role.Get(run, c, params.VPNClientListening) != "true" {
+	for _, c := range p.current {
+		if !connected[c] || snap.Get(c, params.VPNClientListening) != "true" {
 			missing = append(missing, c)
 		}
 	}
-	ready := devOK && len(missing) == 0 && len(problems) == 0
-	switch {
-	case ready:
+	ready := devOK && len(missing) == 0 && len(p.problems) == 0
+	if ready {
 		pub = append(pub, [2]string{params.VPNReady, "true"})
-	case get(params.VPNReady) != "":
+	} else {
 		pub = append(pub, [2]string{params.VPNReady, ""}) // not ready: un-set, never false
 	}
 	for _, kv := range pub {
-		if get(kv[0]) == kv[1] || (kv[0] == params.VPNCACert || kv[0] == params.VPNCRL) && pki.SamePEM([]byte(get(kv[0])), []byte(kv[1])) {
+		if (kv[0] == params.VPNCACert || kv[0] == params.VPNCRL) && pki.SamePEM([]byte(snap.Get(me, kv[0])), []byte(kv[1])) {
 			continue
 		}
-		if err := s.env.Params.Set(ctx, kv[0], kv[1]); err != nil {
-			return false, fmt.Errorf("vpn: set %s: %w", kv[0], err)
+		if err := role.Publish(ctx, s.env.Params, snap, me, kv[0], kv[1]); err != nil {
+			return false, fmt.Errorf("vpn: %w", err)
 		}
 	}
 	if !ready {
 		s.env.Log.Debug().Strs("waiting_for", missing).Bool("device", devOK).Msg("vpn: not every client is connected yet")
 	}
-	return ready, errors.Join(problems...)
+	return ready, nil
+}
+
+// Withdraw un-sets the server's readiness, listening flag and addresses.
+func (s *Server) Withdraw(ctx context.Context) error {
+	return role.Withdraw(ctx, s.env.Params, params.VPNServerListening, params.VPNReady, params.VPNAddress, params.VPNAddress6)
+}
+
+// Validate checks the VPN's inputs on the CNSMO server's instance, without side effects.
+func Validate(snap role.Snapshot, server string) error {
+	if _, err := ParseInputs(func(k string) string { return snap.Get(server, k) }); err != nil {
+		return fmt.Errorf("%s: %w", server, err)
+	}
+	return nil
 }
 
 // putFiles writes the files whose content differs from what this process last put there.

@@ -175,10 +175,10 @@ func (ca *CA) create() error {
 	if err := writeJSON(filepath.Join(ca.dir, stateFile), ca.st); err != nil {
 		return err
 	}
-	if err := WriteFileAtomic(filepath.Join(ca.dir, caCertFile), certPEM, 0o644); err != nil {
+	if err := atomicfile.Write(filepath.Join(ca.dir, caCertFile), certPEM, 0o644); err != nil {
 		return err
 	}
-	if err := WriteFileAtomic(filepath.Join(ca.dir, caKeyFile), keyPEM, 0o600); err != nil {
+	if err := atomicfile.Write(filepath.Join(ca.dir, caKeyFile), keyPEM, 0o600); err != nil {
 		return err
 	}
 	return ca.load()
@@ -256,10 +256,10 @@ func (ca *CA) ensureServer() error {
 	if err != nil {
 		return err
 	}
-	if err := WriteFileAtomic(keyPath, keyPEM, 0o600); err != nil {
+	if err := atomicfile.Write(keyPath, keyPEM, 0o600); err != nil {
 		return err
 	}
-	return WriteFileAtomic(crtPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
+	return atomicfile.Write(crtPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
 }
 
 // leafTemplateLocked returns a template for an end-entity certificate with a random 128-bit
@@ -511,7 +511,7 @@ func (ca *CA) writeCRLLocked() error {
 	if err := writeJSON(filepath.Join(ca.dir, stateFile), ca.st); err != nil {
 		return err
 	}
-	return WriteFileAtomic(filepath.Join(ca.dir, crlFile), pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der}), 0o644)
+	return atomicfile.Write(filepath.Join(ca.dir, crlFile), pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der}), 0o644)
 }
 
 // RevokedSerials parses a CRL (PEM) signed by the CA and returns its revoked serials (decimal).
@@ -576,7 +576,7 @@ func LoadOrCreateClientKey(path, instance string) (key *ecdsa.PrivateKey, keyPEM
 		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 			return nil, nil, nil, fmt.Errorf("pki: %w", err)
 		}
-		if err := WriteFileAtomic(path, keyPEM, 0o600); err != nil {
+		if err := atomicfile.Write(path, keyPEM, 0o600); err != nil {
 			return nil, nil, nil, err
 		}
 	case err != nil:
@@ -684,12 +684,7 @@ func writeJSON(path string, v any) error {
 	if err != nil {
 		return fmt.Errorf("pki: %w", err)
 	}
-	return WriteFileAtomic(path, append(b, '\n'), 0o600)
-}
-
-// WriteFileAtomic writes data to path atomically with mode exactly (see atomicfile.Write).
-func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
-	return atomicfile.Write(path, data, mode)
+	return atomicfile.Write(path, append(b, '\n'), 0o600)
 }
 
 // SamePEM reports whether two PEM texts hold the same bytes ignoring surrounding whitespace.

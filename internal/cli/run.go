@@ -1,4 +1,4 @@
-package rolecmd
+package cli
 
 import (
 	"context"
@@ -13,18 +13,16 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/cenkalti/backoff/v4"
 	"github.com/rs/zerolog"
 
+	"github.com/cnsmo/cnsmo/backend/slipstream"
 	"github.com/cnsmo/cnsmo/driver"
 	"github.com/cnsmo/cnsmo/driver/dockerdriver"
 	"github.com/cnsmo/cnsmo/driver/execdriver"
+	"github.com/cnsmo/cnsmo/internal/wait"
 	"github.com/cnsmo/cnsmo/orchestrator"
 	"github.com/cnsmo/cnsmo/params"
-	"github.com/cnsmo/cnsmo/roles/fw"
-	"github.com/cnsmo/cnsmo/roles/lb"
 	"github.com/cnsmo/cnsmo/roles/role"
-	"github.com/cnsmo/cnsmo/roles/vpn"
 	"github.com/cnsmo/cnsmo/ssclient"
 )
 
@@ -78,7 +76,7 @@ func Run(ctx context.Context, opts Options, log zerolog.Logger) error {
 		return err
 	}
 	// The role could not run: say so in the run, as a service's invalid input does.
-	msg := fmt.Sprintf("cnsmo %s on %s: %v", roleName, client.Instance(), err)
+	msg := orchestrator.Say(roleName, client.Instance(), err)
 	log.Error().Err(err).Msg("the role cannot run: aborting the run")
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
@@ -156,173 +154,33 @@ func run(ctx context.Context, opts Options, cfg ssclient.Config, client *ssclien
 		return err
 	}
 	// The services and the loop share one view of the store: their own writes land in the loop's
-	// last whole-run read, which an agent reuses while the server's generation is unchanged.
-	cache := orchestrator.NewCache(client)
-	build := func(services []string) ([]role.Service, error) {
-		env := func(service string) role.Env {
+	// last snapshot, which an agent reuses while the server's generation is unchanged.
+	cache := orchestrator.NewCache(slipstream.New(client))
+	for _, s := range orchestrator.Known {
+		if err := os.MkdirAll(filepath.Join(opts.StateDir, s), 0o700); err != nil {
+			return fmt.Errorf("state dir: %w", err)
+		}
+	}
+	runner := &orchestrator.Runner{
+		Role: roleName, Server: opts.Server, ServerInstance: server, Store: cache, Services: services,
+		Fixed: opts.Services != "", Log: log, Kick: kick,
+		Env: func(service string, enabled []string) role.Env {
 			return role.Env{
 				Params: cache, Driver: drv, Instance: me, StateDir: filepath.Join(opts.StateDir, service),
 				Log:    log.With().Str("service", service).Logger(),
-				UseVPN: has(services, "vpn"), Exec: opts.Driver == "exec", Endpoint: cfg.ServiceURL,
+				UseVPN: slices.Contains(enabled, "vpn"), Exec: opts.Driver == "exec", Endpoint: cfg.ServiceURL,
 			}
-		}
-		var list []role.Service
-		if opts.Server {
-			list = append(list, &orchestrator.Core{Params: client})
-			var srv *vpn.Server
-			if has(services, "vpn") {
-				srv = vpn.NewServer(env("vpn"))
-				list = append(list, srv)
-			}
-			if has(services, "lb") {
-				l := lb.New(env("lb"))
-				if srv != nil {
-					l.Assigned = srv.Assigned
-					srv.Hold = l.Serves // a scaled-in backend's tunnel closes once no worker sends to it
-				}
-				list = append(list, l)
-			}
-		} else {
-			if has(services, "vpn") {
-				list = append(list, vpn.NewClient(env("vpn")))
-			}
-			if has(services, "fw") {
-				list = append(list, fw.New(env("fw")))
-			}
-		}
-		for _, s := range list {
-			if s.Name() == "core" {
-				continue
-			}
-			if err := os.MkdirAll(filepath.Join(opts.StateDir, s.Name()), 0o700); err != nil {
-				return nil, fmt.Errorf("state dir: %w", err)
-			}
-		}
-		return list, nil
+		},
 	}
-	// One loop per service list: when net.services.enable changes at run time, the loop returns,
-	// the services no longer enabled tear down and withdraw their outputs, and a loop over the new
-	// list takes over (the services that stay keep their readiness and converge to what already
-	// runs: nothing of theirs restarts).
-	var ready map[string]bool
-	var drop func() // tears down what the last list change dropped, once the new list had a pass
-	for {
-		list, err := build(services)
-		if err != nil {
-			return err
-		}
-		log.Info().Strs("services", services).Msg("reconciling")
-		var next []string
-		generation := "" // the server reads the whole run on every pass; agents follow its generation
-		if !opts.Server {
-			generation = server + ":" + params.Generation
-		}
-		loop := &orchestrator.Loop{Role: roleName, Params: cache, Services: list, Log: log, Kick: kick, Ready: ready, Generation: generation,
-			Validate: func(r *ssclient.Run) error {
-				if opts.Services == "" {
-					if raw := role.Get(r, server, params.ServicesEnable); raw != "" { // unset for a moment: keep what runs
-						now, err := orchestrator.ParseServices(raw)
-						if err != nil {
-							return fmt.Errorf("%s: %w", server, err)
-						}
-						if !slices.Equal(now, services) {
-							next = now
-							return orchestrator.ErrServicesChanged
-						}
-					}
-				}
-				return ValidateRun(r, services, server)
-			},
-			// The services that stay converge first (the load balancer serves from the public
-			// addresses while the VPN still runs), then the dropped ones go.
-			OnPass: func(allReady bool) {
-				if allReady && drop != nil {
-					drop()
-					drop = nil
-				}
-			}}
-		err = loop.Run(ctx)
-		if drop != nil { // stopped or aborted before a pass
-			drop()
-			drop = nil
-		}
-		switch {
-		case errors.Is(err, orchestrator.ErrServicesChanged):
-			log.Info().Strs("from", services).Strs("to", next).Msg("net.services.enable changed")
-			ready = loop.ReadyServices()
-			old, keep := list, next
-			drop = func() { dropService(ctx, client, old, keep, opts.Server, server, log) }
-			services = next
-			continue
-		case errors.Is(err, context.Canceled):
-			log.Info().Msg("stopped; everything this role created is removed")
-			return nil
-		case role.IsTerminal(err):
-			return fmt.Errorf("%w: %w", errRunAbortedByRole, err) // the loop aborted the run
-		}
-		return err
-	}
-}
-
-// dropService tears down the services of list that next no longer enables (in reverse order)
-// and withdraws what they published: their ready flags, addresses and URLs are un-set.
-func dropService(ctx context.Context, c *ssclient.Client, list []role.Service, next []string, isServer bool, server string, log zerolog.Logger) {
-	for i := len(list) - 1; i >= 0; i-- {
-		s := list[i]
-		if s.Name() == "core" || has(next, s.Name()) {
-			continue
-		}
-		if s.Name() == "vpn" && !isServer {
-			// The overlay closes from the hub: the server withdraws its address once its load
-			// balancer no longer sends to overlay addresses; a client leaves after that.
-			waitGone(ctx, c, server+":"+params.VPNAddress, 30*time.Second)
-		}
-		tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 7*time.Second)
-		if err := s.Teardown(tctx); err != nil {
-			log.Error().Err(err).Str("service", s.Name()).Msg("teardown of a disabled service failed")
-		}
-		for _, kv := range withdrawn(s.Name(), isServer) {
-			if err := c.Set(tctx, kv[0], kv[1]); err != nil {
-				log.Warn().Err(err).Str("param", kv[0]).Msg("could not withdraw an output of a disabled service")
-			}
-		}
-		cancel()
-	}
-}
-
-// waitGone polls until key is unset, for at most limit (or until ctx ends).
-func waitGone(ctx context.Context, c *ssclient.Client, key string, limit time.Duration) {
-	ctx, cancel := context.WithTimeout(ctx, limit)
-	defer cancel()
-	bo := backoff.NewExponentialBackOff()
-	bo.InitialInterval, bo.MaxInterval, bo.MaxElapsedTime = 100*time.Millisecond, 2*time.Second, 0
-	for {
-		if v, err := c.Get(ctx, key); errors.Is(err, ssclient.ErrNotSet) || (err == nil && v == "") {
-			return
-		}
-		t := time.NewTimer(bo.NextBackOff())
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
-		}
-	}
-}
-
-// withdrawn lists the outputs a disabled service takes back, with the value they get ("" unsets).
-func withdrawn(service string, server bool) [][2]string {
+	err = runner.Run(ctx)
 	switch {
-	case service == "vpn" && server:
-		return [][2]string{{params.VPNServerListening, ""}, {params.VPNReady, ""}, {params.VPNAddress, ""}, {params.VPNAddress6, ""}}
-	case service == "vpn":
-		return [][2]string{{params.VPNClientListening, ""}, {params.VPNAddress, ""}, {params.VPNAddress6, ""}}
-	case service == "fw":
-		return [][2]string{{params.FWReady, ""}}
-	case service == "lb":
-		return [][2]string{{params.LBReady, ""}, {params.URLService, ""}, {params.SSURLService, ""}}
+	case errors.Is(err, context.Canceled):
+		log.Info().Msg("stopped; everything this role created is removed")
+		return nil
+	case role.IsTerminal(err):
+		return fmt.Errorf("%w: %w", errRunAbortedByRole, err) // the loop aborted the run
 	}
-	return nil
+	return err
 }
 
 // enabledServices reads net.services.enable: the server's own input, or, on an agent, the
@@ -358,28 +216,21 @@ func enabledServices(ctx context.Context, c *ssclient.Client, opts Options, log 
 
 // waitThrough waits for key, and keeps waiting through failures of the parameter API (the
 // client's own retries are bounded): only a stop, an aborted run or a refused key end it.
-func waitThrough(ctx context.Context, c *ssclient.Client, key string, log zerolog.Logger) (string, error) {
-	bo := backoff.NewExponentialBackOff()
-	bo.InitialInterval, bo.MaxInterval, bo.MaxElapsedTime = time.Second, 30*time.Second, 0
-	for {
-		v, err := c.Wait(ctx, key)
+func waitThrough(ctx context.Context, c *ssclient.Client, key string, log zerolog.Logger) (v string, err error) {
+	err = wait.Backoff{Min: time.Second, Max: 30 * time.Second}.Until(ctx, func(ctx context.Context) (bool, error) {
+		v, err = c.Wait(ctx, key)
 		switch {
 		case err == nil:
-			return v, nil
+			return true, nil
 		case ctx.Err() != nil:
-			return "", ctx.Err()
+			return false, ctx.Err()
 		case errors.Is(err, ssclient.ErrAborted), errors.Is(err, ssclient.ErrUnknownKey), errors.Is(err, ssclient.ErrUnauthorized):
-			return "", fmt.Errorf("reading %s: %w", key, err)
+			return false, fmt.Errorf("reading %s: %w", key, err)
 		}
 		log.Warn().Err(err).Str("param", key).Msg("parameter API failing; waiting on")
-		t := time.NewTimer(bo.NextBackOff())
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return "", ctx.Err()
-		case <-t.C:
-		}
-	}
+		return false, nil
+	})
+	return v, err
 }
 
 // lockStateDir makes sure one role at a time uses a state dir.
@@ -408,21 +259,16 @@ func Stop(ctx context.Context, stateDir string, timeout time.Duration) error {
 		}
 		return fmt.Errorf("signal pid %d: %w", pid, err)
 	}
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
+	err = wait.Backoff{Min: 50 * time.Millisecond, Max: 50 * time.Millisecond, Limit: timeout}.Until(ctx, func(context.Context) (bool, error) {
 		// Done when the role removed its pid file after its teardown, or is gone (a zombie
 		// whose parent does not reap it counts as gone).
 		if _, err := os.Stat(filepath.Join(stateDir, "role.pid")); errors.Is(err, os.ErrNotExist) {
-			return nil
+			return true, nil
 		}
-		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) || zombie(pid) {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
+		return errors.Is(syscall.Kill(pid, 0), syscall.ESRCH) || zombie(pid), nil
+	})
+	if !errors.Is(err, wait.ErrTimeout) {
+		return err
 	}
 	return fmt.Errorf("pid %d still runs %s after SIGTERM", pid, timeout)
 }
@@ -455,8 +301,6 @@ func trimSpace(b []byte) []byte {
 	return b
 }
 
-func has(list []string, s string) bool { return slices.Contains(list, s) }
-
 // newDriver returns the runtime of the network functions. The Docker engine must answer within
 // a minute (it may still be starting on a VM that just booted).
 func newDriver(ctx context.Context, kind string, owner driver.Owner, stateDir string) (driver.Driver, error) {
@@ -466,14 +310,12 @@ func newDriver(ctx context.Context, kind string, owner driver.Owner, stateDir st
 		if err != nil {
 			return nil, err
 		}
-		bo := backoff.NewExponentialBackOff()
-		bo.InitialInterval, bo.MaxInterval, bo.MaxElapsedTime = 200*time.Millisecond, 5*time.Second, time.Minute
-		if err := backoff.Retry(func() error {
+		if err := (wait.Backoff{Min: 200 * time.Millisecond, Max: 5 * time.Second, Limit: time.Minute}).Until(ctx, func(ctx context.Context) (bool, error) {
 			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			defer cancel()
-			return d.Ping(pctx)
-		}, backoff.WithContext(bo, ctx)); err != nil {
-			return nil, err
+			return d.Ping(pctx) == nil, nil
+		}); err != nil {
+			return nil, fmt.Errorf("the Docker engine does not answer: %w", err)
 		}
 		return d, nil
 	case "exec":

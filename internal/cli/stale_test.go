@@ -1,4 +1,4 @@
-package rolecmd
+package cli
 
 import (
 	"context"

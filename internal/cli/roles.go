@@ -1,5 +1,4 @@
-// Package rolecmd holds the role subcommands of cnsmo-role: server, agent, stop and doctor.
-package rolecmd
+package cli
 
 import (
 	"context"
@@ -10,12 +9,11 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/cnsmo/cnsmo/internal/cli"
 	"github.com/cnsmo/cnsmo/internal/probe"
 )
 
-// Commands returns the role subcommands.
-func Commands() []*cobra.Command {
+// roleCommands returns the role subcommands: server, agent, stop, status, kick and doctor.
+func roleCommands() []*cobra.Command {
 	out := []*cobra.Command{roleCmd(true), roleCmd(false), stopCmd(), statusCmd(), kickCmd()}
 	return append(out, &cobra.Command{
 		Use:   "doctor",
@@ -66,9 +64,9 @@ reconcile at once (the onvmadd/onvmremove hooks send it).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if opts.Driver != "docker" && opts.Driver != "exec" {
-				return cli.Usagef("--driver: %q is not docker or exec", opts.Driver)
+				return Usagef("--driver: %q is not docker or exec", opts.Driver)
 			}
-			log, err := cli.Logger(cmd)
+			log, err := Logger(cmd)
 			if err != nil {
 				return err
 			}
@@ -100,7 +98,7 @@ Exit 0 and "running (pid N)" when one runs, 3 and "not running" otherwise.`,
 			}
 			if pid == 0 {
 				fmt.Fprintln(cmd.OutOrStdout(), "not running")
-				return cli.Quiet(ExitNotRunning)
+				return Quiet(ExitNotRunning)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "running (pid %d)\n", pid)
 			return nil
