@@ -42,7 +42,7 @@ const (
 
 // Driver is the Docker driver of one owner.
 type Driver struct {
-	cli     *client.Client
+	cli     Engine
 	owner   driver.Owner
 	network string
 }
@@ -67,16 +67,19 @@ func New(owner driver.Owner, opts ...Option) (*Driver, error) {
 	if owner.Run == "" || owner.Instance == "" {
 		return nil, errors.New("dockerdriver: owner needs a run and an instance")
 	}
-	cli, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
-	if err != nil {
-		return nil, fmt.Errorf("dockerdriver: %w", err)
-	}
-	d := &Driver{cli: cli, owner: owner, network: "host"}
+	d := &Driver{owner: owner, network: "host"}
 	if m := os.Getenv("CNSMO_DOCKER_NETWORK"); m != "" {
 		d.network = m
 	}
 	for _, o := range opts {
 		o(d)
+	}
+	if d.cli == nil {
+		cli, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+		if err != nil {
+			return nil, fmt.Errorf("dockerdriver: %w", err)
+		}
+		d.cli = cli
 	}
 	if d.network != "host" && d.network != "none" && !strings.HasPrefix(d.network, "container:") {
 		return nil, fmt.Errorf("dockerdriver: network mode %q: use host, none or container:<name>", d.network)

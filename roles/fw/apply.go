@@ -27,6 +27,8 @@ type Applier struct {
 	Driver    driver.Driver
 	Image     string
 	LongLived bool
+	// Runner, when set, runs the iptables commands instead of the driver (tests: a fake iptables).
+	Runner Runner
 
 	started bool // the tools function was started by this process
 }
@@ -45,8 +47,17 @@ func (a *Applier) toolsSpec() driver.Spec {
 		CapAdd: []string{"NET_ADMIN", "NET_RAW"}}
 }
 
+// Runner runs one iptables command (iptables, ip6tables, iptables-restore, ip6tables-restore)
+// where the rules live.
+type Runner interface {
+	Run(ctx context.Context, argv []string, stdin io.Reader) (driver.Result, error)
+}
+
 // command runs argv where the rules live and returns its result.
 func (a *Applier) command(ctx context.Context, argv []string, stdin io.Reader) (driver.Result, error) {
+	if a.Runner != nil {
+		return a.Runner.Run(ctx, argv, stdin)
+	}
 	if !a.LongLived {
 		return a.Driver.Run(ctx, driver.Spec{Name: "fw-" + argv[0], Service: "fw", Image: a.image(), Cmd: argv,
 			CapAdd: []string{"NET_ADMIN", "NET_RAW"}}, stdin)
@@ -269,7 +280,7 @@ func (a *Applier) teardownFamily(ctx context.Context, v6 bool) error {
 // Teardown removes cnsmo's jumps and chains in both families, then the tools function.
 func (a *Applier) Teardown(ctx context.Context) error {
 	err := errors.Join(a.teardownFamily(ctx, false), a.teardownFamily(ctx, true))
-	if a.LongLived {
+	if a.LongLived && a.Runner == nil {
 		if rerr := a.Driver.Remove(ctx, ToolsFunction); rerr != nil && !errors.Is(rerr, driver.ErrNotFound) {
 			err = errors.Join(err, fmt.Errorf("fw: remove %s: %w", ToolsFunction, rerr))
 		}
