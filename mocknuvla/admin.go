@@ -98,234 +98,305 @@ type runSummary struct {
 	Instances int    `json:"instances"`
 }
 
+// adminRoutes are the admin API's routes, one handler each.
+func (s *Server) adminRoutes() []struct {
+	pattern string
+	handler http.HandlerFunc
+} {
+	return []struct {
+		pattern string
+		handler http.HandlerFunc
+	}{
+		{"GET /admin/runs", s.adminListRuns},
+		{"POST /admin/runs", s.adminCreateRun},
+		{"GET /admin/runs/{uuid}", s.adminGetRun},
+		{"GET /admin/runs/{uuid}/params", s.adminGetParams},
+		{"GET /admin/runs/{uuid}/params/{key}", s.adminGetParam},
+		{"PUT /admin/runs/{uuid}/params/{key}", s.adminSetParam},
+		{"DELETE /admin/runs/{uuid}/params/{key}", s.adminUnsetParam},
+		{"GET /admin/runs/{uuid}/state", s.adminGetState},
+		{"PUT /admin/runs/{uuid}/state", s.adminSetState},
+		{"POST /admin/runs/{uuid}/abort", s.adminAbort},
+		{"POST /admin/runs/{uuid}/complete/{instance}", s.adminComplete},
+		{"POST /admin/runs/{uuid}/nodes/{node}", s.adminScaleUp},
+		{"DELETE /admin/runs/{uuid}/nodes/{node}", s.adminScaleDown},
+		{"GET /admin/runs/{uuid}/instances/{name}", s.adminGetInstance},
+		{"GET /admin/runs/{uuid}/instances/{name}/env", s.adminInstanceFile((*RunInfo).EnvFile)},
+		{"GET /admin/runs/{uuid}/instances/{name}/context", s.adminInstanceFile((*RunInfo).ContextFile)},
+
+		{"GET /admin/faults", s.adminFaults},
+		{"PUT /admin/faults", s.adminFaults},
+		{"DELETE /admin/faults", s.adminFaults},
+		{"GET /admin/runs/{uuid}/faults", s.adminFaults},
+		{"PUT /admin/runs/{uuid}/faults", s.adminFaults},
+		{"DELETE /admin/runs/{uuid}/faults", s.adminFaults},
+		{"GET /admin/counters", s.adminGetCounters},
+		{"DELETE /admin/counters", s.adminResetCounters},
+		{"/admin/", s.adminNotFound},
+	}
+}
+
 func (s *Server) newAdminMux() *http.ServeMux {
 	m := http.NewServeMux()
-	m.HandleFunc("GET /admin/runs", func(w http.ResponseWriter, r *http.Request) {
-		s.mu.Lock()
-		out := make([]runSummary, 0, len(s.runOrder))
-		for _, id := range s.runOrder {
-			run := s.runs[id]
-			out = append(out, runSummary{UUID: id, Name: run.name, State: run.state(), Mutable: run.mutable,
-				Aborted: run.aborted(), Abort: run.params["ss:abort"].value,
-				Created: run.created.UTC().Format(time.RFC3339Nano), Instances: len(run.currentInstances())})
-		}
-		s.mu.Unlock()
-		writeJSON(w, http.StatusOK, out)
-	})
-	m.HandleFunc("POST /admin/runs", func(w http.ResponseWriter, r *http.Request) {
-		body, ok := readBody(w, r)
-		if !ok {
+	for _, rt := range s.adminRoutes() {
+		m.HandleFunc(rt.pattern, rt.handler)
+	}
+	return m
+}
+
+// adminListRuns lists the runs (GET /admin/runs).
+func (s *Server) adminListRuns(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	out := make([]runSummary, 0, len(s.runOrder))
+	for _, id := range s.runOrder {
+		run := s.runs[id]
+		out = append(out, runSummary{UUID: id, Name: run.name, State: run.state(), Mutable: run.mutable,
+			Aborted: run.aborted(), Abort: run.params["ss:abort"].value,
+			Created: run.created.UTC().Format(time.RFC3339Nano), Instances: len(run.currentInstances())})
+	}
+	s.mu.Unlock()
+	writeJSON(w, http.StatusOK, out)
+}
+
+// adminCreateRun creates a run from a deployment file (POST /admin/runs).
+func (s *Server) adminCreateRun(w http.ResponseWriter, r *http.Request) {
+	body, ok := readBody(w, r)
+	if !ok {
+		return
+	}
+	d, err := ParseDeployment([]byte(body))
+	if err != nil {
+		adminError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	ri, err := s.CreateRun(d)
+	if err != nil {
+		adminErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, ri)
+}
+
+// adminGetRun returns a run's instances and endpoints (GET /admin/runs/{uuid}).
+func (s *Server) adminGetRun(w http.ResponseWriter, r *http.Request) {
+	ri, err := s.RunInfo(r.PathValue("uuid"))
+	if err != nil {
+		adminErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, ri)
+}
+
+// adminGetParams returns every parameter of a run (GET /admin/runs/{uuid}/params).
+func (s *Server) adminGetParams(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	run, err := s.lookup(r.PathValue("uuid"))
+	var out RunJSON
+	if err == nil {
+		out = runJSON(run)
+	}
+	s.mu.Unlock()
+	if err != nil {
+		adminErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// adminGetParam returns one parameter (GET /admin/runs/{uuid}/params/{key}).
+func (s *Server) adminGetParam(w http.ResponseWriter, r *http.Request) {
+	v, set, err := s.Param(r.PathValue("uuid"), r.PathValue("key"))
+	if err != nil {
+		adminErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"key": r.PathValue("key"), "value": v, "isSet": set})
+}
+
+// adminSetParam sets one parameter (as an operator: no role checks) (PUT /admin/runs/{uuid}/params/{key}).
+func (s *Server) adminSetParam(w http.ResponseWriter, r *http.Request) {
+	body, ok := readBody(w, r)
+	if !ok {
+		return
+	}
+	if err := s.SetParam(r.PathValue("uuid"), r.PathValue("key"), body); err != nil {
+		adminErr(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// adminUnsetParam un-sets one parameter (DELETE /admin/runs/{uuid}/params/{key}).
+func (s *Server) adminUnsetParam(w http.ResponseWriter, r *http.Request) {
+	if err := s.SetParam(r.PathValue("uuid"), r.PathValue("key"), ""); err != nil {
+		adminErr(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// adminGetState returns a run's state (GET /admin/runs/{uuid}/state).
+func (s *Server) adminGetState(w http.ResponseWriter, r *http.Request) {
+	st, err := s.State(r.PathValue("uuid"))
+	if err != nil {
+		adminErr(w, err)
+		return
+	}
+	writeText(w, http.StatusOK, st)
+}
+
+// adminSetState moves a run to a state (PUT /admin/runs/{uuid}/state).
+func (s *Server) adminSetState(w http.ResponseWriter, r *http.Request) {
+	body, ok := readBody(w, r)
+	if !ok {
+		return
+	}
+	if err := s.SetState(r.PathValue("uuid"), strings.TrimSpace(body)); err != nil {
+		adminErr(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// adminAbort aborts a run with a reason (POST /admin/runs/{uuid}/abort).
+func (s *Server) adminAbort(w http.ResponseWriter, r *http.Request) {
+	body, ok := readBody(w, r)
+	if !ok {
+		return
+	}
+	if err := s.Abort(r.PathValue("uuid"), body); err != nil {
+		adminErr(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// adminComplete completes an instance's state (POST /admin/runs/{uuid}/complete/{instance}).
+func (s *Server) adminComplete(w http.ResponseWriter, r *http.Request) {
+	st, err := s.Complete(r.PathValue("uuid"), r.PathValue("instance"))
+	if err != nil {
+		adminErr(w, err)
+		return
+	}
+	writeText(w, http.StatusOK, st)
+}
+
+// adminScaleUp adds n instances to a node (POST /admin/runs/{uuid}/nodes/{node}).
+func (s *Server) adminScaleUp(w http.ResponseWriter, r *http.Request) {
+	n := 1
+	if v := r.URL.Query().Get("n"); v != "" {
+		var err error
+		if n, err = strconv.Atoi(v); err != nil {
+			adminError(w, http.StatusBadRequest, "n: not an integer: "+v)
 			return
 		}
-		d, err := ParseDeployment([]byte(body))
-		if err != nil {
-			adminError(w, http.StatusBadRequest, err.Error())
-			return
-		}
-		ri, err := s.CreateRun(d)
-		if err != nil {
-			adminErr(w, err)
-			return
-		}
-		writeJSON(w, http.StatusCreated, ri)
-	})
-	m.HandleFunc("GET /admin/runs/{uuid}", func(w http.ResponseWriter, r *http.Request) {
+	}
+	names, err := s.ScaleUp(r.PathValue("uuid"), r.PathValue("node"), n)
+	if err != nil {
+		adminErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, map[string]any{"instances": names})
+}
+
+// adminScaleDown removes instances of a node by id (DELETE /admin/runs/{uuid}/nodes/{node}).
+func (s *Server) adminScaleDown(w http.ResponseWriter, r *http.Request) {
+	ids, err := parseIDs(r.URL.Query().Get("ids"))
+	if err != nil {
+		adminError(w, http.StatusBadRequest, "ids: not an integer: "+err.Error())
+		return
+	}
+	if err := s.ScaleDown(r.PathValue("uuid"), r.PathValue("node"), ids); err != nil {
+		adminErr(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// adminGetInstance returns one instance (GET /admin/runs/{uuid}/instances/{name}).
+func (s *Server) adminGetInstance(w http.ResponseWriter, r *http.Request) {
+	in, err := s.Instance(r.PathValue("uuid"), r.PathValue("name"))
+	if err != nil {
+		adminErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, in)
+}
+
+// adminGetCounters returns the request counters (GET /admin/counters).
+func (s *Server) adminGetCounters(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]map[string]int64{"routes": s.Counters(), "clients": s.ClientCounters(),
+		"client_bytes": s.ClientBytes(), "faults": s.FaultCounters()})
+}
+
+// adminResetCounters resets the counters (DELETE /admin/counters).
+func (s *Server) adminResetCounters(w http.ResponseWriter, r *http.Request) {
+	s.ResetCounters()
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// adminNotFound answers 404 for any other admin route (/admin/).
+func (s *Server) adminNotFound(w http.ResponseWriter, r *http.Request) {
+	adminError(w, http.StatusNotFound, "no admin route "+r.Method+" "+r.URL.Path+" (see docs/mocknuvla.md)")
+}
+
+// adminInstanceFile serves a file rendered for an instance (its env or context file).
+func (s *Server) adminInstanceFile(render func(ri *RunInfo, url, name string) (string, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
 		ri, err := s.RunInfo(r.PathValue("uuid"))
 		if err != nil {
 			adminErr(w, err)
 			return
 		}
-		writeJSON(w, http.StatusOK, ri)
-	})
-	m.HandleFunc("GET /admin/runs/{uuid}/params", func(w http.ResponseWriter, r *http.Request) {
-		s.mu.Lock()
-		run, err := s.lookup(r.PathValue("uuid"))
-		var out RunJSON
-		if err == nil {
-			out = runJSON(run)
+		url := r.URL.Query().Get("serviceurl")
+		if url == "" {
+			url = s.serviceURL
 		}
-		s.mu.Unlock()
+		if url == "" {
+			adminError(w, http.StatusBadRequest, "no service URL: pass ?serviceurl=URL (the run API's URL as instances reach it)")
+			return
+		}
+		txt, err := render(ri, url, r.PathValue("name"))
 		if err != nil {
-			adminErr(w, err)
+			adminError(w, http.StatusNotFound, err.Error())
 			return
 		}
-		writeJSON(w, http.StatusOK, out)
-	})
-	m.HandleFunc("GET /admin/runs/{uuid}/params/{key}", func(w http.ResponseWriter, r *http.Request) {
-		v, set, err := s.Param(r.PathValue("uuid"), r.PathValue("key"))
-		if err != nil {
-			adminErr(w, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, map[string]any{"key": r.PathValue("key"), "value": v, "isSet": set})
-	})
-	m.HandleFunc("PUT /admin/runs/{uuid}/params/{key}", func(w http.ResponseWriter, r *http.Request) {
-		body, ok := readBody(w, r)
-		if !ok {
-			return
-		}
-		if err := s.SetParam(r.PathValue("uuid"), r.PathValue("key"), body); err != nil {
-			adminErr(w, err)
-			return
-		}
-		w.WriteHeader(http.StatusNoContent)
-	})
-	m.HandleFunc("DELETE /admin/runs/{uuid}/params/{key}", func(w http.ResponseWriter, r *http.Request) {
-		if err := s.SetParam(r.PathValue("uuid"), r.PathValue("key"), ""); err != nil {
-			adminErr(w, err)
-			return
-		}
-		w.WriteHeader(http.StatusNoContent)
-	})
-	m.HandleFunc("GET /admin/runs/{uuid}/state", func(w http.ResponseWriter, r *http.Request) {
-		st, err := s.State(r.PathValue("uuid"))
-		if err != nil {
-			adminErr(w, err)
-			return
-		}
-		writeText(w, http.StatusOK, st)
-	})
-	m.HandleFunc("PUT /admin/runs/{uuid}/state", func(w http.ResponseWriter, r *http.Request) {
-		body, ok := readBody(w, r)
-		if !ok {
-			return
-		}
-		if err := s.SetState(r.PathValue("uuid"), strings.TrimSpace(body)); err != nil {
-			adminErr(w, err)
-			return
-		}
-		w.WriteHeader(http.StatusNoContent)
-	})
-	m.HandleFunc("POST /admin/runs/{uuid}/abort", func(w http.ResponseWriter, r *http.Request) {
-		body, ok := readBody(w, r)
-		if !ok {
-			return
-		}
-		if err := s.Abort(r.PathValue("uuid"), body); err != nil {
-			adminErr(w, err)
-			return
-		}
-		w.WriteHeader(http.StatusNoContent)
-	})
-	m.HandleFunc("POST /admin/runs/{uuid}/complete/{instance}", func(w http.ResponseWriter, r *http.Request) {
-		st, err := s.Complete(r.PathValue("uuid"), r.PathValue("instance"))
-		if err != nil {
-			adminErr(w, err)
-			return
-		}
-		writeText(w, http.StatusOK, st)
-	})
-	m.HandleFunc("POST /admin/runs/{uuid}/nodes/{node}", func(w http.ResponseWriter, r *http.Request) {
-		n := 1
-		if v := r.URL.Query().Get("n"); v != "" {
-			var err error
-			if n, err = strconv.Atoi(v); err != nil {
-				adminError(w, http.StatusBadRequest, "n: not an integer: "+v)
-				return
-			}
-		}
-		names, err := s.ScaleUp(r.PathValue("uuid"), r.PathValue("node"), n)
-		if err != nil {
-			adminErr(w, err)
-			return
-		}
-		writeJSON(w, http.StatusCreated, map[string]any{"instances": names})
-	})
-	m.HandleFunc("DELETE /admin/runs/{uuid}/nodes/{node}", func(w http.ResponseWriter, r *http.Request) {
-		ids, err := parseIDs(r.URL.Query().Get("ids"))
-		if err != nil {
-			adminError(w, http.StatusBadRequest, "ids: not an integer: "+err.Error())
-			return
-		}
-		if err := s.ScaleDown(r.PathValue("uuid"), r.PathValue("node"), ids); err != nil {
-			adminErr(w, err)
-			return
-		}
-		w.WriteHeader(http.StatusNoContent)
-	})
-	m.HandleFunc("GET /admin/runs/{uuid}/instances/{name}", func(w http.ResponseWriter, r *http.Request) {
-		in, err := s.Instance(r.PathValue("uuid"), r.PathValue("name"))
-		if err != nil {
-			adminErr(w, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, in)
-	})
-	instanceFile := func(render func(ri *RunInfo, url, name string) (string, error)) http.HandlerFunc {
-		return func(w http.ResponseWriter, r *http.Request) {
-			ri, err := s.RunInfo(r.PathValue("uuid"))
-			if err != nil {
-				adminErr(w, err)
-				return
-			}
-			url := r.URL.Query().Get("serviceurl")
-			if url == "" {
-				url = s.serviceURL
-			}
-			if url == "" {
-				adminError(w, http.StatusBadRequest, "no service URL: pass ?serviceurl=URL (the run API's URL as instances reach it)")
-				return
-			}
-			txt, err := render(ri, url, r.PathValue("name"))
-			if err != nil {
-				adminError(w, http.StatusNotFound, err.Error())
-				return
-			}
-			writeText(w, http.StatusOK, txt)
-		}
+		writeText(w, http.StatusOK, txt)
 	}
-	m.HandleFunc("GET /admin/runs/{uuid}/instances/{name}/env", instanceFile((*RunInfo).EnvFile))
-	m.HandleFunc("GET /admin/runs/{uuid}/instances/{name}/context", instanceFile((*RunInfo).ContextFile))
+}
 
-	faultsHandler := func(w http.ResponseWriter, r *http.Request) {
-		uuid := r.PathValue("uuid") // "" for /admin/faults
-		if uuid != "" {
-			if _, err := s.RunInfo(uuid); err != nil {
-				adminErr(w, err)
-				return
-			}
-		}
-		switch r.Method {
-		case http.MethodPut:
-			body, ok := readBody(w, r)
-			if !ok {
-				return
-			}
-			f, err := parseFaults(body)
-			if err != nil {
-				adminError(w, http.StatusBadRequest, err.Error())
-				return
-			}
-			s.SetFaults(uuid, f)
-			s.log.Info().Str("run", uuid).Dur("latency", f.Latency).Float64("error5xxRatio", f.Error5xxRatio).
-				Float64("dropRatio", f.DropRatio).Msg("faults set")
-		case http.MethodDelete:
-			s.SetFaults(uuid, Faults{})
-		}
-		f, err := s.GetFaults(uuid)
-		if err != nil {
+// adminFaults reads (GET), sets (PUT) or clears (DELETE) the faults of the mock or of one run.
+func (s *Server) adminFaults(w http.ResponseWriter, r *http.Request) {
+	uuid := r.PathValue("uuid") // "" for /admin/faults
+	if uuid != "" {
+		if _, err := s.RunInfo(uuid); err != nil {
 			adminErr(w, err)
 			return
 		}
-		writeJSON(w, http.StatusOK, toFaultsJSON(f))
 	}
-	for _, p := range []string{"/admin/faults", "/admin/runs/{uuid}/faults"} {
-		for _, meth := range []string{"GET", "PUT", "DELETE"} {
-			m.HandleFunc(meth+" "+p, faultsHandler)
+	switch r.Method {
+	case http.MethodPut:
+		body, ok := readBody(w, r)
+		if !ok {
+			return
 		}
+		f, err := parseFaults(body)
+		if err != nil {
+			adminError(w, http.StatusBadRequest, err.Error())
+			return
+		}
+		s.SetFaults(uuid, f)
+		s.log.Info().Str("run", uuid).Dur("latency", f.Latency).Float64("error5xxRatio", f.Error5xxRatio).
+			Float64("dropRatio", f.DropRatio).Msg("faults set")
+	case http.MethodDelete:
+		s.SetFaults(uuid, Faults{})
 	}
-	m.HandleFunc("GET /admin/counters", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]map[string]int64{"routes": s.Counters(), "clients": s.ClientCounters(),
-			"client_bytes": s.ClientBytes(), "faults": s.FaultCounters()})
-	})
-	m.HandleFunc("DELETE /admin/counters", func(w http.ResponseWriter, r *http.Request) {
-		s.ResetCounters()
-		w.WriteHeader(http.StatusNoContent)
-	})
-	m.HandleFunc("/admin/", func(w http.ResponseWriter, r *http.Request) {
-		adminError(w, http.StatusNotFound, "no admin route "+r.Method+" "+r.URL.Path+" (see docs/mocknuvla.md)")
-	})
-	return m
+	f, err := s.GetFaults(uuid)
+	if err != nil {
+		adminErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, toFaultsJSON(f))
 }
 
 // Admin returns the handler of the admin API (routes under /admin/). It needs no login, so it is
