@@ -24,6 +24,7 @@ images: deps
 test: deps images build
 	set -o pipefail; CNSMO_REQUIRE_ALL=1 CNSMO_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -json ./... | $(GO) run ./internal/tools/testsummary
 	$(GO) test -run '^$$' -fuzz FuzzParseRules -fuzztime 10s ./roles/fw
+	$(GO) test -run '^$$' -fuzz FuzzParseRunXML -fuzztime 10s ./ssclient
 
 # Unit tests only (no root, Docker or packages needed).
 test-unit:

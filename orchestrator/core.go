@@ -22,13 +22,22 @@ type core struct {
 	digest string // of the deployment as the last pass saw it
 }
 
-func (c *core) pass(ctx context.Context, st role.Publisher, s role.Snapshot) error {
+// identity publishes the server's identity (before the services of a pass).
+func (c *core) identity(ctx context.Context, st role.Publisher, s role.Snapshot) error {
 	me := s.Self()
 	for _, kv := range [][2]string{{params.ServerInstanceID, me}, {params.CoreReady, "true"}} {
 		if err := role.Publish(ctx, st, s, me, kv[0], kv[1]); err != nil {
 			return err
 		}
 	}
+	return nil
+}
+
+// bump increments cnsmo.generation when the digest of s changed since the last bump. It runs at the
+// end of a pass, on the snapshot with this pass's own writes, so that one bump carries both what
+// changed in the deployment and the server's answer to it.
+func (c *core) bump(ctx context.Context, st role.Publisher, s role.Snapshot) error {
+	me := s.Self()
 	if !slices.Contains(s.Keys(me), params.Generation) {
 		return nil // not declared: the agents read the whole deployment on every pass
 	}

@@ -183,10 +183,16 @@ func (l *Loop) pass(ctx context.Context, me string) (wait bool, err error) {
 		l.validated = snap
 	}
 	if l.Server {
-		if err := l.core.pass(ctx, l.Store, snap); err != nil {
+		if err := l.core.identity(ctx, l.Store, snap); err != nil {
 			l.Log.Warn().Err(err).Msg("publishing the server's identity failed; retrying")
 			return true, nil
 		}
+		defer func() {
+			if berr := l.core.bump(ctx, l.Store, snap); berr != nil && ctx.Err() == nil {
+				l.Log.Warn().Err(berr).Msg("publishing the generation failed; retrying")
+				wait = true
+			}
+		}()
 	}
 	if l.wasReady == nil && l.Ready != nil {
 		l.wasReady = maps.Clone(l.Ready)

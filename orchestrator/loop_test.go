@@ -402,7 +402,8 @@ func TestCoreBumpsTheGenerationOnChanges(t *testing.T) {
 	pass := func() string {
 		snap, err := p.Read(context.Background())
 		require.NoError(t, err)
-		require.NoError(t, c.pass(context.Background(), p, snap))
+		require.NoError(t, c.identity(context.Background(), p, snap))
+		require.NoError(t, c.bump(context.Background(), p, snap))
 		return p.Value(params.Generation)
 	}
 	g1 := pass()

@@ -1,11 +1,13 @@
 package ssclient
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"encoding/xml"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -394,33 +396,80 @@ func (c *Client) Run(ctx context.Context) (*Run, error) {
 	return ParseRunXML([]byte(body))
 }
 
-type xmlRun struct {
-	UUID    string `xml:"uuid,attr"`
-	State   string `xml:"state,attr"`
-	Entries []struct {
-		Key   string `xml:"string"`
-		Param struct {
-			Key   string `xml:"key,attr"`
-			IsSet string `xml:"isSet,attr"`
-			Value string `xml:",chardata"`
-		} `xml:"runtimeParameter"`
-	} `xml:"runtimeParameters>entry"`
-}
-
-// ParseRunXML parses the XML of GET /run/{uuid}.
+// ParseRunXML parses the XML of GET /run/{uuid}: the run's uuid and state, and every
+// <entry><string>key</string><runtimeParameter key="key" isSet="…">value</runtimeParameter></entry>.
+// It reads the tokens as they come (a whole run of 200 instances is about half a megabyte, read by
+// the CNSMO server on every pass), without reflection.
 func ParseRunXML(b []byte) (*Run, error) {
-	var x xmlRun
-	if err := xml.Unmarshal(b, &x); err != nil {
-		return nil, fmt.Errorf("parse run: %w", err)
-	}
-	r := &Run{UUID: x.UUID, State: x.State, Params: make(map[string]Param, len(x.Entries))}
-	for _, e := range x.Entries {
-		k := e.Param.Key
-		if k == "" {
-			k = e.Key
+	d := xml.NewDecoder(bytes.NewReader(b))
+	r := &Run{Params: map[string]Param{}}
+	var (
+		entryKey, key, isSet string
+		text                 []byte
+		in                   string // the element whose text is collected: "string" or "runtimeParameter"
+		depth                int
+	)
+	for {
+		tok, err := d.RawToken()
+		if errors.Is(err, io.EOF) {
+			break
 		}
-		set, _ := strconv.ParseBool(e.Param.IsSet)
-		r.Params[k] = Param{Value: e.Param.Value, IsSet: set}
+		if err != nil {
+			return nil, fmt.Errorf("parse run: %w", err)
+		}
+		switch t := tok.(type) {
+		case xml.StartElement:
+			depth++
+			switch t.Name.Local {
+			case "run":
+				for _, a := range t.Attr {
+					switch a.Name.Local {
+					case "uuid":
+						r.UUID = a.Value
+					case "state":
+						r.State = a.Value
+					}
+				}
+			case "entry":
+				entryKey = ""
+			case "string":
+				in, text = "string", text[:0]
+			case "runtimeParameter":
+				key, isSet = "", ""
+				for _, a := range t.Attr {
+					switch a.Name.Local {
+					case "key":
+						key = a.Value
+					case "isSet":
+						isSet = a.Value
+					}
+				}
+				in, text = "runtimeParameter", text[:0]
+			}
+		case xml.CharData:
+			if in != "" {
+				text = append(text, t...)
+			}
+		case xml.EndElement:
+			depth--
+			switch t.Name.Local {
+			case "string":
+				if in == "string" {
+					entryKey = string(text)
+				}
+			case "runtimeParameter":
+				k := key
+				if k == "" {
+					k = entryKey
+				}
+				set, _ := strconv.ParseBool(isSet)
+				r.Params[k] = Param{Value: string(text), IsSet: set}
+			}
+			in = ""
+		}
+	}
+	if depth != 0 || r.UUID == "" && len(r.Params) == 0 && !bytes.Contains(b, []byte("<run")) {
+		return nil, fmt.Errorf("parse run: not a run document")
 	}
 	if r.State == "" {
 		r.State, _ = r.Value("ss:state")

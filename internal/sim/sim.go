@@ -162,6 +162,13 @@ func (s *Sim) start(ctx context.Context, url, instance string, addr netip.Addr, 
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
+		if !server {
+			// As cnsmo-role agent does before its loop: wait for the server (its mapped input).
+			if _, err := client.Wait(ctx, params.ServerInstanceID); err != nil {
+				r.done <- err
+				return
+			}
+		}
 		r.done <- l.Run(ctx)
 	}()
 	return r, nil
