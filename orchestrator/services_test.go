@@ -98,7 +98,10 @@ func (s *recService) Name() string { return s.name }
 func (s *recService) Reconcile(ctx context.Context, snap role.Snapshot) (bool, error) {
 	return true, role.Publish(ctx, s.p, snap, snap.Self(), s.name+".ready", "true")
 }
-func (s *recService) Teardown(context.Context) error { *s.log = append(*s.log, "teardown "+s.name); return nil }
+func (s *recService) Teardown(context.Context) error {
+	*s.log = append(*s.log, "teardown "+s.name)
+	return nil
+}
 func (s *recService) Withdraw(ctx context.Context) error {
 	*s.log = append(*s.log, "withdraw "+s.name)
 	return role.Withdraw(ctx, s.p, s.name+".ready")
