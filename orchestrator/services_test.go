@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"maps"
+	"slices"
 	"testing"
 	"time"
 
@@ -163,4 +164,60 @@ func TestRunnerAbortsOnAnInvalidServiceList(t *testing.T) {
 	err := r.Run(context.Background())
 	require.True(t, role.IsTerminal(err), "%v", err)
 	assert.Equal(t, `cnsmo agent on web.1: cnsmo.1: net.services.enable[1]: unknown service "dns" (known: vpn, fw, lb)`, st.AbortReason())
+}
+
+// Every service of the registry withdraws exactly its own outputs, through its own Withdraw, as
+// the orchestrator calls it when the service is dropped (the real services, a fake store).
+func TestEveryServiceWithdrawsItsOutputs(t *testing.T) {
+	for _, c := range []struct {
+		server bool
+		me     string
+		owned  map[string][]string // service -> keys of this instance it publishes
+		other  []string            // keys it must leave alone
+	}{
+		{true, "cnsmo.1", map[string][]string{
+			"vpn": {params.VPNServerListening, params.VPNReady, params.VPNAddress, params.VPNAddress6},
+			"lb":  {params.LBReady, params.URLService},
+		}, []string{params.ServicesEnabled, params.VPNCACert, params.ServerInstanceID}},
+		{false, "web.1", map[string][]string{
+			"vpn": {params.VPNClientListening, params.VPNAddress, params.VPNAddress6},
+			"fw":  {params.FWReady},
+		}, []string{params.ServicesEnabled, params.VPNCSR, params.FWRules}},
+	} {
+		for _, s := range Build(c.server, Known, func(string) role.Env { return role.Env{Log: zerolog.Nop()} }) {
+			st := newFake(c.me)
+			for _, keys := range c.owned {
+				for _, k := range append(keys, c.other...) {
+					put(st, k, "x")
+				}
+			}
+			put(st, ":"+params.URLService, "x") // the deployment's URL
+			list := Build(c.server, []string{s.Name()}, func(string) role.Env {
+				return role.Env{Params: st, Instance: c.me, Log: zerolog.Nop(), StateDir: t.TempDir()}
+			})
+			require.Len(t, list, 1)
+			require.NoError(t, list[0].Withdraw(context.Background()))
+			for _, k := range c.owned[s.Name()] {
+				assert.Empty(t, st.Value(k), "%s on %s withdraws %s", s.Name(), c.me, k)
+			}
+			for name, keys := range c.owned {
+				if name == s.Name() {
+					continue
+				}
+				for _, k := range keys {
+					if !slices.Contains(c.owned[s.Name()], k) {
+						assert.Equal(t, "x", st.Value(k), "%s leaves %s's %s alone", s.Name(), name, k)
+					}
+				}
+			}
+			for _, k := range c.other {
+				assert.Equal(t, "x", st.Value(k), "%s leaves %s alone", s.Name(), k)
+			}
+			if s.Name() == "lb" {
+				assert.Empty(t, st.Value(":"+params.URLService), "the deployment's URL is withdrawn")
+			} else {
+				assert.Equal(t, "x", st.Value(":"+params.URLService))
+			}
+		}
+	}
 }

@@ -63,8 +63,8 @@ stopped (SIGTERM, SIGINT, cnsmo-role stop); then it removes what it created. SIG
 reconcile at once (the onvmadd/onvmremove hooks send it).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if opts.Driver != "docker" && opts.Driver != "exec" {
-				return Usagef("--driver: %q is not docker or exec", opts.Driver)
+			if err := opts.Validate(); err != nil {
+				return Usagef("%v", err)
 			}
 			log, err := Logger(cmd)
 			if err != nil {

@@ -34,6 +34,23 @@ type Options struct {
 	Services string // overrides net.services.enable (testing a single service); "" reads the parameter
 }
 
+// Validate checks the role's flags and environment (CNSMO_DRIVER, CNSMO_STATE_DIR) before anything
+// starts; the error names the flag.
+func (o Options) Validate() error {
+	if o.Driver != "docker" && o.Driver != "exec" {
+		return fmt.Errorf("--driver: %q is not docker or exec", o.Driver)
+	}
+	if o.StateDir == "" || !filepath.IsAbs(o.StateDir) {
+		return fmt.Errorf("--state-dir: %q is not an absolute path", o.StateDir)
+	}
+	if o.Services != "" {
+		if _, err := orchestrator.ParseServices(o.Services); err != nil {
+			return fmt.Errorf("--services: %w", err)
+		}
+	}
+	return nil
+}
+
 // errAlreadyRunning is returned when another role holds the state dir's lock.
 var errAlreadyRunning = errors.New("another cnsmo-role runs with this state dir")
 
