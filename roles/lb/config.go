@@ -41,7 +41,7 @@ type Config struct {
 }
 
 // ParseConfig validates the LB inputs. get returns a parameter's value ("" when unset);
-// nodes are the node names of the run (from ss:groups). Errors name the parameter.
+// nodes are the deployment's node names. Errors name the parameter.
 func ParseConfig(get func(key string) string, nodes []string) (Config, error) {
 	cfg := Config{Mode: DefaultMode, CheckInter: DefaultCheckInter, Fall: 2, Rise: 2, StatsPort: DefaultStatsPort}
 	var err error
