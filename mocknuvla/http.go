@@ -29,7 +29,10 @@ type route struct {
 	rest    string // key or node
 }
 
-func parseRoute(r *http.Request) route {
+func (s *Server) parseRoute(r *http.Request) route {
+	if s.api == "nuvla2" {
+		return parseNuvla2Route(r)
+	}
 	p := r.URL.Path
 	switch {
 	case p == "/api/session":
@@ -51,10 +54,41 @@ func parseRoute(r *http.Request) route {
 	return route{pattern: r.Method + " (unknown route)"}
 }
 
+// parseNuvla2Route parses the Nuvla 2 routes (uuid is the resource's, rest an action).
+func parseNuvla2Route(r *http.Request) route {
+	p := strings.TrimSuffix(r.URL.Path, "/")
+	switch {
+	case p == "/api/session":
+		return route{pattern: r.Method + " /api/session", kind: "n2session"}
+	case p == "/api/deployment-parameter":
+		return route{pattern: r.Method + " /api/deployment-parameter", kind: "n2params"}
+	case strings.HasPrefix(p, "/api/deployment-parameter/"):
+		id := strings.TrimPrefix(p, "/api/deployment-parameter/")
+		if id != "" && !strings.Contains(id, "/") {
+			return route{pattern: r.Method + " /api/deployment-parameter/{uuid}", kind: "n2param", uuid: id}
+		}
+	case strings.HasPrefix(p, "/api/deployment-set/"):
+		id := strings.TrimPrefix(p, "/api/deployment-set/")
+		if id != "" && !strings.Contains(id, "/") {
+			return route{pattern: r.Method + " /api/deployment-set/{uuid}", kind: "n2group", uuid: id}
+		}
+	case strings.HasPrefix(p, "/api/deployment/"):
+		id, action, _ := strings.Cut(strings.TrimPrefix(p, "/api/deployment/"), "/")
+		if id != "" && !strings.Contains(action, "/") {
+			pat := r.Method + " /api/deployment/{uuid}"
+			if action != "" {
+				pat += "/" + action
+			}
+			return route{pattern: pat, kind: "n2deployment", uuid: id, rest: action}
+		}
+	}
+	return route{pattern: r.Method + " (unknown route)", kind: "n2unknown"}
+}
+
 // ServeHTTP serves the legacy run API and /api/session: what every VM reaches. The admin API
 // (no login) is served by Admin, on a listener of its own.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	rt := parseRoute(r)
+	rt := s.parseRoute(r)
 	s.mu.Lock()
 	s.counters[rt.pattern]++
 	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
@@ -164,6 +198,10 @@ func (s *Server) countFault(kind string) {
 }
 
 func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, rt route) {
+	if strings.HasPrefix(rt.kind, "n2") {
+		s.serveNuvla2(w, r, rt)
+		return
+	}
 	switch rt.kind {
 	case "session":
 		s.serveSession(w, r)

@@ -33,6 +33,12 @@ type Options struct {
 	// OnInstances, when set, is called (without the server's lock) with the instances a scale
 	// up created, whichever way it was asked for (HTTP, admin API or ScaleUp).
 	OnInstances func(uuid string, created []InstanceInfo)
+	// API is the public API served: "slipstream" (default: the legacy run API) or "nuvla2"
+	// (deployment parameters, see nuvla2.go).
+	API string
+	// Staleness is how long a Nuvla 2 search shows a parameter's old value after an edit (0: 1 s,
+	// as Elasticsearch's refresh; negative: none).
+	Staleness time.Duration
 }
 
 // Faults are injected into the answers of the run and session routes (never the admin API).
@@ -88,6 +94,7 @@ type Server struct {
 	users       map[string]string
 	onInstances func(string, []InstanceInfo)
 	serviceURL  string
+	api         string
 
 	adminOnce sync.Once
 	admin     *http.ServeMux
@@ -102,6 +109,7 @@ type Server struct {
 	byClient      map[string]int64 // requests per remote address
 	bytesByClient map[string]int64 // answer body bytes per remote address
 	faultCnt      map[string]int64
+	n2            *n2state
 }
 
 // New returns a Server with no run.
@@ -110,7 +118,19 @@ func New(opts Options) *Server {
 	for u, p := range opts.Users {
 		users[u] = p
 	}
+	staleness := opts.Staleness
+	switch {
+	case staleness == 0:
+		staleness = DefaultStaleness
+	case staleness < 0:
+		staleness = 0
+	}
+	api := opts.API
+	if api == "" {
+		api = "slipstream"
+	}
 	return &Server{log: opts.Logger, noAuth: opts.NoAuth, users: users, onInstances: opts.OnInstances, serviceURL: opts.ServiceURL,
+		api: api, n2: newN2State(staleness),
 		runs: map[string]*run{}, creds: map[string]credential{}, sessions: map[string]session{},
 		counters: map[string]int64{}, byClient: map[string]int64{}, bytesByClient: map[string]int64{}, faultCnt: map[string]int64{}}
 }

@@ -21,6 +21,7 @@ import (
 
 	"github.com/cnsmo/cnsmo/internal/logx"
 	"github.com/cnsmo/cnsmo/internal/version"
+	"github.com/cnsmo/cnsmo/roles/role"
 	"github.com/cnsmo/cnsmo/ssclient"
 )
 
@@ -73,7 +74,7 @@ func ExitCode(err error) int {
 		return ExitOK
 	case errors.As(err, &ee):
 		return ee.code
-	case errors.Is(err, ssclient.ErrAborted):
+	case errors.Is(err, ssclient.ErrAborted), errors.Is(err, role.ErrAborted):
 		return ExitAbort
 	case errors.Is(err, ssclient.ErrTimeout):
 		return ExitTimeout

@@ -39,6 +39,13 @@ func defaultDriver() string {
 	return "docker"
 }
 
+func defaultBackend() string {
+	if b := os.Getenv("CNSMO_BACKEND"); b != "" {
+		return b
+	}
+	return "auto"
+}
+
 func defaultStateDir() string {
 	if d := os.Getenv("CNSMO_STATE_DIR"); d != "" {
 		return d
@@ -57,7 +64,8 @@ func roleCmd(server bool) *cobra.Command {
 		Short: short,
 		Long: short + `.
 
-Reads the SlipStream context (slipstream.context or SLIPSTREAM_* variables), learns the enabled
+Reads the SlipStream context (slipstream.context or SLIPSTREAM_* variables), or on Nuvla 2 the
+NUVLA_* variables and CNSMO_NODE (docs/nuvla2.md), learns the enabled
 services from net.services.enable, and reconciles them until the run is aborted or the role is
 stopped (SIGTERM, SIGINT, cnsmo-role stop); then it removes what it created. SIGHUP makes it
 reconcile at once (the onvmadd/onvmremove hooks send it).`,
@@ -76,6 +84,7 @@ reconcile at once (the onvmadd/onvmremove hooks send it).`,
 	c.Flags().StringVar(&opts.Driver, "driver", defaultDriver(), "runtime of the network functions: docker or exec (env CNSMO_DRIVER)")
 	c.Flags().StringVar(&opts.StateDir, "state-dir", defaultStateDir(), "where the role keeps everything it writes: its lock, pid file and log; per service (vpn/, fw/, lb/) the persistent state (VPN CA, keys, address book, pins) and, with --driver exec, the functions' files (env CNSMO_STATE_DIR)")
 	c.Flags().StringVar(&opts.Services, "services", "", "override net.services.enable with this list (testing one service)")
+	c.Flags().StringVar(&opts.Backend, "backend", defaultBackend(), "coordination store: auto (Nuvla 2 when NUVLA_DEPLOYMENT_ID is set, else SlipStream), slipstream or nuvla2 (env CNSMO_BACKEND)")
 	return c
 }
 

@@ -15,7 +15,7 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/cnsmo/cnsmo/backend/slipstream"
+	"github.com/cnsmo/cnsmo/backend/nuvla2"
 	"github.com/cnsmo/cnsmo/driver"
 	"github.com/cnsmo/cnsmo/driver/dockerdriver"
 	"github.com/cnsmo/cnsmo/driver/execdriver"
@@ -32,6 +32,7 @@ type Options struct {
 	Driver   string // "docker" or "exec"
 	StateDir string // persistent state, pid file and lock of the role on this VM
 	Services string // overrides net.services.enable (testing a single service); "" reads the parameter
+	Backend  string // "auto" (Nuvla 2 when NUVLA_DEPLOYMENT_ID is set, else SlipStream), "slipstream" or "nuvla2"
 }
 
 // Validate checks the role's flags and environment (CNSMO_DRIVER, CNSMO_STATE_DIR) before anything
@@ -42,6 +43,9 @@ func (o Options) Validate() error {
 	}
 	if o.StateDir == "" || !filepath.IsAbs(o.StateDir) {
 		return fmt.Errorf("--state-dir: %q is not an absolute path", o.StateDir)
+	}
+	if o.Backend != "" && !slices.Contains(Backends, o.Backend) {
+		return fmt.Errorf("--backend: %q is not one of %s", o.Backend, strings.Join(Backends, ", "))
 	}
 	if o.Services != "" {
 		if _, err := orchestrator.ParseServices(o.Services); err != nil {
@@ -59,61 +63,62 @@ var errAlreadyRunning = errors.New("another cnsmo-role runs with this state dir"
 // A role that cannot start on an instance of the run (no driver, no state dir) aborts the run
 // with a message that says what failed and where, so no recipe waits in vain for it.
 func Run(ctx context.Context, opts Options, log zerolog.Logger) error {
-	cfg, err := ssclient.LoadConfig()
-	if err != nil {
-		return err
-	}
-	client, err := ssclient.New(cfg, ssclient.WithLogger(log))
-	if err != nil {
-		return err
-	}
 	roleName := "agent"
 	if opts.Server {
 		roleName = "server"
 	}
-	log = log.With().Str("run", cfg.RunUUID).Str("instance", client.Instance()).Str("role", roleName).Logger()
 	// A stop (SIGTERM, SIGINT) is a stop wherever the role is, starting up included: never a
 	// failure that aborts the run.
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	err = run(ctx, opts, cfg, client, roleName, log)
-	if (errors.Is(err, ssclient.ErrAborted) || errors.Is(err, orchestrator.ErrRunAborted)) && ctx.Err() == nil {
-		err = abortedBecause(ctx, client, err)
+	b, err := openBackend(ctx, opts, log)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	me := b.store.Self()
+	log = log.With().Str("run", b.run).Str("instance", me).Str("role", roleName).Logger()
+	err = run(ctx, opts, b, roleName, log)
+	if (errors.Is(err, role.ErrAborted) || errors.Is(err, orchestrator.ErrRunAborted)) && ctx.Err() == nil {
+		err = abortedBecause(ctx, b, err)
 	}
 	switch {
 	case ctx.Err() != nil:
 		return nil // stopped (SIGTERM, SIGINT): exit 0 wherever the role was
 	case errors.Is(err, errRunAbortedByRole):
-		return errors.Join(err, ssclient.ErrAborted) // it aborted the run itself: exit 8, as any aborted run
+		return errors.Join(err, role.ErrAborted) // it aborted the run itself: exit 8, as any aborted run
 	case err == nil, errors.Is(err, errAlreadyRunning), errors.Is(err, orchestrator.ErrRunAborted),
-		errors.Is(err, ssclient.ErrAborted),
-		errors.Is(err, ssclient.ErrUnknownKey), errors.Is(err, ssclient.ErrUnauthorized):
+		errors.Is(err, role.ErrAborted),
+		errors.Is(err, ssclient.ErrUnknownKey), errors.Is(err, ssclient.ErrUnauthorized), errors.Is(err, nuvla2.ErrForbidden),
+		errors.Is(err, nuvla2.ErrNoSession):
 		// The run is aborted already (an unknown key aborts it on the server), or this role may
 		// not write to it.
 		return err
 	}
 	// The role could not run: say so in the run, as a service's invalid input does.
-	msg := orchestrator.Say(roleName, client.Instance(), err)
+	msg := orchestrator.Say(roleName, me, err)
 	log.Error().Err(err).Msg("the role cannot run: aborting the run")
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	if aerr := client.Abort(actx, msg); aerr != nil {
+	if aerr := b.store.Abort(actx, msg); aerr != nil {
 		log.Error().Err(aerr).Msg("could not abort the run")
 		return err
 	}
-	return errors.Join(err, ssclient.ErrAborted) // the run is aborted now: exit 8, not restarted
+	return errors.Join(err, role.ErrAborted) // the run is aborted now: exit 8, not restarted
 }
 
-// abortedBecause says that the run was aborted, with the reason from ss:abort, instead of the
-// HTTP status the aborted run answered with (err stays wrapped for the exit code).
-func abortedBecause(ctx context.Context, client *ssclient.Client, err error) error {
+// abortedBecause says that the run was aborted, with its reason, instead of the answer of the
+// aborted store (err stays wrapped for the exit code).
+func abortedBecause(ctx context.Context, b *backend, err error) error {
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	reason, rerr := client.IgnoreAbort().Get(rctx, "ss:abort")
-	if rerr != nil || strings.TrimSpace(reason) == "" {
-		return fmt.Errorf("the run was aborted (its reason could not be read): %w", errors.Join(err, ssclient.ErrAborted))
+	reason := b.abortReason(rctx)
+	if reason == "" {
+		return fmt.Errorf("the run was aborted (its reason could not be read): %w", errors.Join(err, role.ErrAborted))
 	}
-	return &abortedError{reason: strings.TrimSpace(reason), err: err}
+	return &abortedError{reason: reason, err: err}
 }
 
 type abortedError struct {
@@ -122,13 +127,13 @@ type abortedError struct {
 }
 
 func (e *abortedError) Error() string   { return "the run was aborted: " + e.reason }
-func (e *abortedError) Unwrap() []error { return []error{e.err, ssclient.ErrAborted} } // exit code 8
+func (e *abortedError) Unwrap() []error { return []error{e.err, role.ErrAborted} } // exit code 8
 
 // errRunAbortedByRole marks an error after which the run was already aborted by this role.
 var errRunAbortedByRole = errors.New("run aborted by this role")
 
-func run(ctx context.Context, opts Options, cfg ssclient.Config, client *ssclient.Client, roleName string, log zerolog.Logger) error {
-	me := client.Instance()
+func run(ctx context.Context, opts Options, b *backend, roleName string, log zerolog.Logger) error {
+	me := b.store.Self()
 	if err := os.MkdirAll(opts.StateDir, 0o700); err != nil {
 		return fmt.Errorf("state dir %s: %w", opts.StateDir, err)
 	}
@@ -161,18 +166,18 @@ func run(ctx context.Context, opts Options, cfg ssclient.Config, client *ssclien
 		}
 	}()
 
-	_ = client.Display(ctx, "cnsmo: "+roleName+" starting")
-	services, server, err := enabledServices(ctx, client, opts, log)
+	_ = b.store.Display(ctx, "cnsmo: "+roleName+" starting")
+	services, server, err := enabledServices(ctx, b, opts, log)
 	if err != nil {
 		return err
 	}
-	drv, err := newDriver(ctx, opts.Driver, driver.Owner{Run: cfg.RunUUID, Instance: me}, opts.StateDir)
+	drv, err := newDriver(ctx, opts.Driver, driver.Owner{Run: b.run, Instance: me}, opts.StateDir)
 	if err != nil {
 		return err
 	}
 	// The services and the loop share one view of the store: their own writes land in the loop's
 	// last snapshot, which an agent reuses while the server's generation is unchanged.
-	cache := orchestrator.NewCache(slipstream.New(client))
+	cache := orchestrator.NewCache(b.store)
 	for _, s := range orchestrator.Known {
 		if err := os.MkdirAll(filepath.Join(opts.StateDir, s), 0o700); err != nil {
 			return fmt.Errorf("state dir: %w", err)
@@ -185,11 +190,14 @@ func run(ctx context.Context, opts Options, cfg ssclient.Config, client *ssclien
 			return role.Env{
 				Params: cache, Driver: drv, Instance: me, StateDir: filepath.Join(opts.StateDir, service),
 				Log:    log.With().Str("service", service).Logger(),
-				UseVPN: slices.Contains(enabled, "vpn"), Exec: opts.Driver == "exec", Endpoint: cfg.ServiceURL,
+				UseVPN: slices.Contains(enabled, "vpn"), Exec: opts.Driver == "exec", Endpoint: b.endpoint,
 			}
 		},
 	}
 	err = runner.Run(ctx)
+	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	b.left(lctx) // stopped or aborted: a member whose deployment stops says goodbye
+	cancel()
 	switch {
 	case errors.Is(err, context.Canceled):
 		log.Info().Msg("stopped; everything this role created is removed")
@@ -203,23 +211,21 @@ func run(ctx context.Context, opts Options, cfg ssclient.Config, client *ssclien
 // enabledServices reads net.services.enable: the server's own input, or, on an agent, the
 // server's (found through the mapped input cnsmo.server.nodeinstanceid). An invalid list aborts
 // the run with a message naming the parameter.
-func enabledServices(ctx context.Context, c *ssclient.Client, opts Options, log zerolog.Logger) (services []string, server string, err error) {
+func enabledServices(ctx context.Context, b *backend, opts Options, log zerolog.Logger) (services []string, server string, err error) {
 	raw := opts.Services
-	key := params.ServicesEnable
-	server = c.Instance()
+	server = b.store.Self()
 	if !opts.Server {
+		_ = b.store.Display(ctx, "cnsmo: waiting for the CNSMO server")
 		if raw != "" {
-			server, _ = c.Get(ctx, params.ServerInstanceID) // the list is fixed by the flag: do not wait
-		} else {
-			_ = c.Display(ctx, "cnsmo: waiting for the CNSMO server")
-			if server, err = waitThrough(ctx, c, params.ServerInstanceID, log); err != nil {
-				return nil, "", err
-			}
-			key = server + ":" + params.ServicesEnable
+			wctx, cancel := context.WithTimeout(ctx, 30*time.Second) // the list is fixed by the flag: a short wait
+			server, _ = b.waitServer(wctx)
+			cancel()
+		} else if server, err = b.waitServer(ctx); err != nil {
+			return nil, "", err
 		}
 	}
 	if raw == "" {
-		if raw, err = waitThrough(ctx, c, key, log); err != nil {
+		if raw, err = waitValue(ctx, b.store, server, params.ServicesEnable, log); err != nil {
 			return nil, "", err
 		}
 	}
@@ -231,20 +237,23 @@ func enabledServices(ctx context.Context, c *ssclient.Client, opts Options, log 
 	return services, server, nil
 }
 
-// waitThrough waits for key, and keeps waiting through failures of the parameter API (the
-// client's own retries are bounded): only a stop, an aborted run or a refused key end it.
-func waitThrough(ctx context.Context, c *ssclient.Client, key string, log zerolog.Logger) (v string, err error) {
-	err = wait.Backoff{Min: time.Second, Max: 30 * time.Second}.Until(ctx, func(ctx context.Context) (bool, error) {
-		v, err = c.Wait(ctx, key)
+// waitValue waits until instance's key is set, and keeps waiting through failures of the store
+// (the client's own retries are bounded): only a stop, an abort or a refused key end it.
+func waitValue(ctx context.Context, st role.Store, instance, key string, log zerolog.Logger) (v string, err error) {
+	err = wait.Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second}.Until(ctx, func(ctx context.Context) (bool, error) {
+		v, err = st.Get(ctx, instance, key)
 		switch {
 		case err == nil:
-			return true, nil
+			return v != "", nil
+		case errors.Is(err, role.ErrNotSet):
+			return false, nil
 		case ctx.Err() != nil:
 			return false, ctx.Err()
-		case errors.Is(err, ssclient.ErrAborted), errors.Is(err, ssclient.ErrUnknownKey), errors.Is(err, ssclient.ErrUnauthorized):
-			return false, fmt.Errorf("reading %s: %w", key, err)
+		case errors.Is(err, role.ErrAborted), errors.Is(err, ssclient.ErrUnknownKey), errors.Is(err, ssclient.ErrUnauthorized),
+			errors.Is(err, nuvla2.ErrForbidden), errors.Is(err, nuvla2.ErrNoSession):
+			return false, fmt.Errorf("reading %s of %s: %w", key, instance, err)
 		}
-		log.Warn().Err(err).Str("param", key).Msg("parameter API failing; waiting on")
+		log.Warn().Err(err).Str("param", key).Msg("parameter store failing; waiting on")
 		return false, nil
 	})
 	return v, err

@@ -111,17 +111,25 @@ func Distribution(ctx context.Context, vm *testbed.VM, addr string, port, n int)
 // KeyLeaks scans every parameter of the run (removed instances' included) for private key
 // material and returns the keys that hold some, with the number of parameters scanned.
 func (d *Deployment) KeyLeaks() (leaks []string, scanned int, err error) {
-	all, err := d.Mock.Params(d.Run.UUID)
-	if err != nil {
-		return nil, 0, err
+	values := map[string]string{}
+	if d.Nuvla2() {
+		values = d.Mock.Nuvla2Params(d.hub)
+	} else {
+		all, err := d.Mock.Params(d.Run.UUID)
+		if err != nil {
+			return nil, 0, err
+		}
+		for k, p := range all {
+			values[k] = p.Value
+		}
 	}
-	for k, p := range all {
-		if strings.Contains(p.Value, "PRIVATE KEY") || strings.Contains(p.Value, "BEGIN OpenVPN Static key") {
+	for k, v := range values {
+		if strings.Contains(v, "PRIVATE KEY") || strings.Contains(v, "BEGIN OpenVPN Static key") {
 			leaks = append(leaks, k)
 		}
 	}
 	sort.Strings(leaks)
-	return leaks, len(all), nil
+	return leaks, len(values), nil
 }
 
 // HAProxyConfig returns the configuration the load balancer runs with: in its container (Docker

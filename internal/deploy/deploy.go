@@ -45,6 +45,12 @@ type Config struct {
 	Faults *mocknuvla.Faults
 	// Progress receives one line per step (the demo prints it); nil discards.
 	Progress io.Writer
+	// API is the platform: "slipstream" (default: a run, the recipes) or "nuvla2" (a deployment
+	// group, cnsmo-role started as the member's container would start it, docs/nuvla2.md).
+	API string
+	// NoUserRights: the Nuvla 2 applications do not ask for user rights (their keys see only
+	// their own deployments).
+	NoUserRights bool
 }
 
 // Deployment is a running run on the testbed.
@@ -59,6 +65,10 @@ type Deployment struct {
 	mu    sync.Mutex
 	place map[string]*testbed.VM // instance -> VM
 	creds map[string]mocknuvla.InstanceInfo
+	// Nuvla 2: the group, its members by the definition's instance names, the hub's deployment.
+	group   *mocknuvla.Nuvla2Group
+	members map[string]mocknuvla.Nuvla2Member
+	hub     string
 }
 
 // Start serves mocknuvla on the testbed's host address, creates the run, records every
@@ -71,21 +81,28 @@ func Start(ctx context.Context, tb *testbed.Testbed, cfg Config) (*Deployment, e
 	if cfg.Progress == nil {
 		cfg.Progress = io.Discard
 	}
-	mock := mocknuvla.New(mocknuvla.Options{Logger: zerolog.Nop()})
+	mock := mocknuvla.New(mocknuvla.Options{Logger: zerolog.Nop(), API: cfg.API})
 	ln, err := net.Listen("tcp", net.JoinHostPort(tb.HostAddr(), "0"))
 	if err != nil {
 		return nil, fmt.Errorf("deploy: listen for mocknuvla on the testbed's host address: %w", err)
 	}
 	d := &Deployment{TB: tb, Mock: mock, URL: "http://" + ln.Addr().String(), cfg: cfg,
 		srv: &http.Server{Handler: mock, ReadHeaderTimeout: 10 * time.Second}, place: map[string]*testbed.VM{},
-		creds: map[string]mocknuvla.InstanceInfo{}}
+		creds: map[string]mocknuvla.InstanceInfo{}, members: map[string]mocknuvla.Nuvla2Member{}}
 	go d.srv.Serve(ln) //nolint:errcheck // ends with Close
-	d.Run, err = mock.CreateRun(cfg.Definition)
-	if err != nil {
-		d.srv.Close()
-		return nil, fmt.Errorf("deploy: create run: %w", err)
+	if d.Nuvla2() {
+		if err := d.startGroup(); err != nil {
+			d.srv.Close()
+			return nil, err
+		}
+	} else {
+		d.Run, err = mock.CreateRun(cfg.Definition)
+		if err != nil {
+			d.srv.Close()
+			return nil, fmt.Errorf("deploy: create run: %w", err)
+		}
+		d.progress("mocknuvla on %s, run %s", d.URL, d.Run.UUID)
 	}
-	d.progress("mocknuvla on %s, run %s", d.URL, d.Run.UUID)
 	for _, in := range d.Run.Instances {
 		d.creds[in.Name] = in
 	}
@@ -96,7 +113,11 @@ func Start(ctx context.Context, tb *testbed.Testbed, cfg Config) (*Deployment, e
 		}
 	}
 	if cfg.Faults != nil {
-		mock.SetFaults(d.Run.UUID, *cfg.Faults)
+		if d.Nuvla2() {
+			mock.SetFaults("", *cfg.Faults)
+		} else {
+			mock.SetFaults(d.Run.UUID, *cfg.Faults)
+		}
 	}
 	return d, nil
 }
@@ -111,6 +132,9 @@ func (d *Deployment) Place(ctx context.Context, instance, vmName string) error {
 	vm := d.TB.VM(vmName)
 	if vm == nil {
 		return fmt.Errorf("deploy: no VM %q for %s", vmName, instance)
+	}
+	if d.Nuvla2() {
+		return d.placeMember(ctx, instance, vm)
 	}
 	in, ok := d.creds[instance]
 	if !ok {
@@ -192,6 +216,9 @@ func (d *Deployment) Launch(ctx context.Context, instance string) error {
 	if vm == nil {
 		return fmt.Errorf("deploy: %s is not placed", instance)
 	}
+	if d.Nuvla2() {
+		return d.launchMember(ctx, instance, vm)
+	}
 	script := "app-node.sh"
 	if node, _, _ := strings.Cut(instance, "."); node == d.ServerNode() {
 		script = "cnsmo-server.sh"
@@ -216,8 +243,12 @@ func (d *Deployment) ServerNode() string {
 	return "cnsmo"
 }
 
-// Param reads a parameter of the run ("" when unset).
+// Param reads a parameter of the run ("" when unset): "web.1:vpn.address", "ss:url.service". On
+// Nuvla 2 the instance is the definition's name of a member (web.1), and ss: the hub's own values.
 func (d *Deployment) Param(key string) string {
+	if d.Nuvla2() {
+		return d.memberParam(key)
+	}
 	v, set, err := d.Mock.Param(d.Run.UUID, key)
 	if err != nil || !set {
 		return ""
@@ -272,8 +303,12 @@ func (d *Deployment) WaitEnabled(ctx context.Context, instances ...string) error
 	return d.WaitParam(ctx, params.ServicesEnabled, "true", instances...)
 }
 
-// Stop runs the onstop recipe on every placed instance (each role tears down what it created).
+// Stop runs the onstop recipe on every placed instance (each role tears down what it created). On
+// Nuvla 2 every member's deployment is stopped and its container's role stopped, as Nuvla does.
 func (d *Deployment) Stop(ctx context.Context) error {
+	if d.Nuvla2() {
+		return d.stopMembers(ctx)
+	}
 	var errs []error
 	for _, in := range d.Instances() {
 		if _, err := d.Recipe(ctx, in, "onstop.sh"); err != nil {
@@ -310,6 +345,9 @@ func lastLines(s string, n int) string {
 
 // Adopt places an instance created by a scale-up (its credentials come from mocknuvla).
 func (d *Deployment) Adopt(ctx context.Context, instance, vmName string) error {
+	if d.Nuvla2() {
+		return d.Place(ctx, instance, vmName)
+	}
 	in, err := d.Mock.Instance(d.Run.UUID, instance)
 	if err != nil {
 		return fmt.Errorf("deploy: %s: %w", instance, err)

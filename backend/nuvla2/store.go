@@ -1,0 +1,290 @@
+package nuvla2
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/cnsmo/cnsmo/internal/wait"
+	"github.com/cnsmo/cnsmo/params"
+	"github.com/cnsmo/cnsmo/roles/role"
+)
+
+// Keys of the convention (docs/nuvla2.md).
+const (
+	KeyHub        = "cnsmo.hub"        // the server's deployment id, under its own deployment
+	KeyNode       = "cnsmo.node"       // a member's node name, under the hub with its node-id
+	KeyDeployment = "cnsmo.deployment" // a member's deployment id
+	KeyState      = "cnsmo.state"      // "left" once a member said goodbye
+	KeyAbort      = "cnsmo.abort"      // the deployment's abort reason, under the hub (no node-id)
+	KeyProgress   = "cnsmo.progress"   // progress, under the member's own deployment
+	Left          = "left"
+)
+
+// ErrNoRights says that the key cannot reach the hub: the application needs user rights.
+var ErrNoRights = errors.New("the deployment's API key cannot reach the CNSMO server's deployment: " +
+	"set requires-user-rights: true on the application (or give a user's API key in CNSMO_NUVLA_API_KEY and CNSMO_NUVLA_API_SECRET)")
+
+// Store implements role.Store on a Nuvla 2 deployment group: every value under the hub.
+type Store struct {
+	c      *Client
+	self   string // <node>.<first 8 hex digits of the deployment uuid>
+	hub    string
+	server bool
+	gets   atomic.Int64
+}
+
+// MemberName is a member's name: its node and the first 8 hex digits of its deployment's uuid.
+func MemberName(node, deployment string) string {
+	u := strings.TrimPrefix(deployment, "deployment/")
+	if len(u) > 8 {
+		u = u[:8]
+	}
+	return node + "." + u
+}
+
+// Open joins the group: the server publishes cnsmo.hub (its own deployment); a member finds the hub
+// (CNSMO_HUB, or through the group) and publishes its node, deployment and hostname under its name.
+func Open(ctx context.Context, c *Client, server bool) (*Store, error) {
+	cfg := c.Config()
+	s := &Store{c: c, self: MemberName(cfg.Node, cfg.Deployment), server: server}
+	switch {
+	case server:
+		s.hub = cfg.Deployment
+		if err := c.Set(ctx, s.hub, "", KeyHub, s.hub, s.acl()); err != nil {
+			return nil, s.rights(err)
+		}
+	case cfg.Hub != "":
+		s.hub = cfg.Hub
+	default:
+		hub, err := s.findHub(ctx)
+		if err != nil {
+			return nil, err
+		}
+		s.hub = hub
+	}
+	if _, err := c.DeploymentState(ctx, s.hub); err != nil {
+		return nil, s.rights(err)
+	}
+	host := ""
+	if p, err := c.Get(ctx, ParamID(cfg.Deployment, "", params.Hostname)); err == nil && p.Value != nil {
+		host = *p.Value // written by Nuvla
+	}
+	for _, kv := range [][2]string{{KeyNode, cfg.Node}, {KeyDeployment, cfg.Deployment}, {KeyState, "joined"}, {params.Hostname, host}} {
+		if kv[1] == "" {
+			continue
+		}
+		if err := s.Set(ctx, s.self, kv[0], kv[1]); err != nil {
+			return nil, s.rights(err)
+		}
+	}
+	return s, nil
+}
+
+// findHub finds the server's cnsmo.hub through the group, waiting for the server to publish it
+// (members may start first). A key without the group's rights fails at once.
+func (s *Store) findHub(ctx context.Context) (string, error) {
+	if s.c.Config().Group == "" {
+		return "", errors.New("CNSMO_HUB is not set and this deployment is in no group (NUVLA_DEPLOYMENT_GROUP_ID): set CNSMO_HUB to the CNSMO server's deployment id")
+	}
+	if err := s.c.GroupVisible(ctx); err != nil {
+		return "", s.rights(err)
+	}
+	hub := ""
+	said := false
+	err := wait.Backoff{Min: 500 * time.Millisecond, Max: 10 * time.Second}.Until(ctx, func(ctx context.Context) (bool, error) {
+		ps, err := s.c.Search(ctx, "name='"+KeyHub+"'")
+		if err != nil {
+			return false, s.rights(err)
+		}
+		for _, p := range ps {
+			if p.Value != nil && strings.HasPrefix(*p.Value, "deployment/") && p.Parent == *p.Value {
+				hub = *p.Value
+				return true, nil
+			}
+		}
+		if !said {
+			s.c.log.Info().Msg("waiting for the CNSMO server's deployment to publish " + KeyHub)
+			said = true
+		}
+		return false, nil
+	})
+	if err != nil {
+		return "", fmt.Errorf("finding the CNSMO server in the group: %w", err)
+	}
+	return hub, nil
+}
+
+// rights explains a 403 or a 404 on the hub.
+func (s *Store) rights(err error) error {
+	if errors.Is(err, ErrNoRights) {
+		return err
+	}
+	if errors.Is(err, ErrForbidden) || errors.Is(err, ErrNotFound) && s.hub != "" {
+		return fmt.Errorf("%w (%v)", ErrNoRights, err)
+	}
+	return err
+}
+
+// acl is the ACL of every parameter cnsmo creates: the group (or, outside one, the deployment).
+func (s *Store) acl() ACL {
+	who := s.c.Config().Group
+	if who == "" {
+		who = s.c.Config().Deployment
+	}
+	return ACL{Owners: []string{"group/nuvla-admin"}, ViewData: []string{who}, EditData: []string{who}}
+}
+
+// Hub is the CNSMO server's deployment.
+func (s *Store) Hub() string { return s.hub }
+
+// Self implements role.Publisher.
+func (s *Store) Self() string { return s.self }
+
+// Set implements role.Publisher: the value under the hub, node-id = the instance.
+func (s *Store) Set(ctx context.Context, instance, key, value string) error {
+	return wrap(s.c.Set(ctx, s.hub, instance, key, value, s.acl()))
+}
+
+// Display implements role.Publisher: cnsmo.progress under the member's own deployment.
+func (s *Store) Display(ctx context.Context, msg string) error {
+	return wrap(s.c.Set(ctx, s.c.Config().Deployment, "", KeyProgress, msg, s.acl()))
+}
+
+// Get implements role.Store: one value by id. Every other call also reads the abort parameter
+// (Nuvla has no 409 on an aborted deployment): an agent polling its generation sees an abort
+// within two polls.
+func (s *Store) Get(ctx context.Context, instance, key string) (string, error) {
+	if s.gets.Add(1)%2 == 0 {
+		if p, err := s.c.Get(ctx, ParamID(s.hub, "", KeyAbort)); err == nil && p.Value != nil && *p.Value != "" {
+			return "", fmt.Errorf("%w: %s", role.ErrAborted, *p.Value)
+		}
+	}
+	p, err := s.c.Get(ctx, ParamID(s.hub, instance, key))
+	switch {
+	case errors.Is(err, ErrNotFound), err == nil && (p.Value == nil || *p.Value == ""):
+		return "", fmt.Errorf("%s of %s: %w", key, instance, role.ErrNotSet)
+	case err != nil:
+		return "", wrap(err)
+	}
+	return *p.Value, nil
+}
+
+// Abort implements role.Store: cnsmo.abort under the hub, unless it holds a reason already.
+func (s *Store) Abort(ctx context.Context, reason string) error {
+	if p, err := s.c.Get(ctx, ParamID(s.hub, "", KeyAbort)); err == nil && p.Value != nil && *p.Value != "" {
+		return nil
+	}
+	return wrap(s.c.Set(ctx, s.hub, "", KeyAbort, reason, s.acl()))
+}
+
+// Leave says goodbye: the member's cnsmo.state is "left".
+func (s *Store) Leave(ctx context.Context) error { return s.Set(ctx, s.self, KeyState, Left) }
+
+// Read implements role.Store: one search of every parameter under the hub, and the hub's state
+// (STOPPING or ERROR counts as an abort).
+func (s *Store) Read(ctx context.Context) (role.Snapshot, error) {
+	ps, err := s.c.Search(ctx, "parent='"+s.hub+"'")
+	if err != nil {
+		return nil, wrap(err)
+	}
+	state, err := s.c.DeploymentState(ctx, s.hub)
+	if err != nil {
+		return nil, wrap(err)
+	}
+	snap := &Snapshot{self: s.self, hub: s.hub, values: map[[2]string]string{}, keys: map[string][]string{}}
+	for _, p := range ps {
+		v := ""
+		if p.Value != nil {
+			v = *p.Value
+		}
+		snap.values[[2]string{p.NodeID, p.Name}] = v
+		snap.keys[p.NodeID] = append(snap.keys[p.NodeID], p.Name)
+	}
+	for _, ks := range snap.keys {
+		slices.Sort(ks)
+	}
+	if state == "STOPPING" || state == "STOPPED" || state == "ERROR" {
+		snap.hubState = state
+	}
+	return snap, nil
+}
+
+func wrap(err error) error {
+	if errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("%w: %w", role.ErrNotSet, err)
+	}
+	return err
+}
+
+// Snapshot is one search of the hub's parameters as a role.Snapshot.
+type Snapshot struct {
+	self, hub, hubState string
+	values              map[[2]string]string // (node-id, name) -> value
+	keys                map[string][]string  // node-id -> names, sorted
+}
+
+// Self implements role.Snapshot.
+func (s *Snapshot) Self() string { return s.self }
+
+// Get implements role.Snapshot. cnsmo.server.nodeinstanceid, which SlipStream maps from the server
+// onto every member, is the server's own value for a member that has none.
+func (s *Snapshot) Get(instance, key string) string {
+	v := s.values[[2]string{instance, key}]
+	if v == "" && key == params.ServerInstanceID && instance != role.Deployment {
+		for inst := range s.keys {
+			if s.values[[2]string{inst, KeyDeployment}] == s.hub {
+				return s.values[[2]string{inst, params.ServerInstanceID}]
+			}
+		}
+	}
+	return v
+}
+
+// Keys implements role.Snapshot.
+func (s *Snapshot) Keys(instance string) []string { return slices.Clone(s.keys[instance]) }
+
+// Nodes implements role.Snapshot: the node names of the members that have joined, sorted.
+func (s *Snapshot) Nodes() []string {
+	var out []string
+	for inst := range s.keys {
+		if n := s.values[[2]string{inst, KeyNode}]; n != "" && inst != role.Deployment && !slices.Contains(out, n) {
+			out = append(out, n)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Instances implements role.Snapshot: the members of node that joined and have not left, sorted.
+func (s *Snapshot) Instances(node string) []string {
+	var out []string
+	for inst := range s.keys {
+		if inst != role.Deployment && s.values[[2]string{inst, KeyNode}] == node && !s.Gone(inst) {
+			out = append(out, inst)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Gone implements role.Snapshot: the member said goodbye, or nothing of it is left.
+func (s *Snapshot) Gone(instance string) bool {
+	return s.values[[2]string{instance, KeyState}] == Left || len(s.keys[instance]) == 0
+}
+
+// Aborted implements role.Snapshot: cnsmo.abort, or the hub's deployment stopping or failed.
+func (s *Snapshot) Aborted() (string, bool) {
+	if v := s.values[[2]string{role.Deployment, KeyAbort}]; v != "" {
+		return v, true
+	}
+	if s.hubState != "" {
+		return "the CNSMO server's deployment is " + s.hubState, true
+	}
+	return "", false
+}

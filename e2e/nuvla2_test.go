@@ -1,0 +1,127 @@
+package e2e
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/cnsmo/cnsmo/internal/deploy"
+	"github.com/cnsmo/cnsmo/internal/testutil"
+	"github.com/cnsmo/cnsmo/mocknuvla"
+	"github.com/cnsmo/cnsmo/params"
+	"github.com/cnsmo/cnsmo/testbed"
+)
+
+// The demo's scenario on Nuvla 2 (mocknuvla's Nuvla 2 API, search staleness on): a deployment group
+// of the CNSMO server and three members, each on a VM of its own cloud, VPN, firewall with the
+// seed's rules and load balancer; a fourth member joins; then the group is stopped and every VM is
+// as before.
+func TestNuvla2Deployment(t *testing.T) {
+	for _, drv := range []string{"docker", "exec"} {
+		t.Run(drv, func(t *testing.T) {
+			requireBin(t)
+			testutil.RequireImage(t, "cnsmo/fw:latest")
+			testutil.RequireImage(t, "cnsmo/haproxy:latest")
+			tb := testbed.New(t, testbed.Options{Clouds: deploy.FullClouds})
+			ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+			defer cancel()
+			before := state(t, ctx, tb)
+			var progress strings.Builder
+			report, d, err := deploy.RunScenario(ctx, tb, deploy.Config{Driver: drv, API: "nuvla2", Progress: &progress})
+			if d != nil {
+				defer d.Close(ctx)
+			}
+			if err != nil || !report.Pass() {
+				var b strings.Builder
+				report.Print(&b)
+				if d != nil {
+					for _, in := range d.Instances() {
+						b.WriteString("\n-- " + in + "\n" + d.Logs(ctx, in))
+					}
+				}
+				t.Fatalf("deployment: %v\nfailures: %v\n%s\n%s", err, report.Failures, progress.String(), b.String())
+			}
+			require.NotEmpty(t, report.LBURL, "the deployment's url.service is published")
+			require.Len(t, report.Addresses, 5)
+			t0 := time.Now()
+			require.NoError(t, d.Stop(ctx))
+			require.Less(t, time.Since(t0), 60*time.Second)
+			requireSameState(t, ctx, tb, before, "after the group stopped")
+			for _, in := range []string{"web.1", "web.4"} {
+				require.Equal(t, "left", d.Param(in+":cnsmo.state"), "%s said goodbye when its deployment stopped", in)
+			}
+		})
+	}
+}
+
+// Through 20 % of 5xx answers and 200 ms of latency on every request, a group converges within 60 s.
+func TestNuvla2ConvergesUnderFaults(t *testing.T) {
+	requireBin(t)
+	testutil.RequireImage(t, "cnsmo/fw:latest")
+	testutil.RequireImage(t, "cnsmo/haproxy:latest")
+	tb := testbed.New(t, testbed.Options{Clouds: []testbed.CloudSpec{{Name: "cloud-a", VMs: []string{"cnsmo1"}}, {Name: "cloud-b", VMs: []string{"web1", "web2"}}}})
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	def, err := deploy.AppDefinition()
+	require.NoError(t, err)
+	setMultiplicity(def, "web", 2)
+	f := faults()
+	f.DropRatio = 0
+	d, err := deploy.Start(ctx, tb, deploy.Config{Definition: def, Driver: "exec", API: "nuvla2", Faults: &f,
+		Placement: map[string]string{"cnsmo.1": "cnsmo1", "web.1": "web1", "web.2": "web2"}})
+	require.NoError(t, err)
+	defer d.Close(ctx)
+	all := []string{"cnsmo.1", "web.1", "web.2"}
+	for _, w := range all[1:] { // the load balancer's backends
+		require.NoError(t, deploy.ServeName(ctx, d.VMOf(w), w, deploy.WebPort, deploy.BlockedPort))
+	}
+	t0 := time.Now()
+	for _, in := range all {
+		require.NoError(t, d.Launch(ctx, in))
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 60*time.Second)
+	err = d.WaitEnabled(wctx, all...)
+	wcancel()
+	if err != nil {
+		var b strings.Builder
+		for _, in := range all {
+			b.WriteString("\n-- " + in + "\n" + d.Logs(ctx, in))
+		}
+		t.Fatalf("not converged within 60 s under faults: %v%s", err, b.String())
+	}
+	t.Logf("converged under faults in %s", time.Since(t0).Round(time.Millisecond))
+	require.NoError(t, d.Stop(ctx))
+}
+
+// A member whose application does not ask for user rights cannot reach the CNSMO server's
+// deployment: its role stops at once saying which right is missing and how to grant it.
+func TestNuvla2MissingRightsAreSaid(t *testing.T) {
+	requireBin(t)
+	tb := testbed.New(t, testbed.Options{Clouds: []testbed.CloudSpec{{Name: "cloud-a", VMs: []string{"cnsmo1"}}, {Name: "cloud-b", VMs: []string{"web1"}}}})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	def, err := deploy.AppDefinition()
+	require.NoError(t, err)
+	setMultiplicity(def, "web", 1)
+	d, err := deploy.Start(ctx, tb, deploy.Config{Definition: def, Driver: "exec", API: "nuvla2", NoUserRights: true,
+		Placement: map[string]string{"cnsmo.1": "cnsmo1", "web.1": "web1"}})
+	require.NoError(t, err)
+	defer d.Close(ctx)
+	require.NoError(t, d.Launch(ctx, "cnsmo.1"))
+	out, errOut, err := d.VMOf("web.1").Exec(ctx, "sh", "-c", ". "+deploy.EnvFile+"; exec /opt/cnsmo/bin/cnsmo-role agent")
+	require.Error(t, err, "the agent cannot run")
+	require.Contains(t, out+errOut, "requires-user-rights: true", out+errOut)
+	require.Empty(t, d.Param("web.1:"+params.ServicesEnabled))
+	require.NoError(t, d.Stop(ctx))
+}
+
+func setMultiplicity(def *mocknuvla.Deployment, node string, n int) {
+	for i := range def.Nodes {
+		if def.Nodes[i].Name == node {
+			def.Nodes[i].Multiplicity = n
+		}
+	}
+}

@@ -1,0 +1,169 @@
+package deploy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/cnsmo/cnsmo/backend/nuvla2"
+	"github.com/cnsmo/cnsmo/mocknuvla"
+	"github.com/cnsmo/cnsmo/params"
+	"github.com/cnsmo/cnsmo/testbed"
+)
+
+// Nuvla2 reports whether the deployment runs on mocknuvla's Nuvla 2 API.
+func (d *Deployment) Nuvla2() bool { return d.cfg.API == "nuvla2" }
+
+// startGroup creates the deployment group: one member deployment per instance of the definition.
+func (d *Deployment) startGroup() error {
+	g, err := d.Mock.CreateGroup(d.cfg.Definition, !d.cfg.NoUserRights)
+	if err != nil {
+		return fmt.Errorf("deploy: create group: %w", err)
+	}
+	d.group = g
+	for _, m := range g.Members {
+		d.members[m.Name] = m
+		if m.Name == d.ServerNode()+".1" {
+			d.hub = m.Deployment
+		}
+	}
+	// The functions' owner is the hub's uuid, as cnsmo-role names the run on Nuvla 2.
+	d.Run = &mocknuvla.RunInfo{UUID: strings.TrimPrefix(d.hub, "deployment/")}
+	d.progress("mocknuvla (Nuvla 2 API) on %s, group %s, CNSMO server deployment %s", d.URL, g.ID, d.hub)
+	return nil
+}
+
+// Member returns the member deployment of a definition instance name (web.1).
+func (d *Deployment) Member(instance string) (mocknuvla.Nuvla2Member, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	m, ok := d.members[instance]
+	return m, ok
+}
+
+// MemberName is the name a member gives itself (web.6b1f2c3a) for a definition instance name.
+func (d *Deployment) MemberName(instance string) string {
+	m, ok := d.Member(instance)
+	if !ok {
+		return instance
+	}
+	return nuvla2.MemberName(m.Node, m.Deployment)
+}
+
+// memberParam reads "instance:key" under the hub ("ss:key" is the hub's own value).
+func (d *Deployment) memberParam(key string) string {
+	inst, k, _ := strings.Cut(key, ":")
+	node := d.MemberName(inst)
+	switch {
+	case inst == "ss" && k == "abort":
+		node, k = "", nuvla2.KeyAbort
+	case inst == "ss":
+		node = ""
+	case k == params.Statecustom:
+		m, _ := d.Member(inst)
+		v, _ := d.Mock.Nuvla2Param(m.Deployment, "", nuvla2.KeyProgress)
+		return v
+	}
+	v, _ := d.Mock.Nuvla2Param(d.hub, node, k)
+	return v
+}
+
+// placeMember writes the member's environment into its VM, as its compose file forwards it: the
+// NUVLA_* variables, CNSMO_NODE, and its inputs from the definition's values; Nuvla writes the
+// deployment's hostname parameter.
+func (d *Deployment) placeMember(ctx context.Context, instance string, vm *testbed.VM) error {
+	m, ok := d.Member(instance)
+	if !ok {
+		node, _, _ := strings.Cut(instance, ".")
+		var err error
+		if m, err = d.Mock.AddMember(d.group.ID, node); err != nil {
+			return fmt.Errorf("deploy: add a member of %s: %w", node, err)
+		}
+		if m.Name != instance {
+			return fmt.Errorf("deploy: the group's next member of %s is %s, not %s", node, m.Name, instance)
+		}
+		d.mu.Lock()
+		d.members[instance] = m
+		d.mu.Unlock()
+	}
+	d.Mock.SetNuvla2Param(m.Deployment, "", params.Hostname, vm.PublicAddr)
+	env := map[string]string{"NUVLA_ENDPOINT": d.URL, "NUVLA_DEPLOYMENT_ID": m.Deployment, "NUVLA_API_KEY": m.APIKey,
+		"NUVLA_API_SECRET": m.APISecret, "NUVLA_DEPLOYMENT_GROUP_ID": d.group.ID, "CNSMO_NODE": m.Node,
+		"CNSMO_DRIVER": d.cfg.Driver, "CNSMO_STATE_DIR": StateDir}
+	for _, n := range d.cfg.Definition.Nodes {
+		if n.Name != m.Node {
+			continue
+		}
+		for _, p := range n.Parameters {
+			for _, in := range nuvla2.Inputs {
+				if in.Param == p.Name && p.Value != "" {
+					env[in.Env] = p.Value
+				}
+			}
+		}
+	}
+	var b strings.Builder
+	for k, v := range env {
+		fmt.Fprintf(&b, "export %s='%s'\n", k, strings.ReplaceAll(v, "'", `'\''`))
+	}
+	if err := vm.WriteFile(ctx, EnvFile, []byte(b.String()), 0o600); err != nil {
+		return fmt.Errorf("deploy: environment of %s: %w", instance, err)
+	}
+	d.mu.Lock()
+	d.place[instance] = vm
+	d.mu.Unlock()
+	return nil
+}
+
+// launchMember starts cnsmo-role in the member's VM as its container would: server or agent.
+func (d *Deployment) launchMember(ctx context.Context, instance string, vm *testbed.VM) error {
+	roleName := "agent"
+	if node, _, _ := strings.Cut(instance, "."); node == d.ServerNode() {
+		roleName = "server"
+	}
+	cmd := ". " + EnvFile + "; mkdir -p " + StateDir + "; exec /opt/cnsmo/bin/cnsmo-role " + roleName + " >>" + StateDir + "/role.log 2>&1"
+	if _, err := vm.Start(ctx, nil, "sh", "-c", cmd); err != nil {
+		return fmt.Errorf("deploy: start cnsmo-role %s on %s: %w", roleName, instance, err)
+	}
+	d.progress("%s (%s): cnsmo-role %s started on VM %s (%s)", instance, d.MemberName(instance), roleName, vm.Name, vm.PublicAddr)
+	return nil
+}
+
+// StopMember stops a member as Nuvla does: its deployment goes STOPPING, then its container's
+// role is stopped (SIGTERM); the role says goodbye and removes what it created.
+func (d *Deployment) StopMember(ctx context.Context, instance string) error {
+	m, ok := d.Member(instance)
+	vm := d.VMOf(instance)
+	if !ok || vm == nil {
+		return fmt.Errorf("deploy: %s is not a placed member", instance)
+	}
+	if err := d.Mock.SetDeploymentState(m.Deployment, "STOPPING"); err != nil {
+		return err
+	}
+	if _, errOut, err := vm.Exec(ctx, "/opt/cnsmo/bin/cnsmo-role", "stop", "--state-dir", StateDir, "--timeout", "20s"); err != nil {
+		return fmt.Errorf("deploy: stop %s: %w: %s", instance, err, errOut)
+	}
+	return d.Mock.SetDeploymentState(m.Deployment, "STOPPED")
+}
+
+// stopMembers stops the group: every member's deployment goes STOPPING (the hub's too: every role
+// sees the abort), then every member's role is stopped.
+func (d *Deployment) stopMembers(ctx context.Context) error {
+	for _, in := range d.Instances() { // a group's stop: every member's deployment is stopping at once
+		m, _ := d.Member(in)
+		if err := d.Mock.SetDeploymentState(m.Deployment, "STOPPING"); err != nil {
+			return err
+		}
+	}
+	var errs []error
+	for _, in := range d.Instances() {
+		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		if err := d.StopMember(sctx, in); err != nil {
+			errs = append(errs, err)
+		}
+		cancel()
+	}
+	return errors.Join(errs...)
+}
