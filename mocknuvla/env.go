@@ -106,3 +106,29 @@ func WriteEnvFiles(dir, serviceURL string, ri *RunInfo, instances []InstanceInfo
 	}
 	return nil
 }
+
+// Nuvla2Env is what a member's compose file forwards to its cnsmo-role container: the NUVLA_*
+// variables Nuvla offers, and the member's node (CNSMO_NODE, an application variable).
+func (g *Nuvla2Group) Nuvla2Env(serviceURL string, m Nuvla2Member) []string {
+	return []string{"NUVLA_ENDPOINT=" + serviceURL, "NUVLA_DEPLOYMENT_ID=" + m.Deployment, "NUVLA_API_KEY=" + m.APIKey,
+		"NUVLA_API_SECRET=" + m.APISecret, "NUVLA_DEPLOYMENT_GROUP_ID=" + g.ID, "CNSMO_NODE=" + m.Node}
+}
+
+// WriteNuvla2EnvDir writes DIR/<member>.env for the given members of g (sourceable; 0600: it holds
+// the API secret).
+func WriteNuvla2EnvDir(dir, serviceURL string, g *Nuvla2Group, members []Nuvla2Member) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("env dir: %w", err)
+	}
+	for _, m := range members {
+		var b strings.Builder
+		for _, kv := range g.Nuvla2Env(serviceURL, m) {
+			k, v, _ := strings.Cut(kv, "=")
+			fmt.Fprintf(&b, "export %s=%s\n", k, shellQuote(v))
+		}
+		if err := atomicfile.Write(filepath.Join(dir, m.Name+".env"), []byte(b.String()), 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
+}

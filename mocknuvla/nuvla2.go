@@ -616,3 +616,61 @@ func (s *Server) n2group(w http.ResponseWriter, r *http.Request, claims []string
 		writeJSON(w, http.StatusOK, map[string]any{"id": id, "resource-type": "deployment-set", "state": "STARTED"})
 	}
 }
+
+// Nuvla2Group returns a group's members (the admin API; nil when there is no such group).
+func (s *Server) Nuvla2Group(id string) *Nuvla2Group {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ids, ok := s.n2.groups[id]
+	if !ok {
+		return nil
+	}
+	g := &Nuvla2Group{ID: id}
+	for _, did := range ids {
+		d := s.n2.deployments[did]
+		g.Members = append(g.Members, Nuvla2Member{Name: d.name, Node: d.node, Deployment: d.id, APIKey: d.key,
+			APISecret: s.n2.creds[d.key].secret})
+	}
+	return g
+}
+
+// adminGetGroup returns a group's members with their keys (GET /admin/nuvla2/groups/{uuid}).
+func (s *Server) adminGetGroup(w http.ResponseWriter, r *http.Request) {
+	g := s.Nuvla2Group("deployment-set/" + r.PathValue("uuid"))
+	if g == nil {
+		adminError(w, http.StatusNotFound, "no group deployment-set/"+r.PathValue("uuid"))
+		return
+	}
+	writeJSON(w, http.StatusOK, g)
+}
+
+// adminAddMember adds a member deployment of node to a group: a scale out
+// (POST /admin/nuvla2/groups/{uuid}/members/{node}).
+func (s *Server) adminAddMember(w http.ResponseWriter, r *http.Request) {
+	m, err := s.AddMember("deployment-set/"+r.PathValue("uuid"), r.PathValue("node"))
+	if err != nil {
+		adminErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, m)
+}
+
+// adminGetDeploymentParams returns every parameter under a deployment, as reads by id see them
+// (GET /admin/nuvla2/deployments/{uuid}/params).
+func (s *Server) adminGetDeploymentParams(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, s.Nuvla2Params("deployment/"+r.PathValue("uuid")))
+}
+
+// adminSetDeploymentState moves a deployment to a state, as Nuvla's jobs do
+// (PUT /admin/nuvla2/deployments/{uuid}/state, body STOPPING, STOPPED, ERROR…).
+func (s *Server) adminSetDeploymentState(w http.ResponseWriter, r *http.Request) {
+	body, ok := readBody(w, r)
+	if !ok {
+		return
+	}
+	if err := s.SetDeploymentState("deployment/"+r.PathValue("uuid"), strings.TrimSpace(body)); err != nil {
+		adminErr(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}

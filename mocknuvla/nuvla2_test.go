@@ -1,6 +1,10 @@
 package mocknuvla
 
 import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -41,4 +45,40 @@ func FuzzCIMIFilter(f *testing.F) {
 			_ = cf(map[string]string{"a": "x", "parent": "deployment/a"})
 		}
 	})
+}
+
+// The admin API serves Nuvla 2 groups too: members, a scale out, a deployment's state and params.
+func TestNuvla2Admin(t *testing.T) {
+	s := New(Options{API: "nuvla2"})
+	d, err := ParseDeployment([]byte(`{"name":"app","nodes":[{"name":"cnsmo","cloud":"a"},{"name":"web","cloud":"b","multiplicity":2}]}`))
+	require.NoError(t, err)
+	g, err := s.CreateGroup(d, true)
+	require.NoError(t, err)
+	gid := strings.TrimPrefix(g.ID, "deployment-set/")
+	admin := httptest.NewServer(s.Admin())
+	defer admin.Close()
+	do := func(method, path, body string) (int, string) {
+		req, err := http.NewRequest(method, admin.URL+path, strings.NewReader(body))
+		require.NoError(t, err)
+		res, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		defer res.Body.Close()
+		b, _ := io.ReadAll(res.Body)
+		return res.StatusCode, string(b)
+	}
+	code, body := do("GET", "/admin/nuvla2/groups/"+gid, "")
+	require.Equal(t, http.StatusOK, code)
+	require.Equal(t, 3, strings.Count(body, `"deployment":`))
+	code, body = do("POST", "/admin/nuvla2/groups/"+gid+"/members/web", "")
+	require.Equal(t, http.StatusCreated, code)
+	require.Contains(t, body, `"name": "web.3"`)
+	dep := strings.TrimPrefix(g.Members[1].Deployment, "deployment/")
+	s.SetNuvla2Param(g.Members[1].Deployment, "", "hostname", "198.18.9.9")
+	code, body = do("GET", "/admin/nuvla2/deployments/"+dep+"/params", "")
+	require.Equal(t, http.StatusOK, code)
+	require.Contains(t, body, `":hostname": "198.18.9.9"`)
+	code, _ = do("PUT", "/admin/nuvla2/deployments/"+dep+"/state", "STOPPING")
+	require.Equal(t, http.StatusNoContent, code)
+	code, _ = do("GET", "/admin/nuvla2/groups/00000000-0000-0000-0000-000000000000", "")
+	require.Equal(t, http.StatusNotFound, code)
 }

@@ -36,6 +36,9 @@ type config struct {
 	logFormat   string
 	logLevel    string
 	users       []string
+	api         string
+	staleness   time.Duration
+	noRights    bool
 }
 
 func (c *config) validate() error {
@@ -50,6 +53,15 @@ func (c *config) validate() error {
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			return fmt.Errorf("--advertise %q: want an http(s) URL such as http://198.18.0.1:8080", c.advertise)
 		}
+	}
+	if c.api != "slipstream" && c.api != "nuvla2" {
+		return fmt.Errorf("--api %q: want slipstream or nuvla2", c.api)
+	}
+	if c.staleness < 0 {
+		return fmt.Errorf("--staleness %s: want 0 (none) or a positive duration", c.staleness)
+	}
+	if c.noRights && c.api != "nuvla2" {
+		return errors.New("--no-user-rights is a Nuvla 2 option (--api nuvla2)")
 	}
 	if c.logFormat != "json" && c.logFormat != "console" {
 		return fmt.Errorf("--log-format %q: want json or console", c.logFormat)
@@ -92,6 +104,9 @@ func main() {
 	f.StringVar(&cfg.logFormat, "log-format", "json", "log format on stderr: json or console")
 	f.StringVar(&cfg.logLevel, "log-level", "info", "log level: debug logs every request (never a value)")
 	f.StringArrayVar(&cfg.users, "user", nil, "internal account NAME:PASSWORD for session-template/internal (repeatable)")
+	f.StringVar(&cfg.api, "api", "slipstream", "API served: slipstream (the legacy run API) or nuvla2 (deployment parameters of a deployment group, docs/mocknuvla.md)")
+	f.DurationVar(&cfg.staleness, "staleness", mocknuvla.DefaultStaleness, "Nuvla 2: how long a search shows a parameter's old value after an edit (0: none)")
+	f.BoolVar(&cfg.noRights, "no-user-rights", false, "Nuvla 2: the applications do not ask for user rights (a member's key sees only its own deployment)")
 	if err := cmd.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "mocknuvla:", err)
 		os.Exit(1)
@@ -135,7 +150,11 @@ func run(ctx context.Context, cfg *config, stdout, stderr io.Writer) error {
 		users[name] = pw
 	}
 	var srv *mocknuvla.Server
-	opts := mocknuvla.Options{Logger: log, NoAuth: cfg.noAuth, Users: users, ServiceURL: serviceURL}
+	staleness := cfg.staleness
+	if staleness == 0 {
+		staleness = -1 // none
+	}
+	opts := mocknuvla.Options{Logger: log, NoAuth: cfg.noAuth, Users: users, ServiceURL: serviceURL, API: cfg.api, Staleness: staleness}
 	if cfg.envDir != "" {
 		// Instances created by a scale up get their files too.
 		opts.OnInstances = func(uuid string, created []mocknuvla.InstanceInfo) {
@@ -151,7 +170,19 @@ func run(ctx context.Context, cfg *config, stdout, stderr io.Writer) error {
 	srv = mocknuvla.New(opts)
 
 	runID := "none"
-	if dep != nil {
+	if dep != nil && cfg.api == "nuvla2" {
+		g, err := srv.CreateGroup(dep, !cfg.noRights)
+		if err != nil {
+			return err
+		}
+		runID = strings.TrimPrefix(g.ID, "deployment-set/") // the group's uuid
+		if cfg.envDir != "" {
+			if err := mocknuvla.WriteNuvla2EnvDir(cfg.envDir, serviceURL, g, g.Members); err != nil {
+				return err
+			}
+			log.Info().Str("dir", cfg.envDir).Int("members", len(g.Members)).Msg("member environments written")
+		}
+	} else if dep != nil {
 		ri, err := srv.CreateRun(dep)
 		if err != nil {
 			return err

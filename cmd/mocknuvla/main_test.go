@@ -220,6 +220,9 @@ func TestBinaryFlagErrors(t *testing.T) {
 		{[]string{"--advertise", "ftp://x"}, "--advertise"},
 		{[]string{"--user", "nopassword"}, "--user"},
 		{[]string{"extra-arg"}, "unknown command"},
+		{[]string{"--api", "nuvla3"}, "--api"},
+		{[]string{"--staleness", "-1s"}, "--staleness"},
+		{[]string{"--no-user-rights"}, "--no-user-rights is a Nuvla 2 option"},
 	} {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		out, err := exec.CommandContext(ctx, bin, c.args...).CombinedOutput()
@@ -229,4 +232,43 @@ func TestBinaryFlagErrors(t *testing.T) {
 		assert.Equal(t, 1, ee.ExitCode())
 		assert.Contains(t, string(out), c.want, c.args)
 	}
+}
+
+// With --api nuvla2 the deployment file makes a deployment group; every member gets an env file
+// with the variables its compose file forwards (0600), and its key logs in.
+func TestBinaryNuvla2(t *testing.T) {
+	testutil.RequireBinary(t, "sh")
+	bin := buildBinary(t)
+	envDir := filepath.Join(t.TempDir(), "env")
+	p := start(t, bin, "--api", "nuvla2", "--listen", "127.0.0.1:0",
+		"--deployment", "../../mocknuvla/testdata/two-cloud-demo.json", "--env-dir", envDir)
+	path := filepath.Join(envDir, "web.1.env")
+	st, err := os.Stat(path)
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o600), st.Mode().Perm())
+	out, err := exec.Command("sh", "-c", `. "$1" && env`, "sh", path).Output()
+	require.NoError(t, err)
+	env := map[string]string{}
+	for _, l := range strings.Split(string(out), "\n") {
+		if k, v, ok := strings.Cut(l, "="); ok {
+			env[k] = v
+		}
+	}
+	assert.Equal(t, p.url, env["NUVLA_ENDPOINT"])
+	assert.Equal(t, "deployment-set/"+p.uuid, env["NUVLA_DEPLOYMENT_GROUP_ID"])
+	assert.Regexp(t, `^deployment/[0-9a-f-]{36}$`, env["NUVLA_DEPLOYMENT_ID"])
+	assert.Regexp(t, `^credential/`, env["NUVLA_API_KEY"])
+	assert.NotEmpty(t, env["NUVLA_API_SECRET"])
+	assert.Equal(t, "web", env["CNSMO_NODE"])
+
+	body, _ := json.Marshal(map[string]any{"template": map[string]string{"href": "session-template/api-key",
+		"key": env["NUVLA_API_KEY"], "secret": env["NUVLA_API_SECRET"]}})
+	res, err := http.Post(p.url+"/api/session", "application/json", bytes.NewReader(body))
+	require.NoError(t, err)
+	res.Body.Close()
+	assert.Equal(t, http.StatusCreated, res.StatusCode)
+	res, err = http.Get(p.url + "/api/deployment-parameter")
+	require.NoError(t, err)
+	res.Body.Close()
+	assert.Equal(t, http.StatusForbidden, res.StatusCode, "no session: 403, never 401")
 }
