@@ -6,7 +6,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/cnsmo/cnsmo/internal/version.Version=$(VERSION)
 TEST_TIMEOUT ?= 25m
 
-.PHONY: all build deps images test test-unit demo bench lint clean clean-testbed fuzz
+.PHONY: all build deps images role-image test test-unit demo bench lint clean clean-testbed fuzz
 
 all: build
 
@@ -19,9 +19,13 @@ deps:
 images: deps
 	@bash images/build.sh
 
+# cnsmo-role in a container (Nuvla 2 members, recipes/nuvla2): it copies the built binary.
+role-image: images build
+	@CNSMO_BIN=$(CURDIR)/$(BIN) bash images/build.sh role
+
 # All tests, unit and end to end (printed as go test prints them, then the slowest tests). CNSMO_REQUIRE_ALL=1 turns a missing capability into a failure
 # instead of a skip (deps and images installed everything), so neither CI nor a developer passes by skipping.
-test: deps images build
+test: deps images build role-image
 	set -o pipefail; CNSMO_REQUIRE_ALL=1 CNSMO_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -json ./... | $(GO) run ./internal/tools/testsummary
 	$(GO) test -run '^$$' -fuzz FuzzParseRules -fuzztime 10s ./roles/fw
 	$(GO) test -run '^$$' -fuzz FuzzParseRunXML -fuzztime 10s ./ssclient
@@ -30,7 +34,7 @@ test: deps images build
 test-unit:
 	$(GO) test -short -count=1 ./...
 
-demo: deps images build
+demo: deps images build role-image
 	@bash scripts/demo.sh
 
 bench: deps images build

@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -9,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/cnsmo/cnsmo/internal/deploy"
+	"github.com/cnsmo/cnsmo/internal/hoststate"
 	"github.com/cnsmo/cnsmo/internal/testutil"
 	"github.com/cnsmo/cnsmo/mocknuvla"
 	"github.com/cnsmo/cnsmo/params"
@@ -124,4 +127,70 @@ func setMultiplicity(def *mocknuvla.Deployment, node string, n int) {
 			def.Nodes[i].Multiplicity = n
 		}
 	}
+}
+
+// A member started from its compose file (recipes/nuvla2/app-member.yml, with Debian's
+// docker-compose, cnsmo-role in the cnsmo/role image on its VM's network, the exec driver: the
+// functions are processes of that container) joins the group's VPN and firewall; `docker-compose
+// down` stops it, and it removes what it created. A container stopped without its deployment
+// stopping (a reboot, an update) does not leave the group.
+func TestNuvla2MemberFromComposeFile(t *testing.T) {
+	requireBin(t)
+	testutil.RequireBinary(t, "docker-compose")
+	testutil.RequireImage(t, "cnsmo/role:latest")
+	testutil.RequireImage(t, "cnsmo/fw:latest")
+	testutil.RequireImage(t, "cnsmo/haproxy:latest")
+	tb := testbed.New(t, testbed.Options{Clouds: []testbed.CloudSpec{{Name: "cloud-a", VMs: []string{"cnsmo1"}}, {Name: "cloud-b", VMs: []string{"web1"}}}})
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	def, err := deploy.AppDefinition()
+	require.NoError(t, err)
+	setMultiplicity(def, "web", 1)
+	d, err := deploy.Start(ctx, tb, deploy.Config{Definition: def, Driver: "exec", API: "nuvla2",
+		Placement: map[string]string{"cnsmo.1": "cnsmo1"}})
+	require.NoError(t, err)
+	defer d.Close(ctx)
+	web1 := tb.VM("web1")
+	require.NoError(t, deploy.ServeName(ctx, web1, "web.1", deploy.WebPort, deploy.BlockedPort))
+	before := vmState(t, ctx, web1)
+	require.NoError(t, d.Launch(ctx, "cnsmo.1"))
+
+	env, err := d.PlaceFromCompose("web.1", "web1")
+	require.NoError(t, err)
+	env["CNSMO_NETWORK_MODE"] = "container:" + web1.Container
+	env["CNSMO_DRIVER"] = "exec"
+	env["CNSMO_IMAGE"] = "cnsmo/role:latest"
+	project := tb.Prefix() + "member"
+	compose := func(args ...string) (string, error) {
+		cmd := exec.CommandContext(ctx, "docker-compose", append([]string{"-f", "../recipes/nuvla2/app-member.yml", "-p", project}, args...)...)
+		cmd.Env = os.Environ()
+		for k, v := range env {
+			cmd.Env = append(cmd.Env, k+"="+v)
+		}
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	t.Cleanup(func() { _, _ = compose("down", "-v", "--timeout", "20") })
+	out, err := compose("up", "-d", "cnsmo")
+	require.NoError(t, err, out)
+
+	wctx, wcancel := context.WithTimeout(ctx, 2*time.Minute)
+	err = d.WaitEnabled(wctx, "cnsmo.1", "web.1")
+	wcancel()
+	if err != nil {
+		logs, _ := compose("logs", "--no-color", "--tail", "40")
+		t.Fatalf("not enabled: %v\n-- cnsmo.1\n%s\n-- web.1 (compose)\n%s", err, d.Logs(ctx, "cnsmo.1"), logs)
+	}
+	for _, p := range d.PingMatrix(ctx, []string{"cnsmo.1", "web.1"}, false) {
+		require.True(t, p.OK, "%s pings %s at %s through the overlay", p.From, p.To, p.Addr)
+	}
+	body, err := deploy.Get(ctx, d.VMOf("cnsmo.1"), web1.PublicAddr, deploy.BlockedPort)
+	require.Error(t, err, "the member's firewall drops %d (got %q)", deploy.BlockedPort, body)
+
+	out, err = compose("down", "-v", "--timeout", "20")
+	require.NoError(t, err, out)
+	require.Empty(t, deploy.StateDiff(map[string]hoststate.Snapshot{"web1": before}, map[string]hoststate.Snapshot{"web1": vmState(t, ctx, web1)}),
+		"the member removed what it created")
+	require.Equal(t, "joined", d.Param("web.1:cnsmo.state"), "a container stop is not a leave")
+	require.NoError(t, d.Stop(ctx))
 }

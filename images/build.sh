@@ -3,7 +3,9 @@
 # with debootstrap from the archive apt on this machine already uses, and `docker import`ed; every
 # function image builds FROM it with Debian's packages. Idempotent: an image whose recorded input
 # hash (label cnsmo.input-hash) matches its inputs is skipped.
-#   usage: images/build.sh [--force] [image...]     (images: base openvpn fw haproxy vm)
+#   usage: images/build.sh [--force] [image...]     (images: base openvpn fw haproxy vm role)
+# The role image (cnsmo-role in a container, for Nuvla 2 members) copies the built binary: build it
+# first (make build), or set CNSMO_BIN to the directory that holds it.
 set -euo pipefail
 cd "$(dirname "$0")"
 export DOCKER_BUILDKIT=0
@@ -79,12 +81,38 @@ build_fn() {
   log "cnsmo/$name built in $((SECONDS - t0)) s"
 }
 
+# build_role builds cnsmo/role from images/role and the built cnsmo-role (its hash is an input).
+build_role() {
+  local bin=${CNSMO_BIN:-../bin}/cnsmo-role ctx
+  [ -x "$bin" ] || { log "role: $bin is missing: run make build first"; exit 1; }
+  ctx=$(mktemp -d /var/tmp/cnsmo-role.XXXXXX)
+  trap 'rm -rf "$ctx"' RETURN
+  cp role/Dockerfile "$ctx/" && cp "$bin" "$ctx/cnsmo-role"
+  local suite base_id hash
+  suite=$(codename)
+  base_id=$(docker image inspect -f '{{.Id}}' "cnsmo/base:$suite")
+  hash=$( { cat "$ctx"/*; echo "$base_id"; } | sha256sum | cut -c1-16)
+  if [ $force -eq 0 ] && [ "$(label_of cnsmo/role:latest)" = "$hash" ]; then
+    log "cnsmo/role is current ($hash)"; return
+  fi
+  log "building cnsmo/role"
+  local t0=$SECONDS out
+  if ! out=$(docker build --network host --build-arg "BASE=cnsmo/base:$suite" \
+      --label "cnsmo.input-hash=$hash" -t "cnsmo/role:latest" "$ctx" 2>&1); then
+    echo "$out" | tail -30 >&2; exit 1
+  fi
+  log "cnsmo/role built in $((SECONDS - t0)) s"
+}
+
 for img in "${want[@]}"; do
   case $img in
     base) build_base ;;
+    role)
+      printf '%s\n' "${want[@]}" | grep -qx base || build_base
+      build_role ;;
     openvpn|fw|haproxy|vm)
       printf '%s\n' "${want[@]}" | grep -qx base || build_base
       build_fn "$img" ;;
-    *) log "unknown image $img (known: base openvpn fw haproxy vm)"; exit 2 ;;
+    *) log "unknown image $img (known: base openvpn fw haproxy vm role)"; exit 2 ;;
   esac
 done

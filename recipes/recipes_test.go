@@ -95,3 +95,30 @@ func TestUnitFileVerifies(t *testing.T) {
 	require.NotContains(t, string(env), "SLIPSTREAM_ODD", "a value the file cannot hold safely is left out")
 	require.Contains(t, string(out), "SLIPSTREAM_ODD not written")
 }
+
+// The Nuvla 2 compose files are accepted by docker-compose (Debian's), forward the NUVLA_*
+// variables, and give cnsmo-role only what it needs: the capabilities and the tun device, no
+// privileged mode; the group's example names both applications.
+func TestNuvla2ComposeFiles(t *testing.T) {
+	testutil.RequireBinary(t, "docker-compose")
+	env := append(os.Environ(), "NUVLA_ENDPOINT=https://nuvla.io", "NUVLA_DEPLOYMENT_ID=deployment/6b1f2c3a-0000-4000-8000-000000000001",
+		"NUVLA_DEPLOYMENT_GROUP_ID=deployment-set/9c2a", "NUVLA_API_KEY=credential/k", "NUVLA_API_SECRET=s3cr3t")
+	for file, cmdWant := range map[string]string{"nuvla2/cnsmo-server.yml": "server", "nuvla2/app-member.yml": "agent"} {
+		cmd := exec.Command("docker-compose", "-f", file, "config")
+		cmd.Env = env
+		out, err := cmd.CombinedOutput()
+		require.NoError(t, err, "%s: %s", file, out)
+		cfg := string(out)
+		for _, want := range []string{"NUVLA_ENDPOINT: https://nuvla.io", "NUVLA_API_KEY: credential/k", "NUVLA_API_SECRET: s3cr3t",
+			"NUVLA_DEPLOYMENT_ID: deployment/6b1f2c3a", "NUVLA_DEPLOYMENT_GROUP_ID: deployment-set/9c2a",
+			"- NET_ADMIN", "- NET_RAW", "/dev/net/tun:/dev/net/tun", "network_mode: host", "/var/run/docker.sock:/var/run/docker.sock",
+			"- " + cmdWant} {
+			require.Contains(t, cfg, want, "%s", file)
+		}
+		require.NotContains(t, cfg, "privileged", file)
+	}
+	ex, err := os.ReadFile("nuvla2/application-set.example.yml")
+	require.NoError(t, err)
+	require.Contains(t, string(ex), "CNSMO_FW_RULES")
+	require.Contains(t, string(ex), "requires-user-rights")
+}

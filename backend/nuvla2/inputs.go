@@ -3,8 +3,10 @@ package nuvla2
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/cnsmo/cnsmo/params"
+	"github.com/cnsmo/cnsmo/roles/role"
 )
 
 // Input is an input parameter a member takes from its application's environment (which the
@@ -32,9 +34,31 @@ var Inputs = []Input{
 	{"CNSMO_FW_LOCKOUT_OK", params.FWLockoutOK, false},
 }
 
+// DeclaredNodes are the group's nodes the server declares: CNSMO_NODES ("web,db"), or by default
+// the load balancer's (CNSMO_LB_NODE, "web", "web,api" or a JSON list).
+func DeclaredNodes(getenv func(string) string) string {
+	v := getenv("CNSMO_NODES")
+	if v == "" {
+		v = getenv("CNSMO_LB_NODE")
+	}
+	var out []string
+	for _, n := range strings.Split(strings.Trim(strings.TrimSpace(v), "[]"), ",") {
+		if n = strings.Trim(strings.TrimSpace(n), `"`); n != "" && validName(n) {
+			out = append(out, n)
+		}
+	}
+	return strings.Join(out, ",")
+}
+
 // PublishInputs publishes this member's inputs from the environment under its name (a variable
-// not set publishes nothing: the parameter keeps what it has).
+// not set publishes nothing: the parameter keeps what it has); the server also declares the
+// group's nodes (cnsmo.nodes).
 func (s *Store) PublishInputs(ctx context.Context, getenv func(string) string) error {
+	if s.server {
+		if err := s.Set(ctx, role.Deployment, KeyNodes, DeclaredNodes(getenv)); err != nil {
+			return fmt.Errorf("publishing %s: %w", KeyNodes, err)
+		}
+	}
 	for _, in := range Inputs {
 		if in.Server != s.server {
 			continue

@@ -268,3 +268,21 @@ func TestMemberStartedFirstWaitsForTheServer(t *testing.T) {
 		t.Fatal("the member never found the server")
 	}
 }
+
+// The server declares the group's nodes (CNSMO_NODES, by default the load balancer's): a node is
+// known before its first member joins.
+func TestDeclaredNodes(t *testing.T) {
+	for in, want := range map[[2]string]string{
+		{"", "web"}: "web", {"", `["web","api"]`}: "web,api", {"web,db", "web"}: "web,db", {"", ""}: "", {"", "web 1,db"}: "db",
+	} {
+		assert.Equal(t, want, nuvla2.DeclaredNodes(env(map[string]string{"CNSMO_NODES": in[0], "CNSMO_LB_NODE": in[1]})), in)
+	}
+	g := newGroup(t, true, -1)
+	srv := g.open(t, "cnsmo.1")
+	require.NoError(t, srv.PublishInputs(context.Background(), env(map[string]string{"CNSMO_LB_NODE": "web", "CNSMO_SERVICES": `["lb"]`})))
+	snap, err := srv.Read(context.Background())
+	require.NoError(t, err)
+	assert.Equal(t, []string{"cnsmo", "web"}, snap.Nodes(), "web is known before a member joins")
+	assert.Empty(t, snap.Instances("web"))
+	assert.Equal(t, `["lb"]`, snap.Get(srv.Self(), params.ServicesEnable), "the server's input from its environment")
+}

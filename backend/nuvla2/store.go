@@ -23,6 +23,7 @@ const (
 	KeyState      = "cnsmo.state"      // "left" once a member said goodbye
 	KeyAbort      = "cnsmo.abort"      // the deployment's abort reason, under the hub (no node-id)
 	KeyProgress   = "cnsmo.progress"   // progress, under the member's own deployment
+	KeyNodes      = "cnsmo.nodes"      // the group's nodes the server declares (no node-id), comma-separated
 	Left          = "left"
 )
 
@@ -249,9 +250,15 @@ func (s *Snapshot) Get(instance, key string) string {
 // Keys implements role.Snapshot.
 func (s *Snapshot) Keys(instance string) []string { return slices.Clone(s.keys[instance]) }
 
-// Nodes implements role.Snapshot: the node names of the members that have joined, sorted.
+// Nodes implements role.Snapshot: the nodes the server declares (cnsmo.nodes) and those of the
+// members that have joined, sorted: a node is known before its first member joins.
 func (s *Snapshot) Nodes() []string {
 	var out []string
+	for _, n := range strings.Split(s.values[[2]string{role.Deployment, KeyNodes}], ",") {
+		if n = strings.TrimSpace(n); n != "" && !slices.Contains(out, n) {
+			out = append(out, n)
+		}
+	}
 	for inst := range s.keys {
 		if n := s.values[[2]string{inst, KeyNode}]; n != "" && inst != role.Deployment && !slices.Contains(out, n) {
 			out = append(out, n)

@@ -89,21 +89,8 @@ func (d *Deployment) placeMember(ctx context.Context, instance string, vm *testb
 		d.mu.Unlock()
 	}
 	d.Mock.SetNuvla2Param(m.Deployment, "", params.Hostname, vm.PublicAddr)
-	env := map[string]string{"NUVLA_ENDPOINT": d.URL, "NUVLA_DEPLOYMENT_ID": m.Deployment, "NUVLA_API_KEY": m.APIKey,
-		"NUVLA_API_SECRET": m.APISecret, "NUVLA_DEPLOYMENT_GROUP_ID": d.group.ID, "CNSMO_NODE": m.Node,
-		"CNSMO_DRIVER": d.cfg.Driver, "CNSMO_STATE_DIR": StateDir}
-	for _, n := range d.cfg.Definition.Nodes {
-		if n.Name != m.Node {
-			continue
-		}
-		for _, p := range n.Parameters {
-			for _, in := range nuvla2.Inputs {
-				if in.Param == p.Name && p.Value != "" {
-					env[in.Env] = p.Value
-				}
-			}
-		}
-	}
+	env := d.MemberEnv(m)
+	env["CNSMO_DRIVER"], env["CNSMO_STATE_DIR"] = d.cfg.Driver, StateDir
 	var b strings.Builder
 	for k, v := range env {
 		fmt.Fprintf(&b, "export %s='%s'\n", k, strings.ReplaceAll(v, "'", `'\''`))
@@ -166,4 +153,42 @@ func (d *Deployment) stopMembers(ctx context.Context) error {
 		cancel()
 	}
 	return errors.Join(errs...)
+}
+
+// MemberEnv is what a member's compose file hands its cnsmo-role container: the NUVLA_* variables,
+// CNSMO_NODE, and the member's inputs from the definition's values (CNSMO_FW_RULES, CNSMO_SERVICES…).
+func (d *Deployment) MemberEnv(m mocknuvla.Nuvla2Member) map[string]string {
+	env := map[string]string{}
+	for _, kv := range d.group.Nuvla2Env(d.URL, m) {
+		k, v, _ := strings.Cut(kv, "=")
+		env[k] = v
+	}
+	for _, n := range d.cfg.Definition.Nodes {
+		if n.Name != m.Node {
+			continue
+		}
+		for _, p := range n.Parameters {
+			for _, in := range nuvla2.Inputs {
+				if in.Param == p.Name && p.Value != "" {
+					env[in.Env] = p.Value
+				}
+			}
+		}
+	}
+	return env
+}
+
+// PlaceFromCompose places a member whose cnsmo-role runs from its compose file (started by the
+// caller with the environment returned): Nuvla writes its hostname, nothing goes into the VM.
+func (d *Deployment) PlaceFromCompose(instance, vmName string) (map[string]string, error) {
+	vm := d.TB.VM(vmName)
+	m, ok := d.Member(instance)
+	if vm == nil || !ok {
+		return nil, fmt.Errorf("deploy: no VM %q or member %q", vmName, instance)
+	}
+	d.Mock.SetNuvla2Param(m.Deployment, "", params.Hostname, vm.PublicAddr)
+	d.mu.Lock()
+	d.place[instance] = vm
+	d.mu.Unlock()
+	return d.MemberEnv(m), nil
 }
