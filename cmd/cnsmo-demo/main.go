@@ -1,7 +1,8 @@
 // Command cnsmo-demo is `make demo`: mocknuvla and a simulated multi-cloud deployment (a CNSMO
 // server and three application VMs, each in a cloud of its own, VPN + firewall + load balancer), driven by
 // the real recipes and cnsmo-role; it prints what works, scales out one VM, tears everything down,
-// checks the host is as before, and ends with PASS or FAIL (exit code 0 or 1).
+// checks the host is as before; then the same deployment on Nuvla 2 (a deployment group on
+// mocknuvla's Nuvla 2 API); and ends with PASS or FAIL (exit code 0 or 1).
 package main
 
 import (
@@ -20,10 +21,17 @@ import (
 
 func main() {
 	driver := flag.String("driver", "docker", "runtime of the roles on the VMs: docker or exec")
+	withNuvla2 := flag.Bool("nuvla2", true, "also run the deployment on Nuvla 2 (a deployment group)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	ok, err := run(ctx, *driver)
+	ok, err := run(ctx, *driver, "slipstream")
+	if err == nil && *withNuvla2 {
+		fmt.Println("\n== the same deployment on Nuvla 2: a deployment group, members coordinating through deployment parameters")
+		var ok2 bool
+		ok2, err = run(ctx, *driver, "nuvla2")
+		ok = ok && ok2
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 	}
@@ -35,7 +43,7 @@ func main() {
 	fmt.Println("\nsimulated deployment: PASS")
 }
 
-func run(ctx context.Context, driver string) (bool, error) {
+func run(ctx context.Context, driver, api string) (bool, error) {
 	if os.Geteuid() != 0 {
 		return false, fmt.Errorf("needs root (network namespaces, veth, iptables)")
 	}
@@ -58,7 +66,7 @@ func run(ctx context.Context, driver string) (bool, error) {
 		_ = tb.Close()
 		return false, err
 	}
-	report, d, runErr := deploy.RunFull(ctx, tb, driver, os.Stdout)
+	report, d, runErr := deploy.RunScenario(ctx, tb, deploy.Config{Driver: driver, API: api, Progress: os.Stdout})
 	report.Print(os.Stdout)
 	if runErr != nil && d != nil {
 		for _, in := range d.Instances() {
@@ -68,9 +76,22 @@ func run(ctx context.Context, driver string) (bool, error) {
 
 	fmt.Println("\n== teardown")
 	clean := true
+	if d != nil && d.Nuvla2() {
+		// Nuvla stops the group: every member's deployment is stopping, its container stopped.
+		t0 := time.Now()
+		if err := d.Stop(ctx); err != nil {
+			fmt.Printf("  FAIL  stopping the group: %v\n", err)
+			clean = false
+		} else {
+			fmt.Printf("  ok    the group stopped; every member tore down and said goodbye in %s\n", time.Since(t0).Round(time.Millisecond))
+		}
+	}
 	if d != nil {
 		// The onstop recipe on every VM: `cnsmo-role stop` signals the role and waits for it.
 		for _, in := range d.Instances() {
+			if d.Nuvla2() {
+				break
+			}
 			t0 := time.Now()
 			_, err := d.Recipe(ctx, in, "onstop.sh")
 			took := time.Since(t0)
