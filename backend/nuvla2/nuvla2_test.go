@@ -286,3 +286,24 @@ func TestDeclaredNodes(t *testing.T) {
 	assert.Empty(t, snap.Instances("web"))
 	assert.Equal(t, `["lb"]`, snap.Get(srv.Self(), params.ServicesEnable), "the server's input from its environment")
 }
+
+// A member whose deployment stopped without a goodbye (its VM vanished) has left, as the server
+// sees it: its name is released, the server stops counting it.
+func TestServerReleasesAStoppedMember(t *testing.T) {
+	g := newGroup(t, true, -1)
+	ctx := context.Background()
+	srv := g.open(t, "cnsmo.1")
+	srv.StatesEvery = time.Nanosecond
+	web1, web2 := g.open(t, "web.1"), g.open(t, "web.2")
+	snap, err := srv.Read(ctx)
+	require.NoError(t, err)
+	require.ElementsMatch(t, []string{web1.Self(), web2.Self()}, snap.Instances("web"))
+	require.NoError(t, g.mock.SetDeploymentState(g.members["web.2"].Deployment, "STOPPED"))
+	snap, err = srv.Read(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, []string{web1.Self()}, snap.Instances("web"))
+	assert.True(t, snap.Gone(web2.Self()))
+	snap, err = web1.Read(ctx)
+	require.NoError(t, err)
+	assert.False(t, snap.Gone(web2.Self()), "a member reads no other deployment's state: the server decides")
+}

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -38,6 +39,13 @@ type Store struct {
 	hub    string
 	server bool
 	gets   atomic.Int64
+	// StatesEvery is how often the server reads its members' deployment states (default 15 s): a
+	// member whose deployment is stopping, stopped or gone has left, goodbye or not.
+	StatesEvery time.Duration
+
+	mu       sync.Mutex
+	states   map[string]string // member deployment -> its state ("gone" when deleted)
+	statesAt time.Time
 }
 
 // MemberName is a member's name: its node and the first 8 hex digits of its deployment's uuid.
@@ -198,7 +206,7 @@ func (s *Store) Read(ctx context.Context) (role.Snapshot, error) {
 	if err != nil {
 		return nil, wrap(err)
 	}
-	snap := &Snapshot{self: s.self, hub: s.hub, values: map[[2]string]string{}, keys: map[string][]string{}}
+	snap := &Snapshot{self: s.self, hub: s.hub, values: map[[2]string]string{}, keys: map[string][]string{}, stopped: map[string]bool{}}
 	for _, p := range ps {
 		v := ""
 		if p.Value != nil {
@@ -213,7 +221,46 @@ func (s *Store) Read(ctx context.Context) (role.Snapshot, error) {
 	if state == "STOPPING" || state == "STOPPED" || state == "ERROR" {
 		snap.hubState = state
 	}
+	if s.server {
+		s.memberStates(ctx, snap)
+	}
 	return snap, nil
+}
+
+// memberStates marks, in the server's snapshots, the members whose deployment is stopping, stopped
+// or gone (read at most every StatesEvery: the server is one reader, the members are many).
+func (s *Store) memberStates(ctx context.Context, snap *Snapshot) {
+	every := s.StatesEvery
+	if every == 0 {
+		every = 15 * time.Second
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.states == nil || time.Since(s.statesAt) >= every {
+		states := map[string]string{}
+		for inst := range snap.keys {
+			dep := snap.values[[2]string{inst, KeyDeployment}]
+			if dep == "" || dep == s.hub {
+				continue
+			}
+			st, err := s.c.DeploymentState(ctx, dep)
+			switch {
+			case errors.Is(err, ErrNotFound):
+				states[dep] = "gone"
+			case err == nil:
+				states[dep] = st
+			default:
+				states[dep] = s.states[dep] // unknown this time: as before
+			}
+		}
+		s.states, s.statesAt = states, time.Now()
+	}
+	for inst := range snap.keys {
+		switch s.states[snap.values[[2]string{inst, KeyDeployment}]] {
+		case "STOPPING", "STOPPED", "gone":
+			snap.stopped[inst] = true
+		}
+	}
 }
 
 func wrap(err error) error {
@@ -228,6 +275,7 @@ type Snapshot struct {
 	self, hub, hubState string
 	values              map[[2]string]string // (node-id, name) -> value
 	keys                map[string][]string  // node-id -> names, sorted
+	stopped             map[string]bool      // members whose deployment stops or is gone (server only)
 }
 
 // Self implements role.Snapshot.
@@ -280,9 +328,10 @@ func (s *Snapshot) Instances(node string) []string {
 	return out
 }
 
-// Gone implements role.Snapshot: the member said goodbye, or nothing of it is left.
+// Gone implements role.Snapshot: the member said goodbye, its deployment stops or is gone (as the
+// server sees it), or nothing of it is left.
 func (s *Snapshot) Gone(instance string) bool {
-	return s.values[[2]string{instance, KeyState}] == Left || len(s.keys[instance]) == 0
+	return s.values[[2]string{instance, KeyState}] == Left || s.stopped[instance] || len(s.keys[instance]) == 0
 }
 
 // Aborted implements role.Snapshot: cnsmo.abort, or the hub's deployment stopping or failed.
