@@ -130,11 +130,18 @@ func setMultiplicity(def *mocknuvla.Deployment, node string, n int) {
 }
 
 // A member started from its compose file (recipes/nuvla2/app-member.yml, with Debian's
-// docker-compose, cnsmo-role in the cnsmo/role image on its VM's network, the exec driver: the
-// functions are processes of that container) joins the group's VPN and firewall; `docker-compose
+// docker-compose, cnsmo-role in the cnsmo/role image on its VM's network; with the exec driver the
+// functions are processes of that container, with the Docker driver containers of the host's engine
+// through the mounted socket) joins the group's VPN and firewall; `docker-compose
 // down` stops it, and it removes what it created. A container stopped without its deployment
 // stopping (a reboot, an update) does not leave the group.
 func TestNuvla2MemberFromComposeFile(t *testing.T) {
+	for _, drv := range []string{"exec", "docker"} {
+		t.Run(drv, func(t *testing.T) { memberFromComposeFile(t, drv) })
+	}
+}
+
+func memberFromComposeFile(t *testing.T, drv string) {
 	requireBin(t)
 	testutil.RequireBinary(t, "docker-compose")
 	testutil.RequireImage(t, "cnsmo/role:latest")
@@ -158,9 +165,10 @@ func TestNuvla2MemberFromComposeFile(t *testing.T) {
 	env, err := d.PlaceFromCompose("web.1", "web1")
 	require.NoError(t, err)
 	env["CNSMO_NETWORK_MODE"] = "container:" + web1.Container
-	env["CNSMO_DRIVER"] = "exec"
+	env["CNSMO_DOCKER_NETWORK"] = "container:" + web1.Container // the functions join the VM too
+	env["CNSMO_DRIVER"] = drv
 	env["CNSMO_IMAGE"] = "cnsmo/role:latest"
-	project := tb.Prefix() + "member"
+	project := tb.Prefix() + "member" + drv
 	compose := func(args ...string) (string, error) {
 		cmd := exec.CommandContext(ctx, "docker-compose", append([]string{"-f", "../recipes/nuvla2/app-member.yml", "-p", project}, args...)...)
 		cmd.Env = os.Environ()
