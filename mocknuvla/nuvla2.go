@@ -27,7 +27,8 @@ import (
 // Nuvla2CookieName is the session cookie of today's Nuvla (the client keeps whatever comes back).
 const Nuvla2CookieName = "com.com.sixsq.nuvla.cookie"
 
-// DefaultStaleness is how long a search keeps showing a parameter's old value after an edit.
+// DefaultStaleness is the search index's refresh interval: a search shows a parameter's old value
+// until the next refresh after an edit (at most this long).
 const DefaultStaleness = time.Second
 
 type n2deployment struct {
@@ -110,7 +111,8 @@ func (s *Server) CreateGroup(d *Deployment, userRights bool) (*Nuvla2Group, erro
 	return g, nil
 }
 
-// SetNuvla2Param writes a parameter as Nuvla itself does (hostname, ip): no rights checked.
+// SetNuvla2Param writes a parameter as Nuvla itself (or the admin API) does: no rights checked; a
+// new parameter gets its deployment's ACL (the group may edit it).
 func (s *Server) SetNuvla2Param(parent, nodeID, name, value string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -118,8 +120,12 @@ func (s *Server) SetNuvla2Param(parent, nodeID, name, value string) {
 	p := s.n2.params[id]
 	now := time.Now()
 	if p == nil {
-		p = &n2param{id: id, parent: parent, nodeID: nodeID, name: name, created: now, createdBy: "group/nuvla-admin",
-			acl: n2acl{Owners: []string{"group/nuvla-admin"}, EditACL: []string{parent}}}
+		// The deployment's ACL, as Nuvla gives the parameters it writes: its group may edit them.
+		acl := n2acl{Owners: []string{"group/nuvla-admin"}, EditACL: []string{parent}}
+		if d := s.n2.deployments[parent]; d != nil && d.group != "" {
+			acl.EditData = []string{d.group}
+		}
+		p = &n2param{id: id, parent: parent, nodeID: nodeID, name: name, created: now, createdBy: "group/nuvla-admin", acl: acl}
 		s.n2.params[id] = p
 	}
 	s.n2.edit(p, &value, "group/nuvla-admin", now)
@@ -148,16 +154,20 @@ func (s *Server) SetDeploymentState(id, state string) error {
 	return nil
 }
 
+// The search index is refreshed every staleness (as Elasticsearch's periodic refresh): a search
+// shows each parameter as it was at the last refresh; a read by id shows it now.
+func (st *n2state) lastRefresh(now time.Time) time.Time { return now.Truncate(st.staleness) }
+
 func (st *n2state) edit(p *n2param, v *string, by string, now time.Time) {
-	if st.staleness > 0 && now.Sub(p.changed) >= st.staleness {
-		p.prev = p.value // the old value was visible to searches: it stays so for a while
+	if st.staleness > 0 && p.changed.Before(st.lastRefresh(now)) {
+		p.prev = p.value // the value the last refresh indexed: searches show it until the next one
 	}
 	p.value, p.changed, p.updated, p.updatedBy = v, now, now, by
 }
 
 // searchValue is the value a search shows now.
 func (st *n2state) searchValue(p *n2param, now time.Time) *string {
-	if st.staleness > 0 && now.Sub(p.changed) < st.staleness {
+	if st.staleness > 0 && !p.changed.Before(st.lastRefresh(now)) {
 		return p.prev
 	}
 	return p.value

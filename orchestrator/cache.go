@@ -4,17 +4,29 @@ import (
 	"context"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/cnsmo/cnsmo/roles/role"
 )
 
 // Cache is the store as a role and its services see it: reads and writes go to the store, and
 // every write also lands in the loop's last snapshot, so that a pass that reuses that snapshot
-// (its generation unchanged) sees what this role itself wrote since.
+// (its generation unchanged) sees what this role itself wrote since. A store whose whole reads lag
+// its writes (Nuvla 2's search) may return a snapshot without a write this role just made: the
+// write stays overlaid on new snapshots until one shows it, for at most Pending (default 5 s), so
+// that the role does not write the same value again and again.
 type Cache struct {
 	role.Store
-	mu   sync.Mutex
-	last *overlay
+	Pending time.Duration
+
+	mu      sync.Mutex
+	last    *overlay
+	pending map[[2]string]pendingWrite
+}
+
+type pendingWrite struct {
+	value string
+	at    time.Time
 }
 
 // NewCache wraps st.
@@ -30,6 +42,10 @@ func (c *Cache) Set(ctx context.Context, instance, key, value string) error {
 	if c.last != nil {
 		c.last.put(instance, key, value)
 	}
+	if c.pending == nil {
+		c.pending = map[[2]string]pendingWrite{}
+	}
+	c.pending[[2]string{instance, key}] = pendingWrite{value: value, at: time.Now()}
 	return nil
 }
 
@@ -40,7 +56,18 @@ func (c *Cache) Read(ctx context.Context) (role.Snapshot, error) {
 		return nil, err
 	}
 	o := &overlay{Snapshot: s, writes: map[[2]string]string{}}
+	keep := c.Pending
+	if keep == 0 {
+		keep = 5 * time.Second
+	}
 	c.mu.Lock()
+	for k, w := range c.pending {
+		if s.Get(k[0], k[1]) == w.value || time.Since(w.at) > keep {
+			delete(c.pending, k) // the read shows it (or it is too old to trust over the read)
+			continue
+		}
+		o.writes[k] = w.value
+	}
 	c.last = o
 	c.mu.Unlock()
 	return o, nil

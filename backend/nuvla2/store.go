@@ -68,6 +68,13 @@ func Open(ctx context.Context, c *Client, server bool) (*Store, error) {
 		if err := c.Set(ctx, s.hub, "", KeyHub, s.hub, s.acl()); err != nil {
 			return nil, s.rights(err)
 		}
+		// The generation the agents follow (docs/controlplane.md) exists from the start: on
+		// SlipStream the application declares it; here the server creates it, keeping the value
+		// a restarted server finds (an agent must never see an old number again).
+		err := c.Create(ctx, s.hub, s.self, params.Generation, "", s.acl())
+		if err != nil && !errors.Is(err, ErrConflict) {
+			return nil, s.rights(err)
+		}
 	case cfg.Hub != "":
 		s.hub = cfg.Hub
 	default:

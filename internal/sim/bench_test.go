@@ -18,9 +18,13 @@ type measured struct {
 // measure runs 1 server + n agents with the real 3 s steady poll: time to converge, then a 30 s
 // window of steady state (mocknuvla's per-client counters), then an abort until the last teardown.
 func measure(t *testing.T, n int, wholeRun bool) measured {
+	return measureOn(t, n, wholeRun, "slipstream")
+}
+
+func measureOn(t *testing.T, n int, wholeRun bool, api string) measured {
 	t.Helper()
 	start := time.Now()
-	s, err := Start(Config{Agents: n, WholeRun: wholeRun})
+	s, err := Start(Config{Agents: n, WholeRun: wholeRun, API: api})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,7 +60,7 @@ func measure(t *testing.T, n int, wholeRun bool) measured {
 	secs := window.Seconds()
 	m.bytesPerAgent, m.reqsPerAgent, m.bytesS = tb/float64(n)/secs, tr/float64(n)/secs, all/secs
 	at := time.Now()
-	if err := s.Mock.Abort(s.RunID, "bench: abort"); err != nil {
+	if err := s.Abort("bench: abort"); err != nil {
 		t.Fatal(err)
 	}
 	for !s.Done() {
@@ -73,8 +77,8 @@ func measure(t *testing.T, n int, wholeRun bool) measured {
 		}
 	}
 	m.abort = last.Sub(at)
-	t.Logf("n=%d wholeRun=%v: converge %s, %.0f B/s and %.3f req/s per agent, store %.0f B/s, abort torn down in %s",
-		n, wholeRun, m.converge.Round(time.Millisecond), m.bytesPerAgent, m.reqsPerAgent, m.bytesS, m.abort.Round(time.Millisecond))
+	t.Logf("%s n=%d wholeRun=%v: converge %s, %.0f B/s and %.3f req/s per agent, store %.0f B/s, abort torn down in %s",
+		api, n, wholeRun, m.converge.Round(time.Millisecond), m.bytesPerAgent, m.reqsPerAgent, m.bytesS, m.abort.Round(time.Millisecond))
 	return m
 }
 
@@ -87,6 +91,7 @@ func TestBenchControlPlane(t *testing.T) {
 	n10 := measure(t, 10, false)
 	n200 := measure(t, 200, false)
 	whole := measure(t, 200, true)
+	n2 := measureOn(t, 200, false, "nuvla2")
 	benchreport.Report(t,
 		benchreport.Figure{Name: "steady_bytes_per_agent_s_n200", Value: round(n200.bytesPerAgent),
 			Baseline: "steady_bytes_per_agent_s_n10", BaselineValue: round(n10.bytesPerAgent),
@@ -103,6 +108,18 @@ func TestBenchControlPlane(t *testing.T) {
 		benchreport.Figure{Name: "abort_teardown_max_s_n200", Value: round3(n200.abort.Seconds()),
 			Baseline: "abort_teardown_max_s_n10", BaselineValue: round3(n10.abort.Seconds()),
 			Note: "abort raised to the last simulated role's teardown, 1+200 (1+10)"},
+		benchreport.Figure{Name: "converge_1plus200_s_nuvla2", Value: round3(n2.converge.Seconds()),
+			Baseline: "converge_1plus200_s", BaselineValue: round3(n200.converge.Seconds()),
+			Note: "simulated 1+200 on Nuvla 2 (a deployment group on mocknuvla's Nuvla 2 API, search staleness 1 s, every member logged in with its key) vs on SlipStream"},
+		benchreport.Figure{Name: "steady_bytes_per_agent_s_n200_nuvla2", Value: round(n2.bytesPerAgent),
+			Baseline: "steady_bytes_per_agent_s_n200", BaselineValue: round(n200.bytesPerAgent),
+			Note: "bytes one agent receives per second at steady state, 1+200, Nuvla 2 (a JSON parameter a pass, the abort parameter every other pass) vs SlipStream"},
+		benchreport.Figure{Name: "steady_requests_per_agent_s_n200_nuvla2", Value: round3(n2.reqsPerAgent),
+			Baseline: "steady_requests_per_agent_s_n200", BaselineValue: round3(n200.reqsPerAgent),
+			Note: "requests per second of one agent at steady state, 1+200, Nuvla 2 vs SlipStream"},
+		benchreport.Figure{Name: "abort_teardown_max_s_n200_nuvla2", Value: round3(n2.abort.Seconds()),
+			Baseline: "abort_teardown_max_s_n200", BaselineValue: round3(n200.abort.Seconds()),
+			Note: "abort (cnsmo.abort under the hub: Nuvla 2 has no abort flag) to the last simulated role's teardown, 1+200, vs SlipStream"},
 	)
 }
 

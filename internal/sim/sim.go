@@ -13,12 +13,14 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
 
+	"github.com/cnsmo/cnsmo/backend/nuvla2"
 	"github.com/cnsmo/cnsmo/backend/slipstream"
 	"github.com/cnsmo/cnsmo/internal/wait"
 	"github.com/cnsmo/cnsmo/mocknuvla"
@@ -39,6 +41,9 @@ type Config struct {
 	// WholeRun makes the agents read the whole run on every pass, as before the generation key
 	// (the baseline of the benchmarks).
 	WholeRun bool
+	// API is the platform: "slipstream" (default, a run) or "nuvla2" (a deployment group on
+	// mocknuvla's Nuvla 2 API, search staleness on, every role logged in with its member's key).
+	API string
 }
 
 // Role is one simulated role: its loop, its client's address and what its fakes saw.
@@ -69,6 +74,10 @@ func (r *Role) TornDown() time.Time {
 type Sim struct {
 	Mock   *mocknuvla.Server
 	RunID  string
+	API    string
+	group  *mocknuvla.Nuvla2Group
+	hub    string // Nuvla 2: the server's deployment
+	server string // the server's instance name
 	Server *Role
 	Agents []*Role
 	cancel context.CancelFunc
@@ -100,29 +109,53 @@ func Start(cfg Config) (*Sim, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Sim{Mock: mocknuvla.New(mocknuvla.Options{NoAuth: true, Logger: zerolog.Nop()})}
+	if cfg.API == "" {
+		cfg.API = "slipstream"
+	}
+	s := &Sim{API: cfg.API, server: "cnsmo.1",
+		Mock: mocknuvla.New(mocknuvla.Options{NoAuth: cfg.API != "nuvla2", Logger: zerolog.Nop(), API: cfg.API})}
 	s.srv = &http.Server{Handler: s.Mock, ReadHeaderTimeout: 10 * time.Second}
 	go s.srv.Serve(ln) //nolint:errcheck // ends with Close
 	url := "http://" + ln.Addr().String()
-	ri, err := s.Mock.CreateRun(def)
-	if err != nil {
-		s.srv.Close()
-		return nil, err
+	type member struct{ name, node string }
+	var members []member
+	if cfg.API == "nuvla2" {
+		if s.group, err = s.Mock.CreateGroup(def, true); err != nil {
+			s.srv.Close()
+			return nil, err
+		}
+		for _, m := range s.group.Members {
+			members = append(members, member{m.Name, m.Node})
+			if m.Node == "cnsmo" {
+				s.hub = m.Deployment
+				s.server = nuvla2.MemberName(m.Node, m.Deployment)
+			}
+		}
+		s.RunID = strings.TrimPrefix(s.group.ID, "deployment-set/")
+	} else {
+		ri, err := s.Mock.CreateRun(def)
+		if err != nil {
+			s.srv.Close()
+			return nil, err
+		}
+		s.RunID = ri.UUID
+		for _, in := range ri.Instances {
+			members = append(members, member{in.Name, in.Node})
+		}
 	}
-	s.RunID = ri.UUID
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
-	for i, in := range ri.Instances {
-		if in.Node != "cnsmo" && in.Node != "web" {
+	for i, in := range members {
+		if in.node != "cnsmo" && in.node != "web" {
 			continue
 		}
 		addr := netip.AddrFrom4([4]byte{127, 0, 1, byte(i + 2)})
-		r, err := s.start(ctx, url, in.Name, addr, cfg)
+		r, err := s.start(ctx, url, in.name, addr, cfg)
 		if err != nil {
 			s.Stop()
 			return nil, err
 		}
-		if in.Node == "cnsmo" {
+		if in.node == "cnsmo" {
 			s.Server = r
 		} else {
 			s.Agents = append(s.Agents, r)
@@ -138,40 +171,85 @@ func Start(cfg Config) (*Sim, error) {
 func (s *Sim) start(ctx context.Context, url, instance string, addr netip.Addr, cfg Config) (*Role, error) {
 	dialer := &net.Dialer{LocalAddr: &net.TCPAddr{IP: addr.AsSlice()}, Timeout: 10 * time.Second}
 	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DialContext: dialer.DialContext, MaxIdleConnsPerHost: 2}}
-	client, err := ssclient.New(ssclient.Config{ServiceURL: url, RunUUID: s.RunID, NodeInstance: instance},
-		ssclient.WithHTTPClient(hc), ssclient.WithLogger(zerolog.Nop()))
-	if err != nil {
-		return nil, err
-	}
-	c := orchestrator.NewCache(slipstream.New(client))
+	server := strings.HasPrefix(instance, "cnsmo.")
 	r := &Role{Instance: instance, Addr: addr.String(), done: make(chan error, 1), fw: &fakeFW{}}
-	server := instance == "cnsmo.1"
-	var services []role.Service
-	generation := ""
-	if server {
-		services = []role.Service{&fakeHub{p: c, r: r}}
+	// open connects the role's store, as cnsmo-role does before its loop: on an agent it waits
+	// for the server (its mapped input on SlipStream; the hub on Nuvla 2).
+	var open func(ctx context.Context) (role.Store, error)
+	if s.API == "nuvla2" {
+		var m mocknuvla.Nuvla2Member
+		for _, x := range s.group.Members {
+			if x.Name == instance {
+				m = x
+			}
+		}
+		c, err := nuvla2.New(nuvla2.Config{Endpoint: url, Deployment: m.Deployment, APIKey: m.APIKey, APISecret: m.APISecret,
+			Group: s.group.ID, Node: m.Node}, nuvla2.WithHTTPClient(hc))
+		if err != nil {
+			return nil, err
+		}
+		r.Instance = nuvla2.MemberName(m.Node, m.Deployment)
+		open = func(ctx context.Context) (role.Store, error) { return nuvla2.Open(ctx, c, server) }
 	} else {
-		services = []role.Service{&fakeClient{p: c, r: r}, r.fw}
-		r.fw.p, r.fw.r = c, r
-		if !cfg.WholeRun {
-			generation = "cnsmo.1"
+		client, err := ssclient.New(ssclient.Config{ServiceURL: url, RunUUID: s.RunID, NodeInstance: instance},
+			ssclient.WithHTTPClient(hc), ssclient.WithLogger(zerolog.Nop()))
+		if err != nil {
+			return nil, err
+		}
+		open = func(ctx context.Context) (role.Store, error) {
+			if !server {
+				if _, err := client.Wait(ctx, params.ServerInstanceID); err != nil {
+					return nil, err
+				}
+			}
+			return slipstream.New(client), nil
 		}
 	}
-	l := &orchestrator.Loop{Role: "sim", Store: c, Server: server, Services: services, Log: zerolog.Nop(), Steady: cfg.Steady,
-		Generation: generation, OnPass: func(bool) { r.passes.Add(1) }}
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		if !server {
-			// As cnsmo-role agent does before its loop: wait for the server (its mapped input).
-			if _, err := client.Wait(ctx, params.ServerInstanceID); err != nil {
-				r.done <- err
-				return
+		st, err := open(ctx)
+		if err != nil {
+			r.done <- err
+			return
+		}
+		c := orchestrator.NewCache(st)
+		var services []role.Service
+		generation := ""
+		if server {
+			services = []role.Service{&fakeHub{p: c, r: r}}
+		} else {
+			services = []role.Service{&fakeClient{p: c, r: r, server: s.server}, r.fw}
+			r.fw.p, r.fw.r = c, r
+			if !cfg.WholeRun {
+				generation = s.server
 			}
 		}
+		l := &orchestrator.Loop{Role: "sim", Store: c, Server: server, Services: services, Log: zerolog.Nop(), Steady: cfg.Steady,
+			Generation: generation, OnPass: func(bool) { r.passes.Add(1) }}
 		r.done <- l.Run(ctx)
 	}()
 	return r, nil
+}
+
+// Abort aborts the deployment as an operator would (SlipStream's abort flag; Nuvla 2's
+// cnsmo.abort under the hub).
+func (s *Sim) Abort(reason string) error {
+	if s.API == "nuvla2" {
+		s.Mock.SetNuvla2Param(s.hub, "", nuvla2.KeyAbort, reason)
+		return nil
+	}
+	return s.Mock.Abort(s.RunID, reason)
+}
+
+// enabled reads a role's net.services.enabled.
+func (s *Sim) enabled(r *Role) bool {
+	if s.API == "nuvla2" {
+		v, _ := s.Mock.Nuvla2Param(s.hub, r.Instance, params.ServicesEnabled)
+		return v == "true"
+	}
+	v, _, _ := s.Mock.Param(s.RunID, r.Instance+":"+params.ServicesEnabled)
+	return v == "true"
 }
 
 // Stop ends every role (their teardowns run) and the mock's listener.
@@ -188,7 +266,7 @@ func (s *Sim) Stop() {
 // Converged reports whether every role has published net.services.enabled.
 func (s *Sim) Converged() bool {
 	for _, r := range append([]*Role{s.Server}, s.Agents...) {
-		if v, _, _ := s.Mock.Param(s.RunID, r.Instance+":"+params.ServicesEnabled); v != "true" {
+		if !s.enabled(r) {
 			return false
 		}
 	}
@@ -245,17 +323,18 @@ func (h *fakeHub) Withdraw(ctx context.Context) error {
 // fakeClient stands for a VPN client: once the server's endpoint is published it publishes its
 // overlay address (once) and is ready.
 type fakeClient struct {
-	p role.Publisher
-	r *Role
+	p      role.Publisher
+	r      *Role
+	server string
 }
 
 func (c *fakeClient) Name() string { return "vpn" }
 func (c *fakeClient) Reconcile(ctx context.Context, s role.Snapshot) (bool, error) {
-	if s.Get("cnsmo.1", params.VPNEndpoint) == "" {
+	if s.Get(c.server, params.VPNEndpoint) == "" {
 		return false, nil
 	}
 	me := s.Self()
-	if err := role.Publish(ctx, c.p, s, me, params.VPNAddress, "198.19.0."+me[len("web."):]); err != nil {
+	if err := role.Publish(ctx, c.p, s, me, params.VPNAddress, "overlay address of "+me); err != nil {
 		return false, err
 	}
 	return true, nil
@@ -295,3 +374,13 @@ func (f *fakeFW) Teardown(context.Context) error {
 	return nil
 }
 func (f *fakeFW) Withdraw(ctx context.Context) error { return role.Withdraw(ctx, f.p, params.FWReady) }
+
+// SetRules writes an agent's firewall rules as its user would (SlipStream's parameter; on Nuvla 2
+// the member's parameter under the hub, as its role publishes its CNSMO_FW_RULES).
+func (s *Sim) SetRules(r *Role, rules string) error {
+	if s.API == "nuvla2" {
+		s.Mock.SetNuvla2Param(s.hub, r.Instance, params.FWRules, rules)
+		return nil
+	}
+	return s.Mock.SetParam(s.RunID, r.Instance+":"+params.FWRules, rules)
+}
