@@ -19,13 +19,17 @@ import (
 )
 
 // The demo's scenario on Nuvla 2 (mocknuvla's Nuvla 2 API, search staleness on): a deployment group
-// of the CNSMO server and three members, each on a VM of its own cloud, VPN, firewall with the
-// seed's rules and load balancer; a fourth member joins; then the group is stopped and every VM is
-// as before.
+// of the CNSMO server and three members, each on a VM of its own cloud and each started from its
+// compose file (cnsmo-role in its container on the VM's network: with the Docker driver through the
+// host's engine, with the exec driver its functions as processes of that container), VPN, firewall
+// with the seed's rules and load balancer; a fourth member joins; then the group is stopped and
+// every VM is as before.
 func TestNuvla2Deployment(t *testing.T) {
 	for _, drv := range []string{"docker", "exec"} {
 		t.Run(drv, func(t *testing.T) {
 			requireBin(t)
+			testutil.RequireBinary(t, "docker-compose")
+			testutil.RequireImage(t, "cnsmo/role:latest")
 			testutil.RequireImage(t, "cnsmo/fw:latest")
 			testutil.RequireImage(t, "cnsmo/haproxy:latest")
 			tb := testbed.New(t, testbed.Options{Clouds: deploy.FullClouds})
@@ -33,7 +37,7 @@ func TestNuvla2Deployment(t *testing.T) {
 			defer cancel()
 			before := state(t, ctx, tb)
 			var progress strings.Builder
-			report, d, err := deploy.RunScenario(ctx, tb, deploy.Config{Driver: drv, API: "nuvla2", Progress: &progress})
+			report, d, err := deploy.RunScenario(ctx, tb, deploy.Config{Driver: drv, API: "nuvla2", Compose: true, Progress: &progress})
 			if d != nil {
 				defer d.Close(ctx)
 			}

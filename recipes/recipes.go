@@ -9,9 +9,10 @@ import (
 	"github.com/cnsmo/cnsmo/mocknuvla"
 )
 
-// FS holds the recipes (*.sh) and the application definition (application.json).
+// FS holds the recipes (*.sh), the application definition (application.json), and the Nuvla 2
+// compose files (nuvla2/*.yml).
 //
-//go:embed *.sh application.json
+//go:embed *.sh application.json nuvla2/*.yml
 var FS embed.FS
 
 // Application returns the application definition (application.json) as a deployment of the mock,

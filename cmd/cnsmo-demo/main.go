@@ -66,7 +66,7 @@ func run(ctx context.Context, driver, api string) (bool, error) {
 		_ = tb.Close()
 		return false, err
 	}
-	report, d, runErr := deploy.RunScenario(ctx, tb, deploy.Config{Driver: driver, API: api, Progress: os.Stdout})
+	report, d, runErr := deploy.RunScenario(ctx, tb, deploy.Config{Driver: driver, API: api, Compose: api == "nuvla2", Progress: os.Stdout})
 	report.Print(os.Stdout)
 	if runErr != nil && d != nil {
 		for _, in := range d.Instances() {

@@ -51,6 +51,10 @@ type Config struct {
 	// NoUserRights: the Nuvla 2 applications do not ask for user rights (their keys see only
 	// their own deployments).
 	NoUserRights bool
+	// Compose: on Nuvla 2, every member's cnsmo-role runs from its compose file
+	// (recipes/nuvla2, with docker-compose on the host, the cnsmo/role image, in its VM's network)
+	// instead of as a process of the VM.
+	Compose bool
 }
 
 // Deployment is a running run on the testbed.
@@ -66,9 +70,10 @@ type Deployment struct {
 	place map[string]*testbed.VM // instance -> VM
 	creds map[string]mocknuvla.InstanceInfo
 	// Nuvla 2: the group, its members by the definition's instance names, the hub's deployment.
-	group   *mocknuvla.Nuvla2Group
-	members map[string]mocknuvla.Nuvla2Member
-	hub     string
+	group      *mocknuvla.Nuvla2Group
+	members    map[string]mocknuvla.Nuvla2Member
+	hub        string
+	composeDir string // the compose files, written on the host
 }
 
 // Start serves mocknuvla on the testbed's host address, creates the run, records every
@@ -324,12 +329,18 @@ func (d *Deployment) Logs(ctx context.Context, instance string) string {
 	if vm == nil {
 		return ""
 	}
+	if d.Nuvla2() && d.cfg.Compose {
+		out, _ := d.compose(ctx, instance, "logs", "--no-color", "--tail", "40")
+		return out
+	}
 	out, _, _ := vm.Exec(ctx, "sh", "-c", "tail -n 40 /var/log/cnsmo-recipe.log "+StateDir+"/role.log 2>/dev/null")
 	return out
 }
 
-// Close stops serving mocknuvla. The testbed's own cleanup removes the VMs and what ran in them.
+// Close stops serving mocknuvla, and removes the members started from their compose files. The
+// testbed's own cleanup removes the VMs and what ran in them.
 func (d *Deployment) Close(ctx context.Context) {
+	d.closeCompose(ctx)
 	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	_ = d.srv.Shutdown(sctx)

@@ -4,12 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/cnsmo/cnsmo/backend/nuvla2"
 	"github.com/cnsmo/cnsmo/mocknuvla"
 	"github.com/cnsmo/cnsmo/params"
+	"github.com/cnsmo/cnsmo/recipes"
 	"github.com/cnsmo/cnsmo/testbed"
 )
 
@@ -104,11 +108,19 @@ func (d *Deployment) placeMember(ctx context.Context, instance string, vm *testb
 	return nil
 }
 
-// launchMember starts cnsmo-role in the member's VM as its container would: server or agent.
+// launchMember starts the member's cnsmo-role: from its compose file, or as a process of its VM
+// (as its container would run it): server or agent.
 func (d *Deployment) launchMember(ctx context.Context, instance string, vm *testbed.VM) error {
 	roleName := "agent"
 	if node, _, _ := strings.Cut(instance, "."); node == d.ServerNode() {
 		roleName = "server"
+	}
+	if d.cfg.Compose {
+		if out, err := d.compose(ctx, instance, "up", "-d", "cnsmo"); err != nil {
+			return fmt.Errorf("deploy: docker-compose up of %s: %w: %s", instance, err, lastLines(out, 5))
+		}
+		d.progress("%s (%s): cnsmo-role %s started from its compose file in VM %s's network (%s)", instance, d.MemberName(instance), roleName, vm.Name, vm.PublicAddr)
+		return nil
 	}
 	cmd := ". " + EnvFile + "; mkdir -p " + StateDir + "; exec /opt/cnsmo/bin/cnsmo-role " + roleName + " >>" + StateDir + "/role.log 2>&1"
 	if _, err := vm.Start(ctx, nil, "sh", "-c", cmd); err != nil {
@@ -129,7 +141,11 @@ func (d *Deployment) StopMember(ctx context.Context, instance string) error {
 	if err := d.Mock.SetDeploymentState(m.Deployment, "STOPPING"); err != nil {
 		return err
 	}
-	if _, errOut, err := vm.Exec(ctx, "/opt/cnsmo/bin/cnsmo-role", "stop", "--state-dir", StateDir, "--timeout", "20s"); err != nil {
+	if d.cfg.Compose {
+		if out, err := d.compose(ctx, instance, "down", "-v", "--timeout", "20"); err != nil {
+			return fmt.Errorf("deploy: docker-compose down of %s: %w: %s", instance, err, lastLines(out, 5))
+		}
+	} else if _, errOut, err := vm.Exec(ctx, "/opt/cnsmo/bin/cnsmo-role", "stop", "--state-dir", StateDir, "--timeout", "20s"); err != nil {
 		return fmt.Errorf("deploy: stop %s: %w: %s", instance, err, errOut)
 	}
 	return d.Mock.SetDeploymentState(m.Deployment, "STOPPED")
@@ -191,4 +207,78 @@ func (d *Deployment) PlaceFromCompose(instance, vmName string) (map[string]strin
 	d.place[instance] = vm
 	d.mu.Unlock()
 	return d.MemberEnv(m), nil
+}
+
+// composeFile is the member's compose file of recipes/nuvla2 (the server's or an application
+// member's), written once on the host.
+func (d *Deployment) composeFile(instance string) (string, error) {
+	name := "app-member.yml"
+	if node, _, _ := strings.Cut(instance, "."); node == d.ServerNode() {
+		name = "cnsmo-server.yml"
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.composeDir == "" {
+		dir, err := os.MkdirTemp("", "cnsmo-compose-")
+		if err != nil {
+			return "", err
+		}
+		d.composeDir = dir
+	}
+	path := filepath.Join(d.composeDir, name)
+	if _, err := os.Stat(path); err == nil {
+		return path, nil
+	}
+	b, err := recipes.FS.ReadFile("nuvla2/" + name)
+	if err != nil {
+		return "", err
+	}
+	return path, os.WriteFile(path, b, 0o600)
+}
+
+// compose runs docker-compose for a member's project (named after the testbed and the instance),
+// with the member's environment, its VM's network and the role image.
+func (d *Deployment) compose(ctx context.Context, instance string, args ...string) (string, error) {
+	file, err := d.composeFile(instance)
+	if err != nil {
+		return "", err
+	}
+	vm := d.VMOf(instance)
+	m, ok := d.Member(instance)
+	if vm == nil || !ok {
+		return "", fmt.Errorf("deploy: %s is not a placed member", instance)
+	}
+	env := d.MemberEnv(m)
+	env["CNSMO_NETWORK_MODE"] = "container:" + vm.Container
+	env["CNSMO_DOCKER_NETWORK"] = "container:" + vm.Container
+	env["CNSMO_DRIVER"] = d.cfg.Driver
+	env["CNSMO_IMAGE"] = "cnsmo/role:latest"
+	cmd := exec.CommandContext(ctx, "docker-compose", append([]string{"-f", file, "-p", d.project(instance)}, args...)...)
+	cmd.Env = os.Environ()
+	for k, v := range env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// project is a member's compose project: the testbed's prefix (its leftovers are the testbed's
+// to clean) and the instance.
+func (d *Deployment) project(instance string) string {
+	return d.TB.Prefix() + strings.ReplaceAll(instance, ".", "")
+}
+
+// closeCompose removes every member started from its compose file, its state volume included.
+func (d *Deployment) closeCompose(ctx context.Context) {
+	if !d.Nuvla2() || !d.cfg.Compose {
+		return
+	}
+	for _, in := range d.Instances() {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		_, _ = d.compose(cctx, in, "down", "-v", "--timeout", "20")
+		cancel()
+	}
+	if d.composeDir != "" {
+		_ = os.RemoveAll(d.composeDir)
+	}
 }
