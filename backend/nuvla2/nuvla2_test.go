@@ -307,3 +307,23 @@ func TestServerReleasesAStoppedMember(t *testing.T) {
 	require.NoError(t, err)
 	assert.False(t, snap.Gone(web2.Self()), "a member reads no other deployment's state: the server decides")
 }
+
+// A member restarted while its deployment stops, or once the deployment is aborted, does not join
+// again (its container's restart policy may start it once more).
+func TestNoRejoinWhenStoppingOrAborted(t *testing.T) {
+	g := newGroup(t, true, -1)
+	ctx := context.Background()
+	srv := g.open(t, "cnsmo.1")
+	web1 := g.open(t, "web.1")
+	require.NoError(t, web1.Leave(ctx))
+	require.NoError(t, g.mock.SetDeploymentState(g.members["web.1"].Deployment, "STOPPING"))
+	_, err := nuvla2.Open(ctx, g.client(t, "web.1", time.Second), false)
+	require.ErrorIs(t, err, nuvla2.ErrStopping)
+	snap, err := srv.Read(ctx)
+	require.NoError(t, err)
+	assert.True(t, snap.Gone(web1.Self()), "still gone: not joined again")
+
+	require.NoError(t, srv.Abort(ctx, "bad input"))
+	_, err = nuvla2.Open(ctx, g.client(t, "web.2", time.Second), false)
+	require.ErrorIs(t, err, role.ErrAborted)
+}

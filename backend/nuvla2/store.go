@@ -28,6 +28,9 @@ const (
 	Left          = "left"
 )
 
+// ErrStopping says that this member's own deployment is stopping: the role does not start.
+var ErrStopping = errors.New("the member is stopping")
+
 // ErrNoRights says that the key cannot reach the hub: the application needs user rights.
 var ErrNoRights = errors.New("the deployment's API key cannot reach the CNSMO server's deployment: " +
 	"set requires-user-rights: true on the application (or give a user's API key in CNSMO_NUVLA_API_KEY and CNSMO_NUVLA_API_SECRET)")
@@ -84,8 +87,20 @@ func Open(ctx context.Context, c *Client, server bool) (*Store, error) {
 		}
 		s.hub = hub
 	}
-	if _, err := c.DeploymentState(ctx, s.hub); err != nil {
+	hubState, err := c.DeploymentState(ctx, s.hub)
+	if err != nil {
 		return nil, s.rights(err)
+	}
+	// A member restarted (its container's restart policy) once its deployment is stopping, or once
+	// the deployment was aborted, does not join again.
+	if own, err := c.DeploymentState(ctx, cfg.Deployment); err == nil && (own == "STOPPING" || own == "STOPPED") {
+		return nil, fmt.Errorf("%w: this member's deployment is %s", ErrStopping, own)
+	}
+	if hubState == "STOPPING" || hubState == "STOPPED" || hubState == "ERROR" {
+		return nil, fmt.Errorf("%w: the CNSMO server's deployment is %s", role.ErrAborted, hubState)
+	}
+	if p, err := c.Get(ctx, ParamID(s.hub, "", KeyAbort)); err == nil && p.Value != nil && *p.Value != "" {
+		return nil, fmt.Errorf("%w: %s", role.ErrAborted, *p.Value)
 	}
 	host := ""
 	if p, err := c.Get(ctx, ParamID(cfg.Deployment, "", params.Hostname)); err == nil && p.Value != nil {

@@ -73,8 +73,9 @@ func Run(ctx context.Context, opts Options, log zerolog.Logger) error {
 	defer stop()
 	b, err := openBackend(ctx, opts, log)
 	if err != nil {
-		if ctx.Err() != nil {
-			return nil
+		if ctx.Err() != nil || errors.Is(err, nuvla2.ErrStopping) {
+			log.Info().Err(err).Msg("not starting")
+			return nil // stopped, or restarted while its deployment stops: nothing to do
 		}
 		return err
 	}
