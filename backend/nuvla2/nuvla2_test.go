@@ -137,6 +137,17 @@ func TestStoreJoinsAndReads(t *testing.T) {
 	_, err = web2.Get(ctx, web1.Self(), params.VPNAddress)
 	assert.ErrorIs(t, err, role.ErrNotSet)
 
+	// A goodbye written by another member releases nobody: the server checks the deployment.
+	require.NoError(t, web2.Set(ctx, web1.Self(), nuvla2.KeyState, nuvla2.Left))
+	snap, err = srv.Read(ctx)
+	require.NoError(t, err)
+	assert.False(t, snap.Gone(web1.Self()), "a forged goodbye: web.1's deployment still runs")
+	snap, err = web2.Read(ctx)
+	require.NoError(t, err)
+	assert.True(t, snap.Gone(web1.Self()), "a member takes a goodbye as said")
+
+	// A real leave: the deployment stops, the member says goodbye; the server sees it at once.
+	require.NoError(t, g.mock.SetDeploymentState(g.members["web.1"].Deployment, "STOPPING"))
 	require.NoError(t, web1.Leave(ctx))
 	snap, err = srv.Read(ctx)
 	require.NoError(t, err)
@@ -326,4 +337,21 @@ func TestNoRejoinWhenStoppingOrAborted(t *testing.T) {
 	require.NoError(t, srv.Abort(ctx, "bad input"))
 	_, err = nuvla2.Open(ctx, g.client(t, "web.2", time.Second), false)
 	require.ErrorIs(t, err, role.ErrAborted)
+}
+
+// A member cannot have another released by pointing its cnsmo.deployment at a stopped deployment:
+// a name carries its deployment's uuid prefix, and a value that does not match it is ignored.
+func TestAForgedDeploymentReleasesNobody(t *testing.T) {
+	g := newGroup(t, true, -1)
+	ctx := context.Background()
+	srv := g.open(t, "cnsmo.1")
+	srv.StatesEvery = time.Nanosecond
+	web1, web2 := g.open(t, "web.1"), g.open(t, "web.2")
+	require.NoError(t, g.mock.SetDeploymentState(g.members["web.2"].Deployment, "STOPPED"))
+	// web.2's deployment is stopped; web.1's name now claims it (written by web.2's key: any member can).
+	require.NoError(t, web2.Set(ctx, web1.Self(), nuvla2.KeyDeployment, g.members["web.2"].Deployment))
+	snap, err := srv.Read(ctx)
+	require.NoError(t, err)
+	assert.False(t, snap.Gone(web1.Self()), "the forged deployment does not match web.1's name: ignored")
+	assert.True(t, snap.Gone(web2.Self()), "web.2 itself stopped")
 }

@@ -249,6 +249,19 @@ func (s *Store) Read(ctx context.Context) (role.Snapshot, error) {
 	return snap, nil
 }
 
+// memberDeployment is the deployment a member published, if it is the one its name was made from:
+// any member of the group can write any cnsmo parameter, but a name carries the first 8 hex digits
+// of its deployment's uuid, so a member cannot point another's name at a deployment of its choosing
+// (a stopped one, to have it released).
+func memberDeployment(snap *Snapshot, inst string) string {
+	dep := snap.values[[2]string{inst, KeyDeployment}]
+	node, _, ok := strings.Cut(inst, ".")
+	if !ok || MemberName(node, dep) != inst {
+		return ""
+	}
+	return dep
+}
+
 // memberStates marks, in the server's snapshots, the members whose deployment is stopping, stopped
 // or gone (read at most every StatesEvery: the server is one reader, the members are many).
 func (s *Store) memberStates(ctx context.Context, snap *Snapshot) {
@@ -258,10 +271,27 @@ func (s *Store) memberStates(ctx context.Context, snap *Snapshot) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.states == nil || time.Since(s.statesAt) >= every {
+	snap.verified = true
+	if s.states == nil {
+		s.states = map[string]string{}
+	}
+	// A goodbye (cnsmo.state=left, which any member could write) is checked at once against the
+	// member's deployment: only a deployment stopping, stopped or gone releases a member.
+	for inst := range snap.keys {
+		dep := memberDeployment(snap, inst)
+		if dep == "" || snap.values[[2]string{inst, KeyState}] != Left || s.states[dep] == "STOPPING" || s.states[dep] == "STOPPED" || s.states[dep] == "gone" {
+			continue
+		}
+		if st, err := s.c.DeploymentState(ctx, dep); err == nil {
+			s.states[dep] = st
+		} else if errors.Is(err, ErrNotFound) {
+			s.states[dep] = "gone"
+		}
+	}
+	if s.statesAt.IsZero() || time.Since(s.statesAt) >= every {
 		states := map[string]string{}
 		for inst := range snap.keys {
-			dep := snap.values[[2]string{inst, KeyDeployment}]
+			dep := memberDeployment(snap, inst)
 			if dep == "" || dep == s.hub {
 				continue
 			}
@@ -278,7 +308,7 @@ func (s *Store) memberStates(ctx context.Context, snap *Snapshot) {
 		s.states, s.statesAt = states, time.Now()
 	}
 	for inst := range snap.keys {
-		switch s.states[snap.values[[2]string{inst, KeyDeployment}]] {
+		switch s.states[memberDeployment(snap, inst)] {
 		case "STOPPING", "STOPPED", "gone":
 			snap.stopped[inst] = true
 		}
@@ -298,6 +328,7 @@ type Snapshot struct {
 	values              map[[2]string]string // (node-id, name) -> value
 	keys                map[string][]string  // node-id -> names, sorted
 	stopped             map[string]bool      // members whose deployment stops or is gone (server only)
+	verified            bool                 // the server's: a member has left only when its deployment says so
 }
 
 // Self implements role.Snapshot.
@@ -350,10 +381,14 @@ func (s *Snapshot) Instances(node string) []string {
 	return out
 }
 
-// Gone implements role.Snapshot: the member said goodbye, its deployment stops or is gone (as the
-// server sees it), or nothing of it is left.
+// Gone implements role.Snapshot: nothing of the member is left, or, as the server sees it, its
+// deployment stops or is gone (a goodbye alone, which any member could write, releases nobody); as
+// a member sees it, it said goodbye.
 func (s *Snapshot) Gone(instance string) bool {
-	return s.values[[2]string{instance, KeyState}] == Left || s.stopped[instance] || len(s.keys[instance]) == 0
+	if s.verified {
+		return s.stopped[instance] || len(s.keys[instance]) == 0
+	}
+	return s.values[[2]string{instance, KeyState}] == Left || len(s.keys[instance]) == 0
 }
 
 // Aborted implements role.Snapshot: cnsmo.abort, or the hub's deployment stopping or failed.
