@@ -39,7 +39,8 @@ func measureOn(t *testing.T, n int, wholeRun bool, api string) measured {
 	for _, r := range s.Agents { // settled: every agent has made two passes since
 		waitPasses(t, ctx, r, 0)
 	}
-	waitPasses(t, ctx, s.Agents[0], 2)
+	// Settled: the last generation bump read by every agent, and (Nuvla 2) its search caught up.
+	waitPasses(t, ctx, s.Agents[0], 4)
 	s.Mock.ResetCounters()
 	window := 30 * time.Second
 	select { // a fixed measurement window, not a wait for a condition
