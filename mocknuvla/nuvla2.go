@@ -238,6 +238,12 @@ func (st *n2state) canEdit(claims []string, p *n2param) bool {
 	return slices.Contains(claims, "group/nuvla-admin") || hasAny(claims, p.acl.Owners, p.acl.EditData, p.acl.EditACL)
 }
 
+// canEditACL: changing a parameter's ACL, or deleting it, takes more than edit-data (inferred from
+// Nuvla's ACL model: owners and edit-acl hold every right).
+func (st *n2state) canEditACL(claims []string, p *n2param) bool {
+	return slices.Contains(claims, "group/nuvla-admin") || hasAny(claims, p.acl.Owners, p.acl.EditACL)
+}
+
 // serveNuvla2 serves the Nuvla 2 routes.
 func (s *Server) serveNuvla2(w http.ResponseWriter, r *http.Request, rt route) {
 	if rt.kind == "n2session" {
@@ -425,7 +431,7 @@ func (s *Server) n2param(w http.ResponseWriter, r *http.Request, claims []string
 	case http.MethodGet:
 		writeJSON(w, http.StatusOK, p.json(p.value)) // by id: real time
 	case http.MethodDelete:
-		if !s.n2.canEdit(claims, p) {
+		if !s.n2.canEditACL(claims, p) {
 			n2error(w, http.StatusForbidden, "invalid credentials for '"+id+"'", id)
 			return
 		}
@@ -441,6 +447,21 @@ func (s *Server) n2param(w http.ResponseWriter, r *http.Request, claims []string
 		if !ok || !okd {
 			n2error(w, http.StatusBadRequest, "resource does not satisfy defined schema", id)
 			return
+		}
+		if raw, has := body["acl"]; has {
+			var acl n2acl
+			if json.Unmarshal(raw, &acl) != nil {
+				n2error(w, http.StatusBadRequest, "resource does not satisfy defined schema: acl", id)
+				return
+			}
+			if !s.n2.canEditACL(claims, p) {
+				n2error(w, http.StatusForbidden, "invalid credentials for '"+id+"' (edit-acl)", id)
+				return
+			}
+			if !slices.Contains(acl.EditACL, p.parent) {
+				acl.EditACL = append(acl.EditACL, p.parent) // the parent keeps its right
+			}
+			p.acl = acl
 		}
 		_, hasValue := body["value"]
 		selected := slices.Contains(strings.Split(r.URL.Query().Get("select"), ","), "value")

@@ -20,6 +20,7 @@ import (
 // (docs/controlplane.md).
 type core struct {
 	digest string // of the deployment as the last pass saw it
+	wrote  string // the generation this server last wrote
 }
 
 // identity publishes the server's identity (before the services of a pass).
@@ -41,12 +42,21 @@ func (c *core) bump(ctx context.Context, st role.Publisher, s role.Snapshot) err
 	if !slices.Contains(s.Keys(me), params.Generation) {
 		return nil // not declared: the agents read the whole deployment on every pass
 	}
-	if d := Digest(s); d != c.digest {
-		n, _ := strconv.Atoi(s.Get(me, params.Generation))
-		if err := st.Set(ctx, me, params.Generation, strconv.Itoa(n+1)); err != nil {
+	cur := s.Get(me, params.Generation)
+	// Any VM can write the generation: one that writes back an older number would freeze the
+	// agents that still hold it on their old snapshot. A value other than the one this server
+	// last wrote is bumped past at once.
+	rewritten := c.wrote != "" && cur != c.wrote
+	if d := Digest(s); d != c.digest || rewritten {
+		n, _ := strconv.Atoi(cur)
+		if w, _ := strconv.Atoi(c.wrote); w > n {
+			n = w
+		}
+		next := strconv.Itoa(n + 1)
+		if err := st.Set(ctx, me, params.Generation, next); err != nil {
 			return fmt.Errorf("set %s: %w", params.Generation, err)
 		}
-		c.digest = d
+		c.digest, c.wrote = d, next
 	}
 	return nil
 }

@@ -422,6 +422,9 @@ func TestCoreBumpsTheGenerationOnChanges(t *testing.T) {
 	require.Equal(t, "4", pass(), "a new instance")
 	p.Edit(func(s *roletest.Snapshot) { s.Left["web.3"] = true })
 	require.Equal(t, "5", pass(), "an instance left")
+	put(p, "cnsmo.1:"+params.Generation, "4") // another VM writes an older number back
+	require.Equal(t, "6", pass(), "bumped past a rewritten generation at once")
+	require.Equal(t, "6", pass(), "then steady")
 }
 
 // failingDownService is ready, then fails and is known down (a firewall whose apply fails).

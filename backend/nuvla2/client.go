@@ -359,6 +359,37 @@ func (c *Client) Search(ctx context.Context, filter string) ([]Param, error) {
 	return coll.Resources, nil
 }
 
+// DeploymentInfo returns a deployment's state and its group ("" outside one).
+func (c *Client) DeploymentInfo(ctx context.Context, id string) (state, group string, err error) {
+	res, err := c.do(ctx, request{method: http.MethodGet, path: "/api/" + id + "?select=state,deployment-set", ok: []int{http.StatusOK}})
+	if err != nil {
+		return "", "", err
+	}
+	var d struct {
+		State string `json:"state"`
+		Group string `json:"deployment-set"`
+	}
+	if err := json.Unmarshal(res.Body(), &d); err != nil {
+		return "", "", fmt.Errorf("GET %s: %w", id, err)
+	}
+	return d.State, d.Group, nil
+}
+
+// SetWithACL writes a value by computed id and sets its ACL (the parent deployment may always
+// edit the ACL of its parameters): PUT, on 404 create.
+func (c *Client) SetWithACL(ctx context.Context, parent, nodeID, name, value string, acl ACL) error {
+	id := ParamID(parent, nodeID, name)
+	_, err := c.do(ctx, request{method: http.MethodPut, path: "/api/" + id, json: map[string]any{"value": value, "acl": acl}, ok: []int{http.StatusOK}})
+	if !errors.Is(err, ErrNotFound) {
+		return err
+	}
+	err = c.Create(ctx, parent, nodeID, name, value, acl)
+	if errors.Is(err, ErrConflict) {
+		_, err = c.do(ctx, request{method: http.MethodPut, path: "/api/" + id, json: map[string]any{"value": value, "acl": acl}, ok: []int{http.StatusOK}})
+	}
+	return err
+}
+
 // DeploymentState returns a deployment's state (STARTED, STOPPING, …).
 func (c *Client) DeploymentState(ctx context.Context, id string) (string, error) {
 	res, err := c.do(ctx, request{method: http.MethodGet, path: "/api/" + id + "?select=state", ok: []int{http.StatusOK}})

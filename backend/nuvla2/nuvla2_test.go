@@ -355,3 +355,57 @@ func TestAForgedDeploymentReleasesNobody(t *testing.T) {
 	assert.False(t, snap.Gone(web1.Self()), "the forged deployment does not match web.1's name: ignored")
 	assert.True(t, snap.Gone(web2.Self()), "web.2 itself stopped")
 }
+
+// A member cannot pose as the server: the server's name is an anchor only the server may write;
+// what a member writes under another's name, or a member claiming the hub's deployment, changes
+// nothing a member follows.
+func TestNoMemberPosesAsTheServer(t *testing.T) {
+	g := newGroup(t, true, -1)
+	ctx := context.Background()
+	srv := g.open(t, "cnsmo.1")
+	web1, web2 := g.open(t, "web.1"), g.open(t, "web.2")
+	require.NoError(t, web2.Set(ctx, web1.Self(), params.ServerInstanceID, web2.Self()))
+	require.NoError(t, web2.Set(ctx, "evil.1", nuvla2.KeyDeployment, srv.Hub()))
+	require.NoError(t, web2.Set(ctx, "evil.1", params.ServerInstanceID, "evil.1"))
+	err := web2.Set(ctx, role.Deployment, nuvla2.KeyServer, web2.Self())
+	require.ErrorIs(t, err, nuvla2.ErrForbidden, "only the server writes its anchor")
+	for i := 0; i < 5; i++ {
+		snap, err := web1.Read(ctx)
+		require.NoError(t, err)
+		require.Equal(t, srv.Self(), snap.Get(web1.Self(), params.ServerInstanceID))
+	}
+}
+
+// A second deployment claiming to be the hub makes discovery fail with a clear message rather
+// than pick one.
+func TestTwoHubsAreRefused(t *testing.T) {
+	g := newGroup(t, true, -1)
+	ctx := context.Background()
+	g.open(t, "cnsmo.1")
+	web1 := g.client(t, "web.1", time.Second)
+	dep := g.members["web.1"].Deployment
+	require.NoError(t, web1.Set(ctx, dep, "", nuvla2.KeyHub, dep, nuvla2.ACL{ViewData: []string{g.g.ID}, EditData: []string{g.g.ID}}))
+	_, err := nuvla2.Open(ctx, g.client(t, "web.2", time.Second), false)
+	require.ErrorContains(t, err, "claim to be the CNSMO server")
+}
+
+// A member cannot have another released by pointing its name at a deployment id made up with the
+// same uuid prefix (one that does not exist): the server pinned the first deployment it saw.
+func TestAMadeUpDeploymentReleasesNobody(t *testing.T) {
+	g := newGroup(t, true, -1)
+	ctx := context.Background()
+	srv := g.open(t, "cnsmo.1")
+	srv.StatesEvery = time.Nanosecond
+	web1, web2 := g.open(t, "web.1"), g.open(t, "web.2")
+	_, err := srv.Read(ctx) // the server sees web.1 with its deployment
+	require.NoError(t, err)
+	real := g.members["web.1"].Deployment
+	fake := real[:len("deployment/")+8] + "-0000-4000-8000-000000000000"
+	for _, forged := range []string{fake, real[:len("deployment/")+8]} {
+		require.NoError(t, web2.Set(ctx, web1.Self(), nuvla2.KeyDeployment, forged))
+		require.NoError(t, web2.Set(ctx, web1.Self(), nuvla2.KeyState, nuvla2.Left))
+		snap, err := srv.Read(ctx)
+		require.NoError(t, err)
+		assert.False(t, snap.Gone(web1.Self()), "forged %s", forged)
+	}
+}

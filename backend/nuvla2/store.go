@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -25,6 +26,7 @@ const (
 	KeyAbort      = "cnsmo.abort"      // the deployment's abort reason, under the hub (no node-id)
 	KeyProgress   = "cnsmo.progress"   // progress, under the member's own deployment
 	KeyNodes      = "cnsmo.nodes"      // the group's nodes the server declares (no node-id), comma-separated
+	KeyServer     = "cnsmo.server"     // the server's name, under the hub (no node-id), editable by the server only
 	Left          = "left"
 )
 
@@ -49,6 +51,7 @@ type Store struct {
 	mu       sync.Mutex
 	states   map[string]string // member deployment -> its state ("gone" when deleted)
 	statesAt time.Time
+	pinned   map[string]string // member name -> the deployment it was first seen with (server)
 }
 
 // MemberName is a member's name: its node and the first 8 hex digits of its deployment's uuid.
@@ -60,24 +63,16 @@ func MemberName(node, deployment string) string {
 	return node + "." + u
 }
 
-// Open joins the group: the server publishes cnsmo.hub (its own deployment); a member finds the hub
-// (CNSMO_HUB, or through the group) and publishes its node, deployment and hostname under its name.
+// Open joins the group: the server publishes cnsmo.hub (its own deployment) and cnsmo.server (its
+// name, editable by the server only); a member finds the hub (CNSMO_HUB, or through the group) and
+// publishes its node, deployment and hostname under its name. Nothing is written in a deployment
+// that is aborted, or by a member whose own deployment is stopping.
 func Open(ctx context.Context, c *Client, server bool) (*Store, error) {
 	cfg := c.Config()
-	s := &Store{c: c, self: MemberName(cfg.Node, cfg.Deployment), server: server}
+	s := &Store{c: c, self: MemberName(cfg.Node, cfg.Deployment), server: server, pinned: map[string]string{}}
 	switch {
 	case server:
 		s.hub = cfg.Deployment
-		if err := c.Set(ctx, s.hub, "", KeyHub, s.hub, s.acl()); err != nil {
-			return nil, s.rights(err)
-		}
-		// The generation the agents follow (docs/controlplane.md) exists from the start: on
-		// SlipStream the application declares it; here the server creates it, keeping the value
-		// a restarted server finds (an agent must never see an old number again).
-		err := c.Create(ctx, s.hub, s.self, params.Generation, "", s.acl())
-		if err != nil && !errors.Is(err, ErrConflict) {
-			return nil, s.rights(err)
-		}
 	case cfg.Hub != "":
 		s.hub = cfg.Hub
 	default:
@@ -102,6 +97,22 @@ func Open(ctx context.Context, c *Client, server bool) (*Store, error) {
 	if p, err := c.Get(ctx, ParamID(s.hub, "", KeyAbort)); err == nil && p.Value != nil && *p.Value != "" {
 		return nil, fmt.Errorf("%w: %s", role.ErrAborted, *p.Value)
 	}
+	if server {
+		// The server's name, the members' trust anchor: only the server's key may edit it (its
+		// ACL is reset on every start: a member that created it first gets nothing).
+		if err := c.SetWithACL(ctx, s.hub, "", KeyServer, s.self, s.serverACL()); err != nil {
+			return nil, s.rights(err)
+		}
+		if err := c.Set(ctx, s.hub, "", KeyHub, s.hub, s.acl()); err != nil {
+			return nil, s.rights(err)
+		}
+		// The generation the agents follow (docs/controlplane.md) exists from the start: on
+		// SlipStream the application declares it; here the server creates it, keeping the value
+		// a restarted server finds (an agent must never see an old number again).
+		if err := c.Create(ctx, s.hub, s.self, params.Generation, "", s.acl()); err != nil && !errors.Is(err, ErrConflict) {
+			return nil, s.rights(err)
+		}
+	}
 	host := ""
 	if p, err := c.Get(ctx, ParamID(cfg.Deployment, "", params.Hostname)); err == nil && p.Value != nil {
 		host = *p.Value // written by Nuvla
@@ -115,6 +126,15 @@ func Open(ctx context.Context, c *Client, server bool) (*Store, error) {
 		}
 	}
 	return s, nil
+}
+
+// serverACL: the group may read, only the server's deployment may write.
+func (s *Store) serverACL() ACL {
+	who := s.c.Config().Group
+	if who == "" {
+		who = s.hub
+	}
+	return ACL{Owners: []string{s.hub}, ViewData: []string{who}}
 }
 
 // findHub finds the server's cnsmo.hub through the group, waiting for the server to publish it
@@ -133,11 +153,21 @@ func (s *Store) findHub(ctx context.Context) (string, error) {
 		if err != nil {
 			return false, s.rights(err)
 		}
+		var found []string
 		for _, p := range ps {
-			if p.Value != nil && strings.HasPrefix(*p.Value, "deployment/") && p.Parent == *p.Value {
-				hub = *p.Value
-				return true, nil
+			if p.Value != nil && strings.HasPrefix(*p.Value, "deployment/") && p.Parent == *p.Value && !slices.Contains(found, *p.Value) {
+				found = append(found, *p.Value)
 			}
+		}
+		switch len(found) {
+		case 1:
+			hub = found[0]
+			return true, nil
+		case 0:
+		default:
+			// Any member can publish a cnsmo.hub of its own: never pick one of several.
+			return false, fmt.Errorf("%d deployments of the group claim to be the CNSMO server (%s): set CNSMO_HUB to the right one",
+				len(found), strings.Join(found, ", "))
 		}
 		if !said {
 			s.c.log.Info().Msg("waiting for the CNSMO server's deployment to publish " + KeyHub)
@@ -156,8 +186,11 @@ func (s *Store) rights(err error) error {
 	if errors.Is(err, ErrNoRights) {
 		return err
 	}
-	if errors.Is(err, ErrForbidden) || errors.Is(err, ErrNotFound) && s.hub != "" {
-		return fmt.Errorf("%w (%v)", ErrNoRights, err)
+	if errors.Is(err, ErrForbidden) {
+		return fmt.Errorf("%w (%w)", ErrNoRights, err)
+	}
+	if errors.Is(err, ErrNotFound) && s.hub != "" {
+		return fmt.Errorf("the CNSMO server's deployment %s does not exist, or this key cannot see it (check CNSMO_HUB; %w): %w", s.hub, ErrNoRights, err)
 	}
 	return err
 }
@@ -249,17 +282,43 @@ func (s *Store) Read(ctx context.Context) (role.Snapshot, error) {
 	return snap, nil
 }
 
-// memberDeployment is the deployment a member published, if it is the one its name was made from:
-// any member of the group can write any cnsmo parameter, but a name carries the first 8 hex digits
-// of its deployment's uuid, so a member cannot point another's name at a deployment of its choosing
-// (a stopped one, to have it released).
-func memberDeployment(snap *Snapshot, inst string) string {
+// deploymentRe is a full deployment id.
+var deploymentRe = regexp.MustCompile(`^deployment/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
+
+// memberDeployment is the deployment a member published, if it is a full deployment id whose uuid
+// the name was made from, and the one the server first saw for that name (pinned): any member of
+// the group can write any cnsmo parameter, so a member must not be able to point another's name at
+// a deployment of its choosing (a stopped one, to have it released).
+func (s *Store) memberDeployment(snap *Snapshot, inst string) string {
+	if dep, ok := s.pinned[inst]; ok {
+		return dep
+	}
 	dep := snap.values[[2]string{inst, KeyDeployment}]
 	node, _, ok := strings.Cut(inst, ".")
-	if !ok || MemberName(node, dep) != inst {
+	if !ok || !deploymentRe.MatchString(dep) || MemberName(node, dep) != inst {
 		return ""
 	}
+	s.pinned[inst] = dep
 	return dep
+}
+
+// deploymentState is a member deployment's state as the server counts it (s.mu held): "gone" for
+// a deployment that existed and was deleted (a 404 for one never seen counts for nothing), and
+// nothing for a deployment outside the group.
+func (s *Store) deploymentState(ctx context.Context, dep string) string {
+	st, group, err := s.c.DeploymentInfo(ctx, dep)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		if prev := s.states[dep]; prev != "" && prev != "gone" {
+			return "gone"
+		}
+		return s.states[dep]
+	case err != nil:
+		return s.states[dep] // unknown this time: as before
+	case s.c.Config().Group != "" && group != s.c.Config().Group:
+		return "" // not a member of this group
+	}
+	return st
 }
 
 // memberStates marks, in the server's snapshots, the members whose deployment is stopping, stopped
@@ -278,49 +337,32 @@ func (s *Store) memberStates(ctx context.Context, snap *Snapshot) {
 	// A goodbye (cnsmo.state=left, which any member could write) is checked at once against the
 	// member's deployment: only a deployment stopping, stopped or gone releases a member.
 	for inst := range snap.keys {
-		dep := memberDeployment(snap, inst)
+		dep := s.memberDeployment(snap, inst)
 		if dep == "" || snap.values[[2]string{inst, KeyState}] != Left || s.states[dep] == "STOPPING" || s.states[dep] == "STOPPED" || s.states[dep] == "gone" {
 			continue
 		}
-		if st, err := s.c.DeploymentState(ctx, dep); err == nil {
-			s.states[dep] = st
-		} else if errors.Is(err, ErrNotFound) {
-			s.states[dep] = "gone"
-		}
+		s.states[dep] = s.deploymentState(ctx, dep)
 	}
 	if s.statesAt.IsZero() || time.Since(s.statesAt) >= every {
 		states := map[string]string{}
 		for inst := range snap.keys {
-			dep := memberDeployment(snap, inst)
+			dep := s.memberDeployment(snap, inst)
 			if dep == "" || dep == s.hub {
 				continue
 			}
-			st, err := s.c.DeploymentState(ctx, dep)
-			switch {
-			case errors.Is(err, ErrNotFound):
-				states[dep] = "gone"
-			case err == nil:
-				states[dep] = st
-			default:
-				states[dep] = s.states[dep] // unknown this time: as before
-			}
+			states[dep] = s.deploymentState(ctx, dep)
 		}
 		s.states, s.statesAt = states, time.Now()
 	}
 	for inst := range snap.keys {
-		switch s.states[memberDeployment(snap, inst)] {
+		switch s.states[s.memberDeployment(snap, inst)] {
 		case "STOPPING", "STOPPED", "gone":
 			snap.stopped[inst] = true
 		}
 	}
 }
 
-func wrap(err error) error {
-	if errors.Is(err, ErrNotFound) {
-		return fmt.Errorf("%w: %w", role.ErrNotSet, err)
-	}
-	return err
-}
+func wrap(err error) error { return err }
 
 // Snapshot is one search of the hub's parameters as a role.Snapshot.
 type Snapshot struct {
@@ -335,17 +377,14 @@ type Snapshot struct {
 func (s *Snapshot) Self() string { return s.self }
 
 // Get implements role.Snapshot. cnsmo.server.nodeinstanceid, which SlipStream maps from the server
-// onto every member, is the server's own value for a member that has none.
+// onto every member, is the server's anchor (cnsmo.server) for every member.
 func (s *Snapshot) Get(instance, key string) string {
-	v := s.values[[2]string{instance, key}]
-	if v == "" && key == params.ServerInstanceID && instance != role.Deployment {
-		for inst := range s.keys {
-			if s.values[[2]string{inst, KeyDeployment}] == s.hub {
-				return s.values[[2]string{inst, params.ServerInstanceID}]
-			}
-		}
+	if key == params.ServerInstanceID && instance != role.Deployment {
+		// What SlipStream maps onto every member: here the server's own anchor, which only the
+		// server may write (a value under a member's name, which anyone could write, is ignored).
+		return s.values[[2]string{role.Deployment, KeyServer}]
 	}
-	return v
+	return s.values[[2]string{instance, key}]
 }
 
 // Keys implements role.Snapshot.
