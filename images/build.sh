@@ -64,18 +64,19 @@ build_base() {
   log "cnsmo/base:$suite built in $((SECONDS - t0)) s"
 }
 
+# build_fn builds cnsmo/<name> from the directory ctx (default: the image's own directory).
 build_fn() {
-  local name=$1 suite base_id hash
+  local name=$1 ctx=${2:-$1} suite base_id hash
   suite=$(codename)
   base_id=$(docker image inspect -f '{{.Id}}' "cnsmo/base:$suite")
-  hash=$( { cat "$name"/*; echo "$base_id"; } | sha256sum | cut -c1-16)
+  hash=$( { cat "$ctx"/*; echo "$base_id"; } | sha256sum | cut -c1-16)
   if [ $force -eq 0 ] && [ "$(label_of cnsmo/$name:latest)" = "$hash" ]; then
     log "cnsmo/$name is current ($hash)"; return
   fi
   log "building cnsmo/$name"
   local t0=$SECONDS out
   if ! out=$(docker build --network host --build-arg "BASE=cnsmo/base:$suite" \
-      --label "cnsmo.input-hash=$hash" -t "cnsmo/$name:latest" "$name" 2>&1); then
+      --label "cnsmo.input-hash=$hash" -t "cnsmo/$name:latest" "$ctx" 2>&1); then
     echo "$out" | tail -30 >&2; exit 1
   fi
   log "cnsmo/$name built in $((SECONDS - t0)) s"
@@ -88,20 +89,7 @@ build_role() {
   ctx=$(mktemp -d /var/tmp/cnsmo-role.XXXXXX)
   trap 'rm -rf "$ctx"' RETURN
   cp role/Dockerfile "$ctx/" && cp "$bin" "$ctx/cnsmo-role"
-  local suite base_id hash
-  suite=$(codename)
-  base_id=$(docker image inspect -f '{{.Id}}' "cnsmo/base:$suite")
-  hash=$( { cat "$ctx"/*; echo "$base_id"; } | sha256sum | cut -c1-16)
-  if [ $force -eq 0 ] && [ "$(label_of cnsmo/role:latest)" = "$hash" ]; then
-    log "cnsmo/role is current ($hash)"; return
-  fi
-  log "building cnsmo/role"
-  local t0=$SECONDS out
-  if ! out=$(docker build --network host --build-arg "BASE=cnsmo/base:$suite" \
-      --label "cnsmo.input-hash=$hash" -t "cnsmo/role:latest" "$ctx" 2>&1); then
-    echo "$out" | tail -30 >&2; exit 1
-  fi
-  log "cnsmo/role built in $((SECONDS - t0)) s"
+  build_fn role "$ctx"
 }
 
 for img in "${want[@]}"; do

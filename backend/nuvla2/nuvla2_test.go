@@ -98,6 +98,7 @@ func (g *group) open(t *testing.T, name string) *nuvla2.Store {
 	t.Helper()
 	st, err := nuvla2.Open(context.Background(), g.client(t, name, 5*time.Second), name == "cnsmo.1")
 	require.NoError(t, err)
+	require.NoError(t, st.Announce(context.Background()))
 	return st
 }
 

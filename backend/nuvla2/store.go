@@ -63,8 +63,8 @@ func MemberName(node, deployment string) string {
 	return node + "." + u
 }
 
-// Open joins the group: the server publishes cnsmo.hub (its own deployment) and cnsmo.server (its
-// name, editable by the server only); a member finds the hub (CNSMO_HUB, or through the group) and
+// Open joins the group: the server publishes cnsmo.hub (its own deployment; then, once its inputs
+// are published, Announce publishes its name); a member finds the hub (CNSMO_HUB, or through the group) and
 // publishes its node, deployment and hostname under its name. Nothing is written in a deployment
 // that is aborted, or by a member whose own deployment is stopping.
 func Open(ctx context.Context, c *Client, server bool) (*Store, error) {
@@ -98,11 +98,6 @@ func Open(ctx context.Context, c *Client, server bool) (*Store, error) {
 		return nil, fmt.Errorf("%w: %s", role.ErrAborted, *p.Value)
 	}
 	if server {
-		// The server's name, the members' trust anchor: only the server's key may edit it (its
-		// ACL is reset on every start: a member that created it first gets nothing).
-		if err := c.SetWithACL(ctx, s.hub, "", KeyServer, s.self, s.serverACL()); err != nil {
-			return nil, s.rights(err)
-		}
 		if err := c.Set(ctx, s.hub, "", KeyHub, s.hub, s.acl()); err != nil {
 			return nil, s.rights(err)
 		}
@@ -126,6 +121,17 @@ func Open(ctx context.Context, c *Client, server bool) (*Store, error) {
 		}
 	}
 	return s, nil
+}
+
+// Announce publishes the server's name as cnsmo.server, the members' trust anchor: only the
+// server's key may edit it (its ACL is reset on every start: a member that created it first gets
+// nothing). The server calls it once its inputs are published: members start on it, and must find
+// every input of the server in place (their first snapshot is validated whole).
+func (s *Store) Announce(ctx context.Context) error {
+	if !s.server {
+		return nil
+	}
+	return s.rights(s.c.SetWithACL(ctx, s.hub, "", KeyServer, s.self, s.serverACL()))
 }
 
 // serverACL: the group may read, only the server's deployment may write.

@@ -90,6 +90,9 @@ func openNuvla2(ctx context.Context, opts Options, log zerolog.Logger) (*backend
 	if err := st.PublishInputs(octx, os.Getenv); err != nil {
 		return nil, err
 	}
+	if err := st.Announce(octx); err != nil { // the server, once its inputs are in place
+		return nil, err
+	}
 	read := func(ctx context.Context) (role.Snapshot, error) { return st.Read(ctx) }
 	return &backend{kind: "nuvla2", store: st, run: strings.TrimPrefix(st.Hub(), "deployment/"), endpoint: cfg.Endpoint,
 		waitServer: func(ctx context.Context) (string, error) {

@@ -189,7 +189,13 @@ func (s *Sim) start(ctx context.Context, url, instance string, addr netip.Addr, 
 			return nil, err
 		}
 		r.Instance = nuvla2.MemberName(m.Node, m.Deployment)
-		open = func(ctx context.Context) (role.Store, error) { return nuvla2.Open(ctx, c, server) }
+		open = func(ctx context.Context) (role.Store, error) {
+			st, err := nuvla2.Open(ctx, c, server)
+			if err != nil {
+				return nil, err
+			}
+			return st, st.Announce(ctx)
+		}
 	} else {
 		client, err := ssclient.New(ssclient.Config{ServiceURL: url, RunUUID: s.RunID, NodeInstance: instance},
 			ssclient.WithHTTPClient(hc), ssclient.WithLogger(zerolog.Nop()))
