@@ -56,16 +56,7 @@ func TestFullDeployment(t *testing.T) {
 			if d != nil {
 				defer d.Close(ctx)
 			}
-			if err != nil || !report.Pass() {
-				var b strings.Builder
-				report.Print(&b)
-				if d != nil {
-					for _, in := range d.Instances() {
-						b.WriteString("\n-- " + in + "\n" + d.Logs(ctx, in))
-					}
-				}
-				t.Fatalf("deployment: %v\nfailures: %v\n%s\n%s", err, report.Failures, progress.String(), b.String())
-			}
+			requireScenarioPassed(t, ctx, report, d, err, progress.String())
 			require.NotEmpty(t, report.LBURL, "ss:url.service is published")
 			// The onstop recipe (`cnsmo-role stop`: SIGTERM, then wait for the teardown) on every VM.
 			for _, in := range d.Instances() {
@@ -80,6 +71,23 @@ func TestFullDeployment(t *testing.T) {
 }
 
 // state is what a deployment on tb could leave behind (deploy.State).
+// requireScenarioPassed fails with the report, the progress and every role's logs when the
+// scenario could not run to its end or a check failed.
+func requireScenarioPassed(t *testing.T, ctx context.Context, report *deploy.Report, d *deploy.Deployment, err error, progress string) {
+	t.Helper()
+	if err == nil && report.Pass() {
+		return
+	}
+	var b strings.Builder
+	report.Print(&b)
+	if d != nil {
+		for _, in := range d.Instances() {
+			b.WriteString("\n-- " + in + "\n" + d.Logs(ctx, in))
+		}
+	}
+	t.Fatalf("deployment: %v\nfailures: %v\n%s\n%s", err, report.Failures, progress, b.String())
+}
+
 func state(t *testing.T, ctx context.Context, tb *testbed.Testbed) map[string]hoststate.Snapshot {
 	t.Helper()
 	s, err := deploy.State(ctx, tb)

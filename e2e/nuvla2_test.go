@@ -41,16 +41,7 @@ func TestNuvla2Deployment(t *testing.T) {
 			if d != nil {
 				defer d.Close(ctx)
 			}
-			if err != nil || !report.Pass() {
-				var b strings.Builder
-				report.Print(&b)
-				if d != nil {
-					for _, in := range d.Instances() {
-						b.WriteString("\n-- " + in + "\n" + d.Logs(ctx, in))
-					}
-				}
-				t.Fatalf("deployment: %v\nfailures: %v\n%s\n%s", err, report.Failures, progress.String(), b.String())
-			}
+			requireScenarioPassed(t, ctx, report, d, err, progress.String())
 			require.NotEmpty(t, report.LBURL, "the deployment's url.service is published")
 			require.Len(t, report.Addresses, 5)
 			t0 := time.Now()

@@ -22,19 +22,10 @@ func TestSimulation50(t *testing.T) {
 
 	// Steady state: a few passes to settle, then count what the agents ask for.
 	a := s.Agents[7]
-	waitPasses(t, ctx, a, 4)
-	s.Mock.ResetCounters()
-	from := map[string]int64{}
-	for _, r := range s.Agents {
-		from[r.Instance] = r.Passes()
-	}
-	waitPasses(t, ctx, a, 10)
-	reqs, bytes := s.Mock.ClientCounters(), s.Mock.ClientBytes()
-	for _, r := range s.Agents {
-		passes := r.Passes() - from[r.Instance]
-		require.LessOrEqual(t, reqs[r.Addr], passes+1, "%s: one request a pass at steady state", r.Instance)
-		if reqs[r.Addr] > 0 {
-			require.Less(t, bytes[r.Addr]/reqs[r.Addr], int64(200), "%s: a small key, not the whole run", r.Instance)
+	for _, tr := range steadyTraffic(t, ctx, s, a, 4) {
+		require.LessOrEqual(t, tr.reqs, tr.passes+1, "%s: one request a pass at steady state", tr.instance)
+		if tr.reqs > 0 {
+			require.Less(t, tr.bytes/tr.reqs, int64(200), "%s: a small key, not the whole run", tr.instance)
 		}
 	}
 
@@ -46,14 +37,8 @@ func TestSimulation50(t *testing.T) {
 	require.LessOrEqual(t, a.Passes()-before, int64(3), "applied within two passes of the agent (+ the one under way)")
 
 	// An abort: every role tears down within two of its passes.
-	at := map[string]int64{}
-	for _, r := range append(s.Agents, s.Server) {
-		at[r.Instance] = r.Passes()
-	}
-	require.NoError(t, s.Abort("sim: abort"))
-	require.Eventually(t, s.Done, time.Minute, 10*time.Millisecond)
-	for _, r := range append(s.Agents, s.Server) {
-		require.LessOrEqual(t, r.Passes()-at[r.Instance], int64(3), "%s tore down within two passes (+ the one under way)", r.Instance)
+	for inst, passes := range passesToAbort(t, s) {
+		require.LessOrEqual(t, passes, int64(3), "%s tore down within two passes (+ the one under way)", inst)
 	}
 }
 
@@ -70,19 +55,11 @@ func TestSimulationNuvla2(t *testing.T) {
 	require.NoError(t, s.WaitConverged(ctx))
 
 	a := s.Agents[3]
-	waitPasses(t, ctx, a, 15) // settled: the searches have caught up with the last writes (1 s)
-	s.Mock.ResetCounters()
-	from := map[string]int64{}
-	for _, r := range s.Agents {
-		from[r.Instance] = r.Passes()
-	}
-	waitPasses(t, ctx, a, 10)
-	reqs, bytes := s.Mock.ClientCounters(), s.Mock.ClientBytes()
-	for _, r := range s.Agents {
-		passes := r.Passes() - from[r.Instance]
-		require.LessOrEqual(t, reqs[r.Addr], 3*(passes+1)/2+1, "%s: a value a pass and the abort every other pass", r.Instance)
-		if reqs[r.Addr] > 0 {
-			require.Less(t, bytes[r.Addr]/reqs[r.Addr], int64(1500), "%s: one parameter, not the whole deployment", r.Instance)
+	// settled: the searches have caught up with the last writes (1 s)
+	for _, tr := range steadyTraffic(t, ctx, s, a, 15) {
+		require.LessOrEqual(t, tr.reqs, 3*(tr.passes+1)/2+1, "%s: a value a pass and the abort every other pass", tr.instance)
+		if tr.reqs > 0 {
+			require.Less(t, tr.bytes/tr.reqs, int64(1500), "%s: one parameter, not the whole deployment", tr.instance)
 		}
 	}
 
@@ -90,15 +67,51 @@ func TestSimulationNuvla2(t *testing.T) {
 	require.NoError(t, s.SetRules(a, rules))
 	require.Eventually(t, func() bool { return a.Rules() == rules }, time.Minute, 10*time.Millisecond)
 
+	for inst, passes := range passesToAbort(t, s) {
+		require.LessOrEqual(t, passes, int64(4), "%s tore down within three passes (+ the one under way)", inst)
+	}
+}
+
+// traffic is what one agent asked the store for during a steady window.
+type traffic struct {
+	instance            string
+	reqs, bytes, passes int64
+}
+
+// steadyTraffic lets agent a make settle passes, then counts every agent's requests and bytes
+// (mocknuvla's per-client counters) while a makes 10 more.
+func steadyTraffic(t *testing.T, ctx context.Context, s *Sim, a *Role, settle int64) []traffic {
+	t.Helper()
+	waitPasses(t, ctx, a, settle)
+	s.Mock.ResetCounters()
+	from := map[string]int64{}
+	for _, r := range s.Agents {
+		from[r.Instance] = r.Passes()
+	}
+	waitPasses(t, ctx, a, 10)
+	reqs, bytes := s.Mock.ClientCounters(), s.Mock.ClientBytes()
+	var out []traffic
+	for _, r := range s.Agents {
+		out = append(out, traffic{instance: r.Instance, reqs: reqs[r.Addr], bytes: bytes[r.Addr], passes: r.Passes() - from[r.Instance]})
+	}
+	return out
+}
+
+// passesToAbort aborts the deployment and returns, per role, the passes it made until every role
+// had torn down.
+func passesToAbort(t *testing.T, s *Sim) map[string]int64 {
+	t.Helper()
 	at := map[string]int64{}
 	for _, r := range append(s.Agents, s.Server) {
 		at[r.Instance] = r.Passes()
 	}
 	require.NoError(t, s.Abort("sim: abort"))
 	require.Eventually(t, s.Done, time.Minute, 10*time.Millisecond)
+	out := map[string]int64{}
 	for _, r := range append(s.Agents, s.Server) {
-		require.LessOrEqual(t, r.Passes()-at[r.Instance], int64(4), "%s tore down within three passes (+ the one under way)", r.Instance)
+		out[r.Instance] = r.Passes() - at[r.Instance]
 	}
+	return out
 }
 
 func waitPasses(t *testing.T, ctx context.Context, r *Role, n int64) {
