@@ -10,8 +10,11 @@ TEST_TIMEOUT ?= 25m
 
 all: build
 
+# wireguard-go (user-space WireGuard for the exec driver's `wireguard` engine) is built from the
+# module pinned in go.mod; the testbed's VMs find it beside cnsmo-role.
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/wireguard-go golang.zx2c4.com/wireguard
 
 deps:
 	@bash scripts/deps.sh

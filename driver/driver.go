@@ -29,6 +29,10 @@ type Spec struct {
 	Files   []File
 	CapAdd  []string // e.g. NET_ADMIN
 	Devices []string // e.g. /dev/net/tun
+	// Shared are directories of the role's filesystem (absolute, clean) that the function sees
+	// at the same path, to share a control socket: a bind mount with Docker (on a simulated VM,
+	// the VM container's own mount of that directory), the same directory with exec.
+	Shared []string
 }
 
 // Result is the outcome of a one-shot Run.

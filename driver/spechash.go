@@ -21,7 +21,8 @@ func Hash(s Spec) string {
 		Cmd, Env       []string
 		CapAdd, Devs   []string
 		Files          []file
-	}{s.Image, s.Service, s.Cmd, s.Env, s.CapAdd, s.Devices, nil}
+		Shared         []string `json:",omitempty"`
+	}{s.Image, s.Service, s.Cmd, s.Env, s.CapAdd, s.Devices, nil, s.Shared}
 	for _, f := range s.Files {
 		v.Files = append(v.Files, file{f.Path, uint32(f.Mode), sha256.Sum256(f.Data)})
 	}

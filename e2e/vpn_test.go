@@ -297,7 +297,7 @@ func TestVPNAppendixA(t *testing.T) {
 	require.NoError(t, l.ping(ctx, fourth, a3))
 
 	// Only public data in the run's parameters.
-	leaks, scanned, err := d.KeyLeaks()
+	leaks, scanned, err := d.KeyLeaks(ctx)
 	require.NoError(t, err)
 	require.Empty(t, leaks, "private key material in parameters")
 	require.Greater(t, scanned, 20)

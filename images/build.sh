@@ -3,7 +3,7 @@
 # with debootstrap from the archive apt on this machine already uses, and `docker import`ed; every
 # function image builds FROM it with Debian's packages. Idempotent: an image whose recorded input
 # hash (label cnsmo.input-hash) matches its inputs is skipped.
-#   usage: images/build.sh [--force] [image...]     (images: base openvpn fw haproxy vm role)
+#   usage: images/build.sh [--force] [image...]     (images: base openvpn wireguard fw haproxy vm role)
 # The role image (cnsmo-role in a container, for Nuvla 2 members) copies the built binary: build it
 # first (make build), or set CNSMO_BIN to the directory that holds it.
 set -euo pipefail
@@ -12,7 +12,7 @@ export DOCKER_BUILDKIT=0
 force=0
 if [ "${1:-}" = "--force" ]; then force=1; shift; fi
 want=("$@")
-[ ${#want[@]} -eq 0 ] && want=(base openvpn fw haproxy vm)
+[ ${#want[@]} -eq 0 ] && want=(base openvpn wireguard fw haproxy vm)
 
 log() { printf 'images: %s\n' "$*" >&2; }
 
@@ -92,15 +92,32 @@ build_role() {
   build_fn role "$ctx"
 }
 
+# build_wireguard builds cnsmo/wireguard: wireguard-go from the golang.zx2c4.com/wireguard module
+# pinned in go.mod (a tool of the module), built with this project's Go toolchain, offline once the
+# module is in the cache (the Go module proxy otherwise).
+build_wireguard() {
+  local ctx
+  command -v go >/dev/null || { log "wireguard: the Go toolchain is missing: run scripts/deps.sh"; exit 1; }
+  ctx=$(mktemp -d /var/tmp/cnsmo-wireguard.XXXXXX)
+  trap 'rm -rf "$ctx"' RETURN
+  (cd .. && CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o "$ctx/wireguard-go" golang.zx2c4.com/wireguard) \
+    || { log "wireguard: go build of golang.zx2c4.com/wireguard failed"; exit 1; }
+  cp wireguard/Dockerfile "$ctx/"
+  build_fn wireguard "$ctx"
+}
+
 for img in "${want[@]}"; do
   case $img in
     base) build_base ;;
     role)
       printf '%s\n' "${want[@]}" | grep -qx base || build_base
       build_role ;;
+    wireguard)
+      printf '%s\n' "${want[@]}" | grep -qx base || build_base
+      build_wireguard ;;
     openvpn|fw|haproxy|vm)
       printf '%s\n' "${want[@]}" | grep -qx base || build_base
       build_fn "$img" ;;
-    *) log "unknown image $img (known: base openvpn fw haproxy vm role)"; exit 2 ;;
+    *) log "unknown image $img (known: base openvpn wireguard fw haproxy vm role)"; exit 2 ;;
   esac
 done

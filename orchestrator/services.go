@@ -63,23 +63,23 @@ func Build(server bool, names []string, env func(service string) role.Env) []rol
 	var list []role.Service
 	on := func(n string) bool { return slices.Contains(names, n) }
 	if server {
-		var srv *vpn.Server
+		var srv *vpn.ServerService
 		if on("vpn") {
-			srv = vpn.NewServer(env("vpn"))
+			srv = vpn.NewServerService(env("vpn"))
 			list = append(list, srv)
 		}
 		if on("lb") {
 			l := lb.New(env("lb"))
 			if srv != nil {
 				l.Assigned = srv.Assigned
-				srv.Hold = l.Serves // a scaled-in backend's tunnel closes once no worker sends to it
+				srv.SetHold(l.Serves) // a scaled-in backend's tunnel closes once no worker sends to it
 			}
 			list = append(list, l)
 		}
 		return list
 	}
 	if on("vpn") {
-		list = append(list, vpn.NewClient(env("vpn")))
+		list = append(list, vpn.NewClientService(env("vpn")))
 	}
 	if on("fw") {
 		list = append(list, fw.New(env("fw")))

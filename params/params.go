@@ -31,6 +31,12 @@ const (
 	VPNCRL              = "vpn.crl"
 	VPNCSR              = "vpn.csr"
 	VPNCert             = "vpn.cert"
+	VPNEngine           = "vpn.engine"
+	VPNWGPort           = "vpn.wg.port"
+	VPNWGKey            = "vpn.wg.pubkey"
+	VPNWGSigner         = "vpn.wg.signer"
+	VPNWGPeer           = "vpn.wg.peer"
+	VPNWGHandshakes     = "vpn.wg.handshakes"
 )
 
 // Firewall.
@@ -84,6 +90,12 @@ var Table = []Spec{
 	{VPNSubnet6, "developer (input of the CNSMO server component)", "VPN server", "IPv6 prefix, /64 to /124; default fd63:6e73:6d6f::/64 (a ULA prefix)"},
 	{VPNPort, "developer (input of the CNSMO server component)", "VPN server", "UDP port; default 1194"},
 	{VPNDevice, "developer (input of the CNSMO server component)", "VPN server and clients", "`tap` (default) or `tun`"},
+	{VPNEngine, "developer (input of the CNSMO server component)", "VPN server and clients", "`openvpn` (default: the hub, layer 2 with tap) or `wireguard` (a direct full mesh, layer 3)"},
+	{VPNWGPort, "developer (input of the CNSMO server component)", "VPN server and clients (wireguard)", "UDP port every member listens on; default 51820"},
+	{VPNWGKey, "every VPN member, on its own instance (wireguard)", "VPN server", "WireGuard public key (base64); the private key never leaves the VM"},
+	{VPNWGSigner, "VPN server (wireguard)", "VPN clients (pinned on first use)", "Ed25519 public key (base64) that signs the membership entries"},
+	{VPNWGPeer, "VPN server, on each member's instance and its own (wireguard)", "every VPN member", "signed entry: `cnsmo-wg1 gen=… inst=… key=… ep=host:port v4=… v6=… sig=…`"},
+	{VPNWGHandshakes, "every VPN member (wireguard)", "operators", "`<n>/<peers>`: peers with a handshake in the last 3 minutes"},
 	{FWRules, "developer (input of each application component)", "agent", "JSON list of rules (see Firewall)"},
 	{FWLockoutOK, "developer (input of each application component)", "agent", "`true` to waive the anti-lockout rules"},
 	{FWReady, "agent, once the rules are in place", "recipes, operators", "`true`; un-set after a failed apply"},

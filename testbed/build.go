@@ -55,6 +55,9 @@ func (tb *Testbed) mac(c, i, end int) net.HardwareAddr {
 	return net.HardwareAddr{0x02, 0xcb, byte(tb.slot), byte(c), byte(i), byte(end)}
 }
 
+// WireGuardRunDir is where user-space WireGuard puts its control sockets (/var/run/wireguard).
+const WireGuardRunDir = "/run/wireguard"
+
 const pathEnv = "PATH=/opt/cnsmo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 // box is a container to create: a VM, a cloud router or the internet router.
@@ -87,6 +90,9 @@ func (tb *Testbed) create(ctx context.Context, b box) error {
 		cfg.Env = append(cfg.Env, "CNSMO_DOCKER_NETWORK=container:"+b.name)
 		hc.Devices = []container.DeviceMapping{{PathOnHost: "/dev/net/tun", PathInContainer: "/dev/net/tun", CgroupPermissions: "rwm"}}
 		hc.Binds = []string{"/var/run/docker.sock:/var/run/docker.sock"}
+		// A volume for user-space WireGuard's control sockets: the VM's functions (containers in
+		// its namespace) mount it at the same path, so the role reaches their sockets.
+		cfg.Volumes = map[string]struct{}{WireGuardRunDir: {}}
 		if tb.opts.BinDir != "" {
 			hc.Binds = append(hc.Binds, tb.opts.BinDir+":/opt/cnsmo/bin:ro")
 		}

@@ -163,6 +163,10 @@ func (tb *Testbed) Slot() int { return tb.slot }
 // VM returns the VM called name, or nil.
 func (tb *Testbed) VM(name string) *VM { return tb.byName[name] }
 
+// Internet is the internet router between the clouds, as a VM to run tools in (tcpdump): it has
+// one link per cloud (cloud0, cloud1, …) and one to the host.
+func (tb *Testbed) Internet() *VM { return &VM{Name: "internet", Container: tb.inet(), tb: tb} }
+
 // VMs returns every VM in the order of the options.
 func (tb *Testbed) VMs() []*VM { return append([]*VM(nil), tb.vms...) }
 

@@ -23,6 +23,8 @@ var Inputs = []Input{
 	{"CNSMO_VPN_SUBNET6", params.VPNSubnet6, true},
 	{"CNSMO_VPN_PORT", params.VPNPort, true},
 	{"CNSMO_VPN_DEVICE", params.VPNDevice, true},
+	{"CNSMO_VPN_ENGINE", params.VPNEngine, true},
+	{"CNSMO_VPN_WG_PORT", params.VPNWGPort, true},
 	{"CNSMO_LB_PORT", params.LBPort, true},
 	{"CNSMO_LB_MODE", params.LBMode, true},
 	{"CNSMO_LB_NODE", params.LBNode, true},

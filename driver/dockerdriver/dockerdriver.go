@@ -111,6 +111,13 @@ func (d *Driver) create(ctx context.Context, name string, spec driver.Spec, stdi
 		return "", fmt.Errorf("dockerdriver: %s: image and command are required", spec.Name)
 	}
 	hc := &container.HostConfig{NetworkMode: container.NetworkMode(d.network), CapAdd: spec.CapAdd}
+	for _, dir := range spec.Shared {
+		src, err := d.hostPath(ctx, dir)
+		if err != nil {
+			return "", fmt.Errorf("dockerdriver: %s: shared directory: %w", spec.Name, err)
+		}
+		hc.Binds = append(hc.Binds, src+":"+dir)
+	}
 	for _, dev := range spec.Devices {
 		hc.Devices = append(hc.Devices, container.DeviceMapping{PathOnHost: dev, PathInContainer: dev, CgroupPermissions: "rwm"})
 	}
@@ -127,6 +134,35 @@ func (d *Driver) create(ctx context.Context, name string, spec driver.Spec, stdi
 		}
 	}
 	return res.ID, nil
+}
+
+// hostPath is where the engine finds dir, a directory of the role's filesystem. On a VM (network
+// "host" or "none") the role runs on the engine's host: the same path. On a simulated VM
+// (network container:<vm>) the role runs in the VM container: dir must lie under one of that
+// container's mounts (the testbed's VMs mount a volume at /run/wireguard), whose source is used.
+func (d *Driver) hostPath(ctx context.Context, dir string) (string, error) {
+	if !path.IsAbs(dir) || path.Clean(dir) != dir {
+		return "", fmt.Errorf("%q is not an absolute, clean path", dir)
+	}
+	vm, ok := strings.CutPrefix(d.network, "container:")
+	if !ok {
+		return dir, nil
+	}
+	info, err := d.cli.ContainerInspect(ctx, vm)
+	if err != nil {
+		return "", fmt.Errorf("inspect %s: %w", vm, err)
+	}
+	best, src := "", ""
+	for _, m := range info.Mounts {
+		dst := path.Clean(m.Destination)
+		if (dir == dst || strings.HasPrefix(dir, dst+"/")) && len(dst) > len(best) {
+			best, src = dst, path.Join(m.Source, strings.TrimPrefix(dir, dst))
+		}
+	}
+	if best == "" {
+		return "", fmt.Errorf("%s is not on a mount of %s, so it cannot be shared with a function container (give the VM container a volume there)", dir, vm)
+	}
+	return src, nil
 }
 
 // copyFiles puts files into a container (created or running) as one tar, with their parents.

@@ -109,8 +109,21 @@ func Distribution(ctx context.Context, vm *testbed.VM, addr string, port, n int)
 }
 
 // KeyLeaks scans every parameter of the run (removed instances' included) for private key
-// material and returns the keys that hold some, with the number of parameters scanned.
-func (d *Deployment) KeyLeaks() (leaks []string, scanned int, err error) {
+// material (PEM keys, and the WireGuard and signing keys read from every VM's state dir) and
+// returns the keys that hold some, with the number of parameters scanned.
+func (d *Deployment) KeyLeaks(ctx context.Context) (leaks []string, scanned int, err error) {
+	var secrets []string
+	for _, in := range d.Instances() {
+		vm := d.VMOf(in)
+		if vm == nil {
+			continue
+		}
+		for _, f := range []string{"vpn/wg/private.key", "vpn/wg/signer.key"} {
+			if out, _, err := vm.Exec(ctx, "cat", StateDir+"/"+f); err == nil && strings.TrimSpace(out) != "" {
+				secrets = append(secrets, strings.TrimSpace(out))
+			}
+		}
+	}
 	values := map[string]string{}
 	if d.Nuvla2() {
 		values = d.Mock.Nuvla2Params(d.hub)
@@ -126,6 +139,13 @@ func (d *Deployment) KeyLeaks() (leaks []string, scanned int, err error) {
 	for k, v := range values {
 		if strings.Contains(v, "PRIVATE KEY") || strings.Contains(v, "BEGIN OpenVPN Static key") {
 			leaks = append(leaks, k)
+			continue
+		}
+		for _, sec := range secrets {
+			if strings.Contains(v, sec) {
+				leaks = append(leaks, k)
+				break
+			}
 		}
 	}
 	sort.Strings(leaks)

@@ -55,6 +55,8 @@ type Config struct {
 	// (recipes/nuvla2, with docker-compose on the host, the cnsmo/role image, in its VM's network)
 	// instead of as a process of the VM.
 	Compose bool
+	// Engine is the VPN engine of the scenario (vpn.engine): "openvpn" (default) or "wireguard".
+	Engine string
 }
 
 // Deployment is a running run on the testbed.

@@ -15,6 +15,7 @@ import (
 	"github.com/cnsmo/cnsmo/mocknuvla"
 	"github.com/cnsmo/cnsmo/params"
 	"github.com/cnsmo/cnsmo/recipes"
+	"github.com/cnsmo/cnsmo/roles/vpn"
 	"github.com/cnsmo/cnsmo/roles/vpn/pki"
 	"github.com/cnsmo/cnsmo/testbed"
 )
@@ -78,6 +79,7 @@ type FWCheck struct {
 
 // Report is what the full scenario observed.
 type Report struct {
+	Engine    string        // the VPN engine
 	Enabled   time.Duration // from the roles' start to every net.services.enabled
 	Addresses map[string][2]string
 	Pings     []Ping
@@ -89,9 +91,11 @@ type Report struct {
 	JoinTime  time.Duration // from its start to its net.services.enabled
 	JoinPings []Ping
 	JoinLB    map[string]int
-	Trust     []string // what a VM of the run tried against another, and what came of it
-	Scanned   int      // parameters scanned for private keys
-	Leaks     []string // parameters holding private key material (must be none)
+	Trust     []string     // what a VM of the run tried against another, and what came of it
+	Capture   *MeshCapture // WireGuard: what the internet router saw of a ping between two clouds
+	Mbps      float64      // client-to-client TCP throughput through the VPN (when measured)
+	Scanned   int          // parameters scanned for private keys
+	Leaks     []string     // parameters holding private key material (must be none)
 	Failures  []string
 }
 
@@ -121,6 +125,15 @@ func RunScenario(ctx context.Context, tb *testbed.Testbed, cfg Config) (*Report,
 	def, err := AppDefinition()
 	if err != nil {
 		return r, nil, err
+	}
+	if cfg.Engine != "" {
+		if err := def.SetValue("cnsmo", params.VPNEngine, cfg.Engine); err != nil {
+			return r, nil, err
+		}
+	}
+	r.Engine = cfg.Engine
+	if r.Engine == "" {
+		r.Engine = "openvpn"
 	}
 	cfg.Definition, cfg.Placement = def, FullPlacement
 	d, err := Start(ctx, tb, cfg)
@@ -224,6 +237,13 @@ func RunScenario(ctx context.Context, tb *testbed.Testbed, cfg Config) (*Report,
 	r.JoinTime = time.Since(jstart)
 	fmt.Fprintf(progress, "%s joined after %s\n", r.Joined, r.JoinTime.Round(time.Millisecond))
 	r.Addresses[r.Joined] = [2]string{d.Param(r.Joined + ":" + params.VPNAddress), d.Param(r.Joined + ":" + params.VPNAddress6)}
+	if r.Engine == vpn.EngineWireGuard {
+		// Every member adds the new peer on its next steady poll (the server signs the entry
+		// first): wait until each one counts every other member as a peer.
+		if err := d.WaitMesh(ctx, append(all, r.Joined), time.Minute); err != nil {
+			r.fail("scale-out: %v", err)
+		}
+	}
 	for _, p := range d.PingMatrix(ctx, append(all, r.Joined), false) {
 		if !VPN() {
 			break
@@ -246,11 +266,18 @@ func RunScenario(ctx context.Context, tb *testbed.Testbed, cfg Config) (*Report,
 		r.fail("scale-out: the load balancer never sent a request to %s", r.Joined)
 	}
 	if VPN() {
-		if !d.Nuvla2() { // the forged writes are SlipStream's keys; the same rules hold on Nuvla 2
+		if r.Engine == vpn.EngineWireGuard {
+			r.meshChecks(ctx, d)
+		}
+		switch {
+		case d.Nuvla2(): // the forged writes are SlipStream's keys; the same rules hold on Nuvla 2
+		case r.Engine == vpn.EngineWireGuard:
+			r.trustWG(ctx, d)
+		default:
 			r.trust(ctx, d)
 		}
 		r.checkAddresses()
-		r.Leaks, r.Scanned, err = d.KeyLeaks()
+		r.Leaks, r.Scanned, err = d.KeyLeaks(ctx)
 		if err != nil {
 			return r, d, err
 		}
@@ -348,7 +375,7 @@ func (r *Report) Print(w io.Writer) {
 	if !VPN() {
 		fmt.Fprintf(w, "\n== VPN: not in this version (services %s)\n", Services)
 	} else {
-		fmt.Fprintf(w, "\n== VPN addresses\n")
+		fmt.Fprintf(w, "\n== VPN addresses (engine %s)\n", r.Engine)
 	}
 	var ins []string
 	for k := range r.Addresses {
@@ -390,6 +417,13 @@ func (r *Report) Print(w io.Writer) {
 		}
 		fmt.Fprintf(w, "  load balancer, 40 requests:\n")
 		printCounts(w, r.JoinLB)
+	}
+	if c := r.Capture; c != nil {
+		fmt.Fprintf(w, "\n== mesh: %s pings %s (%d pings), as seen at the internet router\n", c.From, c.To, c.Pings)
+		fmt.Fprintf(w, "  %d WireGuard packets directly between their public addresses, %d via the server's, %d elsewhere\n", c.Direct, c.ViaServer, c.Other)
+	}
+	if r.Mbps > 0 {
+		fmt.Fprintf(w, "\n== throughput web.1 -> web.2 through the VPN (%s): %.0f Mbit/s\n", r.Engine, r.Mbps)
 	}
 	if len(r.Trust) > 0 {
 		fmt.Fprintf(w, "\n== trust: a VM of the run writes another VM's parameters\n")

@@ -77,11 +77,12 @@ func TestRenderGolden(t *testing.T) {
 		rules string
 		opts  Options
 	}{
-		"seed_drop_8081":   {`[{"direction":"in","protocol":"tcp","dst_port":"8081","ip_range":"0.0.0.0/0","action":"drop"}]`, Options{}},
-		"original_format":  {`[{"direction":"in","protocol":"tcp","dst_port":"22:25","ip_range":"198.18.0.0/15","dst_src":"src","action":"acpt"},{"direction":"out","protocol":"udp","src_port":"53","ip_range":"2001:db8::1","dst_src":"dst","action":"reject"}]`, Options{}},
-		"denyall_vpn":      {`[{"direction":"in","protocol":"tcp","dst_port":"443","action":"accept"},{"direction":"in","protocol":"icmp","action":"accept"},{"policy":"denyall"}]`, Options{VPNPort: 1194, VPNDevice: "cnsmo-vpn", Resolvers: []netip.Addr{netip.MustParseAddr("198.19.0.53"), netip.MustParseAddr("2001:db8:53::1")}, Endpoints: []netip.Addr{netip.MustParseAddr("198.19.0.1"), netip.MustParseAddr("2001:db8::1")}, EndpointPort: 8080}},
-		"lockout_waived":   {`[{"policy":"denyall"}]`, Options{NoAntiLockout: true}},
-		"docker_published": {`[{"direction":"in","protocol":"tcp","dst_port":"8080:8090","ip_range":"198.18.0.0/15","action":"accept"},{"direction":"in","protocol":"udp","dst_port":"53","ip_range":"2001:db8::/32","dst_src":"dst","action":"reject"},{"direction":"in","protocol":"icmp","action":"drop"},{"direction":"out","protocol":"tcp","dst_port":"25","action":"drop"},{"direction":"in","protocol":"tcp","src_port":"1024:65535","action":"drop"},{"policy":"denyall"}]`, Options{}},
+		"seed_drop_8081":    {`[{"direction":"in","protocol":"tcp","dst_port":"8081","ip_range":"0.0.0.0/0","action":"drop"}]`, Options{}},
+		"original_format":   {`[{"direction":"in","protocol":"tcp","dst_port":"22:25","ip_range":"198.18.0.0/15","dst_src":"src","action":"acpt"},{"direction":"out","protocol":"udp","src_port":"53","ip_range":"2001:db8::1","dst_src":"dst","action":"reject"}]`, Options{}},
+		"denyall_vpn":       {`[{"direction":"in","protocol":"tcp","dst_port":"443","action":"accept"},{"direction":"in","protocol":"icmp","action":"accept"},{"policy":"denyall"}]`, Options{VPNPort: 1194, VPNDevice: "cnsmo-vpn", Resolvers: []netip.Addr{netip.MustParseAddr("198.19.0.53"), netip.MustParseAddr("2001:db8:53::1")}, Endpoints: []netip.Addr{netip.MustParseAddr("198.19.0.1"), netip.MustParseAddr("2001:db8::1")}, EndpointPort: 8080}},
+		"denyall_wireguard": {`[{"policy":"denyall"}]`, Options{VPNPort: 51820, VPNMesh: true, VPNDevice: "cnsmo-vpn"}},
+		"lockout_waived":    {`[{"policy":"denyall"}]`, Options{NoAntiLockout: true}},
+		"docker_published":  {`[{"direction":"in","protocol":"tcp","dst_port":"8080:8090","ip_range":"198.18.0.0/15","action":"accept"},{"direction":"in","protocol":"udp","dst_port":"53","ip_range":"2001:db8::/32","dst_src":"dst","action":"reject"},{"direction":"in","protocol":"icmp","action":"drop"},{"direction":"out","protocol":"tcp","dst_port":"25","action":"drop"},{"direction":"in","protocol":"tcp","src_port":"1024:65535","action":"drop"},{"policy":"denyall"}]`, Options{}},
 	} {
 		t.Run(name, func(t *testing.T) {
 			rules, err := ParseRules(c.rules)

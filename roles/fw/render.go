@@ -36,6 +36,9 @@ type Options struct {
 	// overlay device whose readiness pings (ICMP echo requests out of it) stay open.
 	VPNPort   int
 	VPNDevice string
+	// VPNMesh opens VPNPort inwards too: with the WireGuard engine every member is a peer of
+	// every other one, each listening on that port.
+	VPNMesh bool
 	// Resolvers are the name servers kept reachable (UDP and TCP port 53), so that the Nuvla
 	// endpoint's host name still resolves.
 	Resolvers []netip.Addr
@@ -69,6 +72,9 @@ func Render(rules []Rule, opts Options, v6 bool) []string {
 			"-A "+ChainOut+" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
 		if opts.VPNPort > 0 { // the firewall runs on VPN clients: they only send to the server's port
 			out = append(out, fmt.Sprintf("-A %s -p udp -m udp --dport %d -j ACCEPT", ChainOut, opts.VPNPort))
+			if opts.VPNMesh {
+				in = append(in, fmt.Sprintf("-A %s -p udp -m udp --dport %d -j ACCEPT", ChainIn, opts.VPNPort))
+			}
 		}
 		if opts.VPNDevice != "" {
 			if v6 {

@@ -104,7 +104,12 @@ func (r *Role) options(ctx context.Context, s role.Snapshot) Options {
 	if r.env.UseVPN {
 		o.VPNPort, o.VPNDevice = 1194, vpnDevice
 		if srv := s.Get(me, params.ServerInstanceID); srv != "" {
-			if p, err := role.ParsePort(params.VPNPort, s.Get(srv, params.VPNPort)); err == nil {
+			if strings.EqualFold(strings.TrimSpace(s.Get(srv, params.VPNEngine)), "wireguard") {
+				o.VPNPort, o.VPNMesh = 51820, true // every member listens: open in and out
+				if p, err := role.ParsePort(params.VPNWGPort, s.Get(srv, params.VPNWGPort)); err == nil {
+					o.VPNPort = p
+				}
+			} else if p, err := role.ParsePort(params.VPNPort, s.Get(srv, params.VPNPort)); err == nil {
 				o.VPNPort = p
 			}
 		}

@@ -86,14 +86,39 @@ func (s *Server) Assigned(instance string) (netip.Addr, bool) {
 
 // Inputs are the server's validated inputs.
 type Inputs struct {
+	Engine string // EngineOpenVPN or EngineWireGuard
 	Device string
 	Port   int
+	WGPort int
 	V4, V6 netip.Prefix
 }
 
-// ParseInputs validates vpn.device, vpn.port, vpn.subnet and vpn.subnet6 as read by get.
+// The VPN engines (vpn.engine).
+const (
+	EngineOpenVPN   = "openvpn"
+	EngineWireGuard = "wireguard"
+	DefaultWGPort   = 51820
+)
+
+// ParseInputs validates vpn.engine, vpn.device, vpn.port, vpn.wg.port, vpn.subnet and
+// vpn.subnet6 as read by get.
 func ParseInputs(get func(string) string) (Inputs, error) {
-	in := Inputs{Device: strings.ToLower(strings.TrimSpace(get(params.VPNDevice))), Port: DefaultPort}
+	in := Inputs{Device: strings.ToLower(strings.TrimSpace(get(params.VPNDevice))), Port: DefaultPort, WGPort: DefaultWGPort}
+	switch e := strings.ToLower(strings.TrimSpace(get(params.VPNEngine))); e {
+	case "", EngineOpenVPN:
+		in.Engine = EngineOpenVPN
+	case EngineWireGuard:
+		in.Engine = EngineWireGuard
+	default:
+		return in, role.Invalid(params.VPNEngine, "", "%q is not openvpn or wireguard", get(params.VPNEngine))
+	}
+	if p := strings.TrimSpace(get(params.VPNWGPort)); p != "" {
+		n, err := role.ParsePort(params.VPNWGPort, p)
+		if err != nil {
+			return in, err
+		}
+		in.WGPort = n
+	}
 	if in.Device == "" {
 		in.Device = DefaultDevice
 	}

@@ -1,0 +1,131 @@
+package vpn
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+
+	"github.com/cnsmo/cnsmo/params"
+	"github.com/cnsmo/cnsmo/roles/role"
+)
+
+// ServerService is the VPN on the CNSMO server VM, run by the engine its vpn.engine input
+// selects (read on every pass: a change tears the other engine down; the addresses stay).
+type ServerService struct {
+	OpenVPN *Server
+	WG      *WGServer
+	active  string
+}
+
+// NewServerService returns the VPN server service of the instance described by env.
+func NewServerService(env role.Env) *ServerService {
+	return &ServerService{OpenVPN: newServer(env), WG: NewWGServer(env)}
+}
+
+// Name implements role.Service.
+func (v *ServerService) Name() string { return "vpn" }
+
+// SetHold sets, for both engines, what keeps a member that left in the VPN a little longer.
+func (v *ServerService) SetHold(f func(instance string) bool) { v.OpenVPN.Hold, v.WG.Hold = f, f }
+
+// Assigned returns the overlay IPv4 address the running engine assigned to instance.
+func (v *ServerService) Assigned(instance string) (netip.Addr, bool) {
+	if v.active == EngineWireGuard {
+		return v.WG.Assigned(instance)
+	}
+	return v.OpenVPN.Assigned(instance)
+}
+
+func (v *ServerService) engine(engine string) role.Service {
+	if engine == EngineWireGuard {
+		return v.WG
+	}
+	return v.OpenVPN
+}
+
+// switchTo tears the other engine down when the engine changes.
+func switchTo(ctx context.Context, env role.Env, active *string, engine string, svc func(string) role.Service) error {
+	if *active != "" && *active != engine {
+		env.Log.Info().Str("from", *active).Str("to", engine).Msg("vpn: engine changed: tearing the other engine down")
+		if err := svc(*active).Teardown(ctx); err != nil {
+			return err
+		}
+	}
+	*active = engine
+	return nil
+}
+
+// Reconcile implements role.Service.
+func (v *ServerService) Reconcile(ctx context.Context, s role.Snapshot) (bool, error) {
+	me := v.OpenVPN.env.Instance
+	in, err := ParseInputs(func(k string) string { return s.Get(me, k) })
+	if err != nil {
+		return false, role.Terminal(err)
+	}
+	if err := switchTo(ctx, v.OpenVPN.env, &v.active, in.Engine, v.engine); err != nil {
+		return false, err
+	}
+	return v.engine(in.Engine).Reconcile(ctx, s)
+}
+
+// Teardown removes both engines' functions and device (whichever ran before a restart).
+func (v *ServerService) Teardown(ctx context.Context) error {
+	return errors.Join(v.WG.Teardown(ctx), v.OpenVPN.Teardown(ctx))
+}
+
+// Withdraw un-sets what either engine published about this server's readiness.
+func (v *ServerService) Withdraw(ctx context.Context) error {
+	return errors.Join(v.WG.Withdraw(ctx), v.OpenVPN.Withdraw(ctx))
+}
+
+// ClientService is the VPN on an application VM, run by the engine the CNSMO server's
+// vpn.engine selects.
+type ClientService struct {
+	OpenVPN *Client
+	WG      *WGMember
+	active  string
+}
+
+// NewClientService returns the VPN client service of the instance described by env.
+func NewClientService(env role.Env) *ClientService {
+	return &ClientService{OpenVPN: newClient(env), WG: NewWGMember(env)}
+}
+
+// Name implements role.Service.
+func (v *ClientService) Name() string { return "vpn" }
+
+func (v *ClientService) engine(engine string) role.Service {
+	if engine == EngineWireGuard {
+		return v.WG
+	}
+	return v.OpenVPN
+}
+
+// Reconcile implements role.Service: nothing until the CNSMO server is known.
+func (v *ClientService) Reconcile(ctx context.Context, s role.Snapshot) (bool, error) {
+	srv := s.Get(v.OpenVPN.env.Instance, params.ServerInstanceID)
+	if srv == "" {
+		return false, nil
+	}
+	in, err := ParseInputs(func(k string) string { return s.Get(srv, k) })
+	if err != nil {
+		return false, nil // the server aborts the run with the message
+	}
+	if err := switchTo(ctx, v.OpenVPN.env, &v.active, in.Engine, v.engine); err != nil {
+		return false, err
+	}
+	return v.engine(in.Engine).Reconcile(ctx, s)
+}
+
+// Teardown removes both engines' functions and device.
+func (v *ClientService) Teardown(ctx context.Context) error {
+	return errors.Join(v.WG.Teardown(ctx), v.OpenVPN.Teardown(ctx))
+}
+
+// Withdraw un-sets what either engine published.
+func (v *ClientService) Withdraw(ctx context.Context) error {
+	return errors.Join(v.WG.Withdraw(ctx), v.OpenVPN.Withdraw(ctx))
+}
+
+// Leave waits until the VPN server has withdrawn its overlay address (see Client.Leave).
+func (v *ClientService) Leave(ctx context.Context, st role.Store) { v.OpenVPN.Leave(ctx, st) }

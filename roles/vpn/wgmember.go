@@ -1,0 +1,291 @@
+package vpn
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/cnsmo/cnsmo/internal/atomicfile"
+	"github.com/cnsmo/cnsmo/params"
+	"github.com/cnsmo/cnsmo/roles/role"
+)
+
+// Files of the WireGuard engine in the VPN's state dir.
+const (
+	wgKeyFile    = "wg/private.key" // this VM's WireGuard key (0600), every member and the server
+	wgSignerFile = "wg/signer.key"  // the server's signing key (0600)
+	wgSignerPin  = "wg/signer.pin"  // a member: the server's signing key, pinned on first use
+	wgSeenFile   = "wg/seen.json"   // a member: the newest generation seen per instance
+	wgStateFile  = "wg/members.json"
+)
+
+// WGMember is the WireGuard engine on an application VM: it makes its key, publishes the public
+// half, and configures every member the server signed as a direct peer.
+type WGMember struct {
+	env role.Env
+	dev *wgDev
+	// RemoveKey makes Teardown delete the key, the pinned signer and the generations seen.
+	RemoveKey bool
+
+	key       wgtypes.Key
+	ms        *membership
+	saidS     string // the refused signer last said
+	confirmed int    // the device epoch whose mesh was confirmed (0: none)
+}
+
+// NewWGMember returns the WireGuard engine of an application VM.
+func NewWGMember(env role.Env) *WGMember { return &WGMember{env: env, dev: newWGDev(env)} }
+
+// Name implements role.Service.
+func (m *WGMember) Name() string { return "vpn" }
+
+func (m *WGMember) load() error {
+	if m.ms != nil {
+		return nil
+	}
+	if err := os.MkdirAll(m.env.StateDir, 0o700); err != nil {
+		return fmt.Errorf("vpn: state dir: %w", err)
+	}
+	k, err := LoadOrCreateWGKey(filepath.Join(m.env.StateDir, wgKeyFile))
+	if err != nil {
+		return err
+	}
+	ms := &membership{seenFile: jsonFile(filepath.Join(m.env.StateDir, wgSeenFile)), seen: map[string]uint64{}}
+	if err := ms.seenFile.load(&ms.seen); err != nil {
+		return err
+	}
+	m.key, m.ms = k, ms
+	return nil
+}
+
+// Reconcile publishes this VM's public key, waits for the server's signed entry for it, runs the
+// device with every signed member as a peer, and reports ready (publishing vpn.address,
+// vpn.address6 and client.listening) once the device has its addresses and the server's overlay
+// addresses answer through the mesh.
+func (m *WGMember) Reconcile(ctx context.Context, s role.Snapshot) (bool, error) {
+	if err := m.load(); err != nil {
+		return false, err
+	}
+	me := m.env.Instance
+	pub := m.key.PublicKey().String()
+	if err := role.Publish(ctx, m.env.Params, s, me, params.VPNWGKey, pub); err != nil {
+		return false, fmt.Errorf("vpn: %w", err)
+	}
+	srv := s.Get(me, params.ServerInstanceID)
+	if srv != "" {
+		srv = s.Get(srv, params.VPNServerInstanceID)
+	}
+	if srv == "" {
+		return false, nil // the VPN server has not published itself yet
+	}
+	in, err := ParseInputs(func(k string) string { return s.Get(srv, k) })
+	if err != nil {
+		return false, nil // the server aborts the run with the message
+	}
+	signer, err := m.pinSigner(s.Get(srv, params.VPNWGSigner), srv)
+	if signer == nil || err != nil {
+		return false, err
+	}
+	m.ms.signer = signer
+	own, ok := m.ms.entry(s, me, m.env)
+	if !ok || own.Key != m.key.PublicKey() {
+		m.env.Log.Debug().Msg("vpn: waiting for the server's entry for this key")
+		return false, nil
+	}
+	if up, err := m.dev.ensure(ctx, m.key, in.WGPort); !up || err != nil {
+		return false, err
+	}
+	if err := m.dev.setup(netip.PrefixFrom(own.V4, in.V4.Bits()), netip.PrefixFrom(own.V6, in.V6.Bits())); err != nil {
+		return false, err
+	}
+	peers := m.ms.peers(s, me, m.env)
+	if changed, err := m.dev.sync(peers); err != nil {
+		return false, err
+	} else if changed {
+		m.env.Log.Info().Int("peers", len(peers)).Msg("vpn: wireguard peers updated")
+	}
+	server, ok := m.ms.last[srv]
+	if !ok {
+		return false, nil
+	}
+	ok, err = m.confirm(ctx, s, own, server)
+	if err := publishHandshakes(ctx, m.env, s, m.dev); err != nil {
+		return false, err
+	}
+	return ok, err
+}
+
+// confirm reports whether the device has this member's addresses and the server answers through
+// the mesh; then it publishes the addresses and the listening flag.
+func (m *WGMember) confirm(ctx context.Context, s role.Snapshot, own, server Entry) (bool, error) {
+	if ok, err := m.dev.hasAddrs(ctx, own.V4, own.V6); !ok || err != nil {
+		return false, err
+	}
+	me := m.env.Instance
+	confirmed := m.confirmed == m.dev.epoch && m.confirmed != 0
+	if !confirmed {
+		for _, a := range []netip.Addr{server.V4, server.V6} {
+			if ok, err := m.dev.answers(ctx, a); err != nil || !ok {
+				return false, err
+			}
+		}
+	}
+	for _, kv := range [][2]string{
+		{params.VPNAddress, own.V4.String()},
+		{params.VPNAddress6, own.V6.String()},
+		{params.VPNClientListening, "true"},
+	} {
+		if err := role.Publish(ctx, m.env.Params, s, me, kv[0], kv[1]); err != nil {
+			return false, fmt.Errorf("vpn: %w", err)
+		}
+	}
+	if !confirmed {
+		m.confirmed = m.dev.epoch
+		m.env.Log.Info().Str("address", own.V4.String()).Str("address6", own.V6.String()).Msg("vpn: wireguard mesh up, server answers")
+	}
+	return true, nil
+}
+
+// publishHandshakes publishes how many peers had a recent handshake (for operators).
+func publishHandshakes(ctx context.Context, env role.Env, s role.Snapshot, d *wgDev) error {
+	hs, err := d.handshakes()
+	if err != nil {
+		return err
+	}
+	if err := role.Publish(ctx, env.Params, s, env.Instance, params.VPNWGHandshakes, recent(hs, time.Now())); err != nil {
+		return fmt.Errorf("vpn: %w", err)
+	}
+	return nil
+}
+
+// pinSigner trusts the first valid signing key the server publishes and refuses any other later:
+// a VM that rewrites vpn.wg.signer (or vpn.server.nodeinstanceid) cannot make this member follow
+// entries it signed. nil (and no error) while the server has published none.
+func (m *WGMember) pinSigner(v, srv string) (ed25519.PublicKey, error) {
+	if v == "" {
+		return nil, nil
+	}
+	k, err := ParseSigner(v)
+	if err != nil {
+		return nil, fmt.Errorf("vpn: %s:%s: %w: not trusted", srv, params.VPNWGSigner, err)
+	}
+	p := filepath.Join(m.env.StateDir, wgSignerPin)
+	pinned, err := os.ReadFile(p)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			return nil, fmt.Errorf("vpn: %w", err)
+		}
+		if err := atomicfile.Write(p, []byte(FormatSigner(k)+"\n"), 0o644); err != nil {
+			return nil, err
+		}
+		m.env.Log.Info().Str("server", srv).Msg("vpn: server's signing key pinned on first use")
+		return k, nil
+	case err != nil:
+		return nil, fmt.Errorf("vpn: %w", err)
+	}
+	old, err := ParseSigner(string(pinned))
+	if err != nil {
+		return nil, fmt.Errorf("vpn: %s: %w", p, err)
+	}
+	if !bytes.Equal(old, k) {
+		if m.saidS != v {
+			m.saidS = v
+			m.env.Log.Warn().Str("server", srv).Msg("vpn: " + srv + ":" + params.VPNWGSigner + " is not the signing key this VM pinned on first use: refused, the mesh stays with the pinned key; " +
+				"if the CNSMO server was really re-created, run `cnsmo-role stop --purge` on this VM and start the role again")
+		}
+		return old, nil // keep following what the pinned server signed
+	}
+	return k, nil
+}
+
+// Withdraw un-sets the member's addresses, listening flag and handshake count.
+func (m *WGMember) Withdraw(ctx context.Context) error {
+	return role.Withdraw(ctx, m.env.Params, params.VPNClientListening, params.VPNAddress, params.VPNAddress6, params.VPNWGHandshakes)
+}
+
+// Teardown removes the device and the user-space function; the key stays unless RemoveKey.
+func (m *WGMember) Teardown(ctx context.Context) error {
+	err := m.dev.teardown(ctx)
+	if m.RemoveKey && m.env.StateDir != "" {
+		if rerr := os.RemoveAll(filepath.Join(m.env.StateDir, "wg")); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
+		m.ms = nil
+	}
+	return err
+}
+
+// membership is what a member (or the server) has verified of the server's signed entries.
+type membership struct {
+	signer   ed25519.PublicKey
+	seenFile jsonFile
+	seen     map[string]uint64 // instance -> newest generation accepted (kept across restarts)
+	last     map[string]Entry  // instance -> last entry accepted
+	raw      map[string]string // instance -> the value last looked at
+}
+
+// entry returns the instance's entry: the published one when it verifies (signed by the pinned
+// server, for that instance, not older than one seen before), otherwise the last one accepted.
+func (ms *membership) entry(s role.Snapshot, inst string, env role.Env) (Entry, bool) {
+	if ms.last == nil {
+		ms.last, ms.raw = map[string]Entry{}, map[string]string{}
+	}
+	v := s.Get(inst, params.VPNWGPeer)
+	if v == "" || v == ms.raw[inst] {
+		e, ok := ms.last[inst]
+		return e, ok
+	}
+	ms.raw[inst] = v
+	e, err := ParseEntry(v, ms.signer)
+	switch {
+	case err != nil:
+		env.Log.Warn().Err(err).Str("instance", inst).Msg("vpn: membership entry refused; the last one accepted stays")
+	case e.Instance != inst:
+		env.Log.Warn().Str("instance", inst).Str("entry_of", e.Instance).Msg("vpn: membership entry of another instance refused")
+	case e.Gen < ms.seen[inst]:
+		env.Log.Warn().Str("instance", inst).Uint64("gen", e.Gen).Uint64("newest", ms.seen[inst]).Msg("vpn: older membership entry refused (replayed)")
+	default:
+		ms.last[inst] = e
+		if e.Gen > ms.seen[inst] {
+			ms.seen[inst] = e.Gen
+			if err := ms.seenFile.save(ms.seen); err != nil {
+				env.Log.Warn().Err(err).Msg("vpn: keep the generations seen")
+			}
+		}
+	}
+	e, ok := ms.last[inst]
+	return e, ok
+}
+
+// peers returns the entries of every current instance of the deployment but me.
+func (ms *membership) peers(s role.Snapshot, me string, env role.Env) []Entry {
+	var out []Entry
+	current := map[string]bool{}
+	for _, n := range s.Nodes() {
+		for _, inst := range s.Instances(n) {
+			current[inst] = true
+			if inst == me {
+				continue
+			}
+			if e, ok := ms.entry(s, inst, env); ok {
+				out = append(out, e)
+			}
+		}
+	}
+	for inst := range ms.last { // instances that left: forgotten (their generation stays)
+		if !current[inst] {
+			delete(ms.last, inst)
+			delete(ms.raw, inst)
+		}
+	}
+	return out
+}

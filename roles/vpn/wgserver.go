@@ -1,0 +1,359 @@
+package vpn
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"maps"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/cnsmo/cnsmo/params"
+	"github.com/cnsmo/cnsmo/roles/role"
+)
+
+// WGServer is the WireGuard engine on the CNSMO server VM: it allocates the members' overlay
+// addresses (the same allocator as OpenVPN), pins each instance's first public key until the
+// instance leaves, signs one entry per member into that member's vpn.wg.peer, and is itself a
+// member of the mesh.
+type WGServer struct {
+	env role.Env
+	dev *wgDev
+	// Hold, when set, reports whether an instance that left must stay a peer a little longer (the
+	// load balancer still serves it).
+	Hold func(instance string) bool
+	// RemoveKeys makes Teardown delete the keys, the signing key, the pins and the addresses.
+	RemoveKeys bool
+
+	alloc   *Allocator
+	signer  ed25519.PrivateKey
+	key     wgtypes.Key
+	st      wgServerState
+	refused map[string]string // instance -> the key refused and said
+}
+
+// wgServerState is kept in wg/members.json: the generation counter and, per instance, the entry
+// granted (its key is the pin).
+type wgServerState struct {
+	Counter uint64              `json:"counter"`
+	Members map[string]wgRecord `json:"members"`
+}
+
+type wgRecord struct {
+	Gen      uint64 `json:"gen"`
+	Key      string `json:"key"`
+	Endpoint string `json:"endpoint"`
+	V4       string `json:"v4"`
+	V6       string `json:"v6"`
+}
+
+// NewWGServer returns the WireGuard engine of the CNSMO server VM.
+func NewWGServer(env role.Env) *WGServer { return &WGServer{env: env, dev: newWGDev(env)} }
+
+// Name implements role.Service.
+func (s *WGServer) Name() string { return "vpn" }
+
+// Assigned returns the overlay IPv4 address the server assigned to instance.
+func (s *WGServer) Assigned(instance string) (netip.Addr, bool) {
+	if s.alloc == nil {
+		return netip.Addr{}, false
+	}
+	a, ok := s.alloc.Get(instance)
+	return a.V4, ok
+}
+
+func (s *WGServer) stateFile() jsonFile { return jsonFile(filepath.Join(s.env.StateDir, wgStateFile)) }
+
+func (s *WGServer) open(in Inputs) error {
+	if err := os.MkdirAll(s.env.StateDir, 0o700); err != nil {
+		return fmt.Errorf("vpn: state dir: %w", err)
+	}
+	if s.signer == nil {
+		k, err := LoadOrCreateWGKey(filepath.Join(s.env.StateDir, wgKeyFile))
+		if err != nil {
+			return err
+		}
+		sg, err := LoadOrCreateSigner(filepath.Join(s.env.StateDir, wgSignerFile))
+		if err != nil {
+			return err
+		}
+		st := wgServerState{Members: map[string]wgRecord{}}
+		if err := s.stateFile().load(&st); err != nil {
+			return err
+		}
+		if st.Members == nil {
+			st.Members = map[string]wgRecord{}
+		}
+		s.key, s.signer, s.st = k, sg, st
+	}
+	if s.alloc == nil || func() bool { v4, v6 := s.alloc.Prefixes(); return v4 != in.V4 || v6 != in.V6 }() {
+		a, err := OpenAllocator(filepath.Join(s.env.StateDir, "addresses.json"), in.V4, in.V6)
+		if err != nil {
+			if errors.Is(err, ErrSubnetChanged) {
+				return role.Terminal(fmt.Errorf("%s/%s: %w", params.VPNSubnet, params.VPNSubnet6, err))
+			}
+			return err
+		}
+		s.alloc = a
+	}
+	return nil
+}
+
+// grant records what the server grants inst and returns the signed entry: a new generation when
+// anything in it changed.
+func (s *WGServer) grant(e Entry) (Entry, string, error) {
+	r, ok := s.st.Members[e.Instance]
+	if ok && r.Key == e.Key.String() && r.Endpoint == e.Endpoint && r.V4 == e.V4.String() && r.V6 == e.V6.String() {
+		e.Gen = r.Gen
+		return e, e.Sign(s.signer), nil
+	}
+	s.st.Counter++
+	e.Gen = s.st.Counter
+	s.st.Members[e.Instance] = wgRecord{Gen: e.Gen, Key: e.Key.String(), Endpoint: e.Endpoint, V4: e.V4.String(), V6: e.V6.String()}
+	if err := s.stateFile().save(s.st); err != nil {
+		return Entry{}, "", err
+	}
+	return e, e.Sign(s.signer), nil
+}
+
+// Reconcile runs the server's own mesh device, signs an entry for every current member that
+// published a key (the first key of an instance is pinned), removes the instances that left,
+// and reports ready when every current member has confirmed its tunnel and shook hands with it.
+func (s *WGServer) Reconcile(ctx context.Context, snap role.Snapshot) (bool, error) {
+	me := s.env.Instance
+	in, err := ParseInputs(func(k string) string { return snap.Get(me, k) })
+	if err != nil {
+		return false, role.Terminal(err)
+	}
+	host := strings.TrimSpace(snap.Get(me, params.Hostname))
+	if host == "" {
+		s.env.Log.Debug().Msg("vpn: waiting for this VM's hostname parameter")
+		return false, nil
+	}
+	if err := s.open(in); err != nil {
+		return false, err
+	}
+	srv := s.alloc.Server()
+	own, ownSigned, err := s.grant(Entry{Instance: me, Key: s.key.PublicKey(), Endpoint: wgEndpoint(host, in.WGPort), V4: srv.V4, V6: srv.V6})
+	if err != nil {
+		return false, err
+	}
+	current := clients(snap, me)
+	entries, problems, err := s.members(ctx, snap, in, current)
+	if err != nil {
+		return false, err
+	}
+	if err := s.leave(snap, current); err != nil {
+		return false, err
+	}
+	// Publish what members need first (public data only): they can start while this device comes up.
+	for _, kv := range [][2]string{
+		{params.VPNServerInstanceID, me},
+		{params.VPNWGSigner, FormatSigner(s.signer.Public().(ed25519.PublicKey))},
+		{params.VPNWGKey, own.Key.String()},
+		{params.VPNWGPeer, ownSigned},
+		{params.VPNEndpoint, Endpoint(host, in.WGPort)},
+	} {
+		if err := role.Publish(ctx, s.env.Params, snap, me, kv[0], kv[1]); err != nil {
+			return false, fmt.Errorf("vpn: %w", err)
+		}
+	}
+	if up, err := s.dev.ensure(ctx, s.key, in.WGPort); !up || err != nil {
+		return false, errors.Join(append(problems, err)...)
+	}
+	if err := s.dev.setup(netip.PrefixFrom(srv.V4, in.V4.Bits()), netip.PrefixFrom(srv.V6, in.V6.Bits())); err != nil {
+		return false, err
+	}
+	var peers []Entry
+	for _, c := range current {
+		if e, ok := entries[c]; ok {
+			peers = append(peers, e)
+		}
+	}
+	// Members that left but are held (the load balancer still sends to them) stay peers.
+	for inst, r := range s.st.Members {
+		if inst != me && !slices.Contains(current, inst) {
+			if e, ok := s.recordEntry(inst, r); ok {
+				peers = append(peers, e)
+			}
+		}
+	}
+	if changed, err := s.dev.sync(peers); err != nil {
+		return false, err
+	} else if changed {
+		s.env.Log.Info().Int("peers", len(peers)).Msg("vpn: wireguard peers updated")
+	}
+	ready, err := s.publish(ctx, snap, srv, current, entries, problems)
+	return ready, errors.Join(append(problems, err)...)
+}
+
+func wgEndpoint(host string, port int) string { return net.JoinHostPort(host, strconv.Itoa(port)) }
+
+// members signs an entry for every current member with a valid key and a hostname, and publishes
+// it in the member's vpn.wg.peer.
+func (s *WGServer) members(ctx context.Context, snap role.Snapshot, in Inputs, current []string) (map[string]Entry, []error, error) {
+	entries := map[string]Entry{}
+	var problems []error
+	for _, c := range current {
+		raw := strings.TrimSpace(snap.Get(c, params.VPNWGKey))
+		host := strings.TrimSpace(snap.Get(c, params.Hostname))
+		if raw == "" || host == "" {
+			continue
+		}
+		key, err := wgtypes.ParseKey(raw)
+		if err == nil && key == (wgtypes.Key{}) {
+			err = errors.New("the all-zero key")
+		}
+		pinned, has := s.st.Members[c]
+		switch {
+		case has && pinned.Key != raw:
+			// Another key in c's vpn.wg.pubkey (a VM that rewrote it, or a purged member): refused,
+			// said once per value; c keeps its pinned key, address and entry.
+			if s.refused[c] != raw {
+				if s.refused == nil {
+					s.refused = map[string]string{}
+				}
+				s.refused[c] = raw
+				msg := fmt.Sprintf("cnsmo: vpn: refused a new WireGuard key for %s: the instance's first key is pinned until it leaves the run", c)
+				s.env.Log.Warn().Str("client", c).Msg("vpn: " + msg[len("cnsmo: vpn: "):])
+				_ = s.env.Params.Display(ctx, msg)
+			}
+			if key, err = wgtypes.ParseKey(pinned.Key); err != nil {
+				continue
+			}
+		case err != nil:
+			problems = append(problems, fmt.Errorf("%s: %s: %w", c, params.VPNWGKey, err))
+			continue
+		}
+		as, err := s.alloc.Assign(c)
+		if err != nil {
+			problems = append(problems, err)
+			continue
+		}
+		e, signed, err := s.grant(Entry{Instance: c, Key: key, Endpoint: wgEndpoint(host, in.WGPort), V4: as.V4, V6: as.V6})
+		if err != nil {
+			return nil, nil, err
+		}
+		entries[c] = e
+		if snap.Get(c, params.VPNWGPeer) != signed {
+			if err := s.env.Params.Set(ctx, c, params.VPNWGPeer, signed); err != nil {
+				return nil, nil, fmt.Errorf("vpn: publish %s of %s: %w", params.VPNWGPeer, c, err)
+			}
+			s.env.Log.Info().Str("client", c).Str("address", as.V4.String()).Str("address6", as.V6.String()).Uint64("gen", e.Gen).Msg("vpn: wireguard member signed")
+		}
+	}
+	return entries, problems, nil
+}
+
+// recordEntry is the entry recorded for inst.
+func (s *WGServer) recordEntry(inst string, r wgRecord) (Entry, bool) {
+	k, err := wgtypes.ParseKey(r.Key)
+	v4, err4 := netip.ParseAddr(r.V4)
+	v6, err6 := netip.ParseAddr(r.V6)
+	if err != nil || err4 != nil || err6 != nil {
+		return Entry{}, false
+	}
+	return Entry{Gen: r.Gen, Instance: inst, Key: k, Endpoint: r.Endpoint, V4: v4, V6: v6}, true
+}
+
+// leave forgets the instances that left the run (once the load balancer no longer sends to
+// them): their pin, their entry and their addresses (the next new member reuses them).
+func (s *WGServer) leave(snap role.Snapshot, current []string) error {
+	me := s.env.Instance
+	var gone []string
+	for _, inst := range append(slices.Collect(maps.Keys(s.st.Members)), s.alloc.Members()...) {
+		if inst == me || slices.Contains(current, inst) || slices.Contains(gone, inst) || !snap.Gone(inst) {
+			continue
+		}
+		if s.Hold != nil && s.Hold(inst) {
+			continue
+		}
+		gone = append(gone, inst)
+	}
+	sort.Strings(gone)
+	for _, inst := range gone {
+		delete(s.st.Members, inst)
+		delete(s.refused, inst)
+		if err := s.alloc.Free(inst); err != nil {
+			return err
+		}
+		s.env.Log.Info().Str("client", inst).Msg("vpn: instance left the run: removed from the mesh, its key unpinned")
+	}
+	if len(gone) > 0 {
+		return s.stateFile().save(s.st)
+	}
+	return nil
+}
+
+// publish publishes the server's own addresses and listening flag once its device has them, its
+// handshake count, and vpn.ready when every current member has an entry, confirmed its tunnel
+// and shook hands with the server.
+func (s *WGServer) publish(ctx context.Context, snap role.Snapshot, srv Assignment, current []string, entries map[string]Entry, problems []error) (bool, error) {
+	me := s.env.Instance
+	devOK, err := s.dev.hasAddrs(ctx, srv.V4, srv.V6)
+	if err != nil {
+		return false, err
+	}
+	if devOK {
+		for _, kv := range [][2]string{{params.VPNAddress, srv.V4.String()}, {params.VPNAddress6, srv.V6.String()}, {params.VPNServerListening, "true"}} {
+			if err := role.Publish(ctx, s.env.Params, snap, me, kv[0], kv[1]); err != nil {
+				return false, fmt.Errorf("vpn: %w", err)
+			}
+		}
+	}
+	hs, err := s.dev.handshakes()
+	if err != nil {
+		return false, err
+	}
+	if err := publishHandshakes(ctx, s.env, snap, s.dev); err != nil {
+		return false, err
+	}
+	var missing []string
+	for _, c := range current {
+		e, ok := entries[c]
+		if !ok || snap.Get(c, params.VPNClientListening) != "true" || hs[e.Key].IsZero() {
+			missing = append(missing, c)
+		}
+	}
+	ready := devOK && len(missing) == 0 && len(problems) == 0
+	v := ""
+	if ready {
+		v = "true"
+	}
+	if err := role.Publish(ctx, s.env.Params, snap, me, params.VPNReady, v); err != nil {
+		return false, fmt.Errorf("vpn: %w", err)
+	}
+	if !ready {
+		s.env.Log.Debug().Strs("waiting_for", missing).Bool("device", devOK).Msg("vpn: not every member has confirmed the mesh yet")
+	}
+	return ready, nil
+}
+
+// Withdraw un-sets the server's readiness, listening flag, addresses and handshake count.
+func (s *WGServer) Withdraw(ctx context.Context) error {
+	return role.Withdraw(ctx, s.env.Params, params.VPNServerListening, params.VPNReady, params.VPNAddress, params.VPNAddress6, params.VPNWGHandshakes)
+}
+
+// Teardown removes the device and the user-space function. The keys, pins and addresses stay in
+// the state dir unless RemoveKeys is set.
+func (s *WGServer) Teardown(ctx context.Context) error {
+	err := s.dev.teardown(ctx)
+	if s.RemoveKeys && s.env.StateDir != "" {
+		for _, p := range []string{filepath.Join(s.env.StateDir, "wg"), filepath.Join(s.env.StateDir, "addresses.json")} {
+			if rerr := os.RemoveAll(p); rerr != nil {
+				err = errors.Join(err, rerr)
+			}
+		}
+		s.signer, s.alloc = nil, nil
+	}
+	return err
+}
