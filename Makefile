@@ -32,6 +32,7 @@ test: deps images build role-image
 	set -o pipefail; CNSMO_REQUIRE_ALL=1 CNSMO_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -json ./... | $(GO) run ./internal/tools/testsummary
 	$(GO) test -run '^$$' -fuzz FuzzParseRules -fuzztime 10s ./roles/fw
 	$(GO) test -run '^$$' -fuzz FuzzParseRunXML -fuzztime 10s ./ssclient
+	$(GO) test -run '^$$' -fuzz FuzzParseEntry -fuzztime 10s ./roles/vpn
 
 # Unit tests only (no root, Docker or packages needed).
 test-unit:

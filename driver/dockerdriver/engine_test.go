@@ -30,6 +30,7 @@ type fakeEngine struct {
 }
 
 type fakeContainer struct {
+	mounts  []container.MountPoint
 	cfg     *container.Config
 	host    *container.HostConfig
 	running bool
@@ -69,6 +70,7 @@ func (e *fakeEngine) ContainerInspect(_ context.Context, name string) (container
 	return container.InspectResponse{
 		ContainerJSONBase: &container.ContainerJSONBase{Name: "/" + name, State: &container.State{Running: c.running, ExitCode: c.code}},
 		Config:            c.cfg,
+		Mounts:            c.mounts,
 	}, nil
 }
 
@@ -249,4 +251,31 @@ func TestCleanupRemovesOnlyTheOwners(t *testing.T) {
 	}
 	slices.Sort(left)
 	require.Equal(t, []string{other.ContainerName("fn"), "someone-elses"}, left)
+}
+
+// A shared directory is a bind mount at the same path: the path itself on a VM, the source of the
+// VM container's covering mount on a simulated VM; a directory on no mount is an error naming it.
+func TestSharedDirectories(t *testing.T) {
+	ctx := context.Background()
+	e := newFakeEngine()
+	e.byName["vm1"] = &fakeContainer{mounts: []container.MountPoint{
+		{Destination: "/run", Source: "/var/lib/docker/volumes/a/_data"},
+		{Destination: "/run/wireguard", Source: "/var/lib/docker/volumes/b/_data"},
+	}}
+	spec := driver.Spec{Name: "wg", Service: "vpn", Image: "img", Cmd: []string{"x"}, Shared: []string{"/run/wireguard"}}
+	onVM, err := New(driver.Owner{Run: "r", Instance: "i"}, WithEngine(e), WithNetwork("host"))
+	require.NoError(t, err)
+	require.NoError(t, onVM.Start(ctx, spec))
+	require.Equal(t, []string{"/run/wireguard:/run/wireguard"}, e.byName[onVM.ContainerName("wg")].host.Binds)
+
+	sim, err := New(driver.Owner{Run: "r", Instance: "j"}, WithEngine(e), WithNetwork("container:vm1"))
+	require.NoError(t, err)
+	require.NoError(t, sim.Start(ctx, spec))
+	require.Equal(t, []string{"/var/lib/docker/volumes/b/_data:/run/wireguard"}, e.byName[sim.ContainerName("wg")].host.Binds, "the longest covering mount")
+
+	spec.Name, spec.Shared = "wg2", []string{"/srv/x"}
+	err = sim.Start(ctx, spec)
+	require.ErrorContains(t, err, "/srv/x is not on a mount of vm1")
+	spec.Shared = []string{"run/x"}
+	require.ErrorContains(t, onVM.Start(ctx, spec), "not an absolute, clean path")
 }

@@ -138,7 +138,6 @@ func (d *wgDev) ensure(ctx context.Context, key wgtypes.Key, port int) (bool, er
 			d.epoch++
 		}
 	} else {
-		_ = os.MkdirAll(WGRunDir, 0o755) // shared with the function (wireguard-go makes it too)
 		st, err := d.env.Driver.Status(ctx, WGFunction)
 		if err != nil {
 			return false, fmt.Errorf("vpn: status of %s: %w", WGFunction, err)

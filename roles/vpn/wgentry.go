@@ -111,6 +111,12 @@ func ParseEntry(v string, signer ed25519.PublicKey) (Entry, error) {
 	if e.V6, err = netip.ParseAddr(vals[6]); err != nil || !e.V6.Is6() || e.V6.Is4In6() || e.V6.Zone() != "" {
 		return bad("v6 %q", vals[6])
 	}
+	if e.Key == (wgtypes.Key{}) {
+		return bad("the all-zero key")
+	}
+	if e.body() != body {
+		return bad("not in canonical form") // one text per meaning: 0::0 is written ::, gen=01 gen=1
+	}
 	raw, err := base64.StdEncoding.DecodeString(sig)
 	if err != nil || len(raw) != ed25519.SignatureSize {
 		return bad("signature encoding")
