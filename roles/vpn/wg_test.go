@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -18,6 +19,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/cnsmo/cnsmo/driver"
+	"github.com/cnsmo/cnsmo/internal/benchreport"
 	"github.com/cnsmo/cnsmo/params"
 	"github.com/cnsmo/cnsmo/roles/role"
 	"github.com/cnsmo/cnsmo/roles/role/roletest"
@@ -523,3 +525,69 @@ func TestWireGuardRestartKeepsKeys(t *testing.T) {
 	require.Equal(t, signer, l.st.Value("cnsmo.1:"+params.VPNWGSigner))
 	require.Equal(t, entry, l.st.Value("web.1:"+params.VPNWGPeer), "the same entry, the same generation")
 }
+
+// membershipPass renders, signs and publishes the entries of n members (the server's pass, no
+// device) and verifies them all as a member does, in a fresh process: the cost of the membership
+// at that size.
+func membershipPass(t testing.TB, n int) time.Duration {
+	st := roletest.NewStore("cnsmo.1", nil)
+	var members []string
+	st.Edit(func(s *roletest.Snapshot) {
+		s.Put("cnsmo.1:"+params.VPNSubnet, "198.18.0.0/16").Put("cnsmo.1:"+params.VPNSubnet6, "2001:db8:c5e0::/64")
+		for i := 1; i <= n; i++ {
+			in := fmt.Sprintf("web.%d", i)
+			members = append(members, in)
+			k, err := wgtypes.GeneratePrivateKey()
+			require.NoError(t, err)
+			s.Put(in+":"+params.VPNWGKey, k.PublicKey().String()).Put(in+":"+params.Hostname, fmt.Sprintf("198.19.%d.%d", i/200, 10+i%200))
+		}
+		s.AddNode("cnsmo", "cnsmo.1").AddNode("web", members...)
+	})
+	dir := t.(interface{ TempDir() string }).TempDir()
+	s := NewWGServer(role.Env{Params: st, Instance: "cnsmo.1", StateDir: dir, Log: zerolog.Nop()})
+	in, err := ParseInputs(func(k string) string { return st.Value("cnsmo.1:" + k) })
+	require.NoError(t, err)
+	ctx := context.Background()
+	start := time.Now()
+	require.NoError(t, s.open(in))
+	snap, err := st.Read(ctx)
+	require.NoError(t, err)
+	entries, problems, err := s.members(ctx, snap, in, members)
+	require.NoError(t, err)
+	require.Empty(t, problems)
+	require.Len(t, entries, n)
+	snap, err = st.Read(ctx)
+	require.NoError(t, err)
+	ms := &membership{signer: s.signer.Public().(ed25519.PublicKey), seenFile: jsonFile(dir + "/seen.json"), seen: map[string]uint64{}}
+	peers := ms.peers(snap, "web.1", role.Env{Log: zerolog.Nop()})
+	took := time.Since(start)
+	require.Len(t, peers, n-1)
+	for _, in := range members {
+		require.LessOrEqual(t, len(st.Value(in+":"+params.VPNWGPeer)), role.MaxValueLen)
+	}
+	return took
+}
+
+// TestBenchWGMembership: the membership of 200 members rendered, signed and verified (no
+// tunnels), beside 10.
+func TestBenchWGMembership(t *testing.T) {
+	if os.Getenv("CNSMO_BENCH") != "1" {
+		t.Skip("benchmark: set CNSMO_BENCH=1")
+	}
+	best := func(n int) time.Duration {
+		var b time.Duration
+		for i := 0; i < 5; i++ {
+			if d := membershipPass(t, n); b == 0 || d < b {
+				b = d
+			}
+		}
+		return b
+	}
+	m10, m200 := best(10), best(200)
+	benchreport.Report(t, benchreport.Figure{Name: "vpn_wg_membership_200_ms", Value: float64(m200.Microseconds()) / 1000,
+		Baseline: "vpn_wg_membership_10_ms", BaselineValue: float64(m10.Microseconds()) / 1000,
+		Note: "a first pass over n new members: the server assigns their addresses (each kept on disk), signs and publishes one entry per member (Ed25519), and a member verifies every entry; 200 vs 10, best of 5, no tunnels"})
+}
+
+// The membership of 200 members fits: one entry per member's own parameter, each verified.
+func TestWGMembership200(t *testing.T) { membershipPass(t, 200) }

@@ -231,6 +231,19 @@ type membership struct {
 	seen     map[string]uint64 // instance -> newest generation accepted (kept across restarts)
 	last     map[string]Entry  // instance -> last entry accepted
 	raw      map[string]string // instance -> the value last looked at
+	dirty    bool              // seen changed since it was saved
+}
+
+// flush keeps the generations seen (once per pass).
+func (ms *membership) flush(env role.Env) {
+	if !ms.dirty {
+		return
+	}
+	if err := ms.seenFile.save(ms.seen); err != nil {
+		env.Log.Warn().Err(err).Msg("vpn: keep the generations seen")
+		return
+	}
+	ms.dirty = false
 }
 
 // entry returns the instance's entry: the published one when it verifies (signed by the pinned
@@ -257,9 +270,7 @@ func (ms *membership) entry(s role.Snapshot, inst string, env role.Env) (Entry, 
 		ms.last[inst] = e
 		if e.Gen > ms.seen[inst] {
 			ms.seen[inst] = e.Gen
-			if err := ms.seenFile.save(ms.seen); err != nil {
-				env.Log.Warn().Err(err).Msg("vpn: keep the generations seen")
-			}
+			ms.dirty = true
 		}
 	}
 	e, ok := ms.last[inst]
@@ -287,5 +298,6 @@ func (ms *membership) peers(s role.Snapshot, me string, env role.Env) []Entry {
 			delete(ms.raw, inst)
 		}
 	}
+	ms.flush(env)
 	return out
 }

@@ -38,6 +38,7 @@ type WGServer struct {
 	signer  ed25519.PrivateKey
 	key     wgtypes.Key
 	st      wgServerState
+	dirty   bool              // st changed since it was saved
 	refused map[string]string // instance -> the key refused and said
 }
 
@@ -119,10 +120,21 @@ func (s *WGServer) grant(e Entry) (Entry, string, error) {
 	s.st.Counter++
 	e.Gen = s.st.Counter
 	s.st.Members[e.Instance] = wgRecord{Gen: e.Gen, Key: e.Key.String(), Endpoint: e.Endpoint, V4: e.V4.String(), V6: e.V6.String()}
-	if err := s.stateFile().save(s.st); err != nil {
-		return Entry{}, "", err
-	}
+	s.dirty = true
 	return e, e.Sign(s.signer), nil
+}
+
+// save keeps the state once per pass, before any entry it signed is published: a restarted
+// server never signs two meanings with one generation.
+func (s *WGServer) save() error {
+	if !s.dirty {
+		return nil
+	}
+	if err := s.stateFile().save(s.st); err != nil {
+		return err
+	}
+	s.dirty = false
+	return nil
 }
 
 // Reconcile runs the server's own mesh device, signs an entry for every current member that
@@ -145,6 +157,9 @@ func (s *WGServer) Reconcile(ctx context.Context, snap role.Snapshot) (bool, err
 	srv := s.alloc.Server()
 	own, ownSigned, err := s.grant(Entry{Instance: me, Key: s.key.PublicKey(), Endpoint: wgEndpoint(host, in.WGPort), V4: srv.V4, V6: srv.V6})
 	if err != nil {
+		return false, err
+	}
+	if err := s.save(); err != nil {
 		return false, err
 	}
 	current := clients(snap, me)
@@ -201,7 +216,7 @@ func wgEndpoint(host string, port int) string { return net.JoinHostPort(host, st
 // members signs an entry for every current member with a valid key and a hostname, and publishes
 // it in the member's vpn.wg.peer.
 func (s *WGServer) members(ctx context.Context, snap role.Snapshot, in Inputs, current []string) (map[string]Entry, []error, error) {
-	entries := map[string]Entry{}
+	entries, signed := map[string]Entry{}, map[string]string{}
 	var problems []error
 	for _, c := range current {
 		raw := strings.TrimSpace(snap.Get(c, params.VPNWGKey))
@@ -239,17 +254,25 @@ func (s *WGServer) members(ctx context.Context, snap role.Snapshot, in Inputs, c
 			problems = append(problems, err)
 			continue
 		}
-		e, signed, err := s.grant(Entry{Instance: c, Key: key, Endpoint: wgEndpoint(host, in.WGPort), V4: as.V4, V6: as.V6})
+		e, sig, err := s.grant(Entry{Instance: c, Key: key, Endpoint: wgEndpoint(host, in.WGPort), V4: as.V4, V6: as.V6})
 		if err != nil {
 			return nil, nil, err
 		}
-		entries[c] = e
-		if snap.Get(c, params.VPNWGPeer) != signed {
-			if err := s.env.Params.Set(ctx, c, params.VPNWGPeer, signed); err != nil {
-				return nil, nil, fmt.Errorf("vpn: publish %s of %s: %w", params.VPNWGPeer, c, err)
-			}
-			s.env.Log.Info().Str("client", c).Str("address", as.V4.String()).Str("address6", as.V6.String()).Uint64("gen", e.Gen).Msg("vpn: wireguard member signed")
+		entries[c], signed[c] = e, sig
+	}
+	if err := s.save(); err != nil {
+		return nil, nil, err
+	}
+	for _, c := range current {
+		sig, ok := signed[c]
+		if !ok || snap.Get(c, params.VPNWGPeer) == sig {
+			continue
 		}
+		if err := s.env.Params.Set(ctx, c, params.VPNWGPeer, sig); err != nil {
+			return nil, nil, fmt.Errorf("vpn: publish %s of %s: %w", params.VPNWGPeer, c, err)
+		}
+		e := entries[c]
+		s.env.Log.Info().Str("client", c).Str("address", e.V4.String()).Str("address6", e.V6.String()).Uint64("gen", e.Gen).Msg("vpn: wireguard member signed")
 	}
 	return entries, problems, nil
 }
