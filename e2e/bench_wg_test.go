@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"testing"
@@ -23,29 +22,6 @@ type vpnRun struct {
 	converge time.Duration // server + 10 members from the roles' start to vpn.ready
 	mbps     float64       // web.1 (cloud-b) -> web.6 (cloud-c) through the overlay
 	join     time.Duration // a new member's role started to its vpn.address published
-}
-
-// iperfVMs runs iperf3 from VM from to addr (served by VM to) for secs seconds: received Mbit/s.
-func iperfVMs(t *testing.T, ctx context.Context, from, to *testbed.VM, addr string, secs int) float64 {
-	t.Helper()
-	srv, err := to.Start(ctx, nil, "iperf3", "-s", "-1", "-p", "5201")
-	require.NoError(t, err)
-	defer func() { _ = srv.Wait(ctx) }()
-	var out string
-	require.Eventually(t, func() bool {
-		out, _, err = from.Exec(ctx, "iperf3", "-c", addr, "-p", "5201", "-t", fmt.Sprint(secs), "-J")
-		return err == nil
-	}, 30*time.Second, 200*time.Millisecond, "iperf3 to %s: %v %s", addr, err, out)
-	var res struct {
-		End struct {
-			SumReceived struct {
-				BitsPerSecond float64 `json:"bits_per_second"`
-			} `json:"sum_received"`
-		} `json:"end"`
-	}
-	require.NoError(t, json.Unmarshal([]byte(out), &res))
-	require.Positive(t, res.End.SumReceived.BitsPerSecond)
-	return res.End.SumReceived.BitsPerSecond / 1e6
 }
 
 // measureVPN deploys the server and 10 members (VPN only, Docker driver) with engine, measures
@@ -84,7 +60,8 @@ func measureVPN(t *testing.T, ctx context.Context, tb *testbed.Testbed, engine s
 	if engine == vpn.EngineWireGuard {
 		require.NoError(t, d.WaitMesh(ctx, all, time.Minute))
 	}
-	r.mbps = iperfVMs(t, ctx, d.VMOf("web.1"), d.VMOf("web.6"), d.Param("web.6:"+params.VPNAddress), 5)
+	r.mbps, err = d.Throughput(ctx, "web.1", "web.6", 5)
+	require.NoError(t, err)
 
 	names, err := d.Mock.ScaleUp(d.Run.UUID, "web", 1)
 	require.NoError(t, err)

@@ -25,8 +25,9 @@ import (
 // with the seed's rules and load balancer; a fourth member joins; then the group is stopped and
 // every VM is as before.
 func TestNuvla2Deployment(t *testing.T) {
-	for _, drv := range []string{"docker", "exec"} {
-		t.Run(drv, func(t *testing.T) {
+	for _, c := range []struct{ drv, engine string }{{"docker", "openvpn"}, {"exec", "openvpn"}, {"docker", "wireguard"}} {
+		drv := c.drv
+		t.Run(drv+"-"+c.engine, func(t *testing.T) {
 			requireBin(t)
 			testutil.RequireBinary(t, "docker-compose")
 			testutil.RequireImage(t, "cnsmo/role:latest")
@@ -37,7 +38,7 @@ func TestNuvla2Deployment(t *testing.T) {
 			defer cancel()
 			before := state(t, ctx, tb)
 			var progress strings.Builder
-			report, d, err := deploy.RunScenario(ctx, tb, deploy.Config{Driver: drv, API: "nuvla2", Compose: true, Progress: &progress})
+			report, d, err := deploy.RunScenario(ctx, tb, deploy.Config{Driver: drv, API: "nuvla2", Compose: true, Progress: &progress, Engine: c.engine})
 			if d != nil {
 				defer d.Close(ctx)
 			}

@@ -88,7 +88,8 @@ build_role() {
   [ -x "$bin" ] || { log "role: $bin is missing: run make build first"; exit 1; }
   ctx=$(mktemp -d /var/tmp/cnsmo-role.XXXXXX)
   trap 'rm -rf "$ctx"' RETURN
-  cp role/Dockerfile "$ctx/" && cp "$bin" "$ctx/cnsmo-role"
+  [ -x "${bin%/*}/wireguard-go" ] || { log "role: ${bin%/*}/wireguard-go is missing: run make build first"; exit 1; }
+  cp role/Dockerfile "$ctx/" && cp "$bin" "$ctx/cnsmo-role" && cp "${bin%/*}/wireguard-go" "$ctx/wireguard-go"
   build_fn role "$ctx"
 }
 

@@ -83,7 +83,7 @@ var Table = []Spec{
 	{VPNCSR, "VPN client (on its own instance)", "VPN server", "PEM certificate request, CN = the instance name"},
 	{VPNCert, "VPN server (on the client's instance)", "VPN client", "PEM certificate signed by the VPN's CA"},
 	{VPNClientListening, "VPN client, when the server answers through the tunnel", "VPN server", "`true`"},
-	{VPNReady, "VPN server, when every current client is connected and has confirmed its tunnel (un-set while one is missing)", "agents, recipes", "`true`"},
+	{VPNReady, "VPN server, when every current client is connected and has confirmed its tunnel (wireguard: and has a recent handshake with every other member); un-set while one is missing", "agents, recipes", "`true`"},
 	{VPNAddress, "VPN client, once its interface has it and the server answers through the tunnel (the server: its own)", "application, load balancer", "IPv4 address in the overlay, stable across restarts"},
 	{VPNAddress6, "VPN client, with vpn.address (the server: its own)", "application", "IPv6 address in the overlay, same host index as vpn.address"},
 	{VPNSubnet, "developer (input of the CNSMO server component)", "VPN server", "IPv4 prefix, /8 to /29; default 100.96.0.0/16 (in 100.64.0.0/10, clear of clouds' private ranges)"},

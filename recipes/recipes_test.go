@@ -10,6 +10,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/cnsmo/cnsmo/backend/nuvla2"
 	"github.com/cnsmo/cnsmo/internal/testutil"
 	"github.com/cnsmo/cnsmo/params"
 )
@@ -121,4 +122,18 @@ func TestNuvla2ComposeFiles(t *testing.T) {
 	require.NoError(t, err)
 	require.Contains(t, string(ex), "CNSMO_FW_RULES")
 	require.Contains(t, string(ex), "requires-user-rights")
+}
+
+// Every input of the Nuvla 2 convention reaches cnsmo-role: the compose file of its component
+// forwards the variable to the container.
+func TestComposeFilesForwardEveryInput(t *testing.T) {
+	for _, in := range nuvla2.Inputs {
+		file := "nuvla2/app-member.yml"
+		if in.Server {
+			file = "nuvla2/cnsmo-server.yml"
+		}
+		b, err := os.ReadFile(file)
+		require.NoError(t, err)
+		require.Contains(t, string(b), "      "+in.Env+": ${"+in.Env+":-", "%s does not forward %s (%s)", file, in.Env, in.Param)
+	}
 }

@@ -1,8 +1,9 @@
 // Command cnsmo-demo is `make demo`: mocknuvla and a simulated multi-cloud deployment (a CNSMO
 // server and three application VMs, each in a cloud of its own, VPN + firewall + load balancer), driven by
 // the real recipes and cnsmo-role; it prints what works, scales out one VM, tears everything down,
-// checks the host is as before; then the same deployment on Nuvla 2 (a deployment group on
-// mocknuvla's Nuvla 2 API); and ends with PASS or FAIL (exit code 0 or 1).
+// checks the host is as before; then the same deployment with the WireGuard engine (a direct
+// full mesh), and on Nuvla 2 (a deployment group on mocknuvla's Nuvla 2 API); it measures a short
+// client-to-client throughput per engine and ends with PASS or FAIL (exit code 0 or 1).
 package main
 
 import (
@@ -16,34 +17,58 @@ import (
 
 	"github.com/cnsmo/cnsmo/internal/deploy"
 	"github.com/cnsmo/cnsmo/internal/hoststate"
+	"github.com/cnsmo/cnsmo/roles/vpn"
 	"github.com/cnsmo/cnsmo/testbed"
 )
 
 func main() {
 	driver := flag.String("driver", "docker", "runtime of the roles on the VMs: docker or exec")
 	withNuvla2 := flag.Bool("nuvla2", true, "also run the deployment on Nuvla 2 (a deployment group)")
+	withWG := flag.Bool("wireguard", true, "also run the deployment with the WireGuard engine")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	ok, err := run(ctx, *driver, "slipstream")
-	if err == nil && *withNuvla2 {
-		fmt.Println("\n== the same deployment on Nuvla 2: a deployment group, members coordinating through deployment parameters")
-		var ok2 bool
-		ok2, err = run(ctx, *driver, "nuvla2")
-		ok = ok && ok2
+	type scenario struct{ api, engine, title string }
+	list := []scenario{{"slipstream", vpn.EngineOpenVPN, ""}}
+	if *withWG {
+		list = append(list, scenario{"slipstream", vpn.EngineWireGuard,
+			"the same deployment with vpn.engine=wireguard: a direct full mesh, every member a peer of every other"})
 	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "demo:", err)
+	if *withNuvla2 {
+		list = append(list, scenario{"nuvla2", vpn.EngineOpenVPN,
+			"the same deployment on Nuvla 2: a deployment group, members coordinating through deployment parameters"})
+	}
+	ok := true
+	var summary []string
+	for i, sc := range list {
+		if i > 0 {
+			fmt.Printf("\n== %s\n", sc.title)
+		}
+		one, err := run(ctx, *driver, sc.api, sc.engine)
+		verdict := "PASS"
+		if err != nil || !one {
+			verdict = "FAIL"
+		}
+		summary = append(summary, fmt.Sprintf("  %-4s %s, VPN engine %s, driver %s", verdict, sc.api, sc.engine, *driver))
+		ok = ok && one && err == nil
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "demo:", err)
+			break
+		}
+	}
+	fmt.Println("\n== scenarios")
+	for _, l := range summary {
+		fmt.Println(l)
 	}
 	// scripts/demo.sh prints the overall RESULT line; this exit code is its share.
-	if !ok || err != nil {
+	if !ok {
 		fmt.Println("\nsimulated deployment: FAIL")
 		os.Exit(1)
 	}
 	fmt.Println("\nsimulated deployment: PASS")
 }
 
-func run(ctx context.Context, driver, api string) (bool, error) {
+func run(ctx context.Context, driver, api, engine string) (bool, error) {
 	if os.Geteuid() != 0 {
 		return false, fmt.Errorf("needs root (network namespaces, veth, iptables)")
 	}
@@ -53,7 +78,7 @@ func run(ctx context.Context, driver, api string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	fmt.Printf("== starting the testbed: %d clouds (driver %s)\n", len(deploy.FullClouds), driver)
+	fmt.Printf("== starting the testbed: %d clouds (driver %s, VPN engine %s)\n", len(deploy.FullClouds), driver, engine)
 	tb, err := testbed.Create(ctx, testbed.Options{Clouds: deploy.FullClouds})
 	if err != nil {
 		return false, err
@@ -66,7 +91,8 @@ func run(ctx context.Context, driver, api string) (bool, error) {
 		_ = tb.Close()
 		return false, err
 	}
-	report, d, runErr := deploy.RunScenario(ctx, tb, deploy.Config{Driver: driver, API: api, Compose: api == "nuvla2", Progress: os.Stdout})
+	report, d, runErr := deploy.RunScenario(ctx, tb, deploy.Config{Driver: driver, API: api, Compose: api == "nuvla2", Progress: os.Stdout,
+		Engine: engine, Throughput: true})
 	report.Print(os.Stdout)
 	if runErr != nil && d != nil {
 		for _, in := range d.Instances() {

@@ -57,6 +57,8 @@ type Config struct {
 	Compose bool
 	// Engine is the VPN engine of the scenario (vpn.engine): "openvpn" (default) or "wireguard".
 	Engine string
+	// Throughput: the scenario measures web.1 -> web.2 TCP throughput through the VPN (3 s).
+	Throughput bool
 }
 
 // Deployment is a running run on the testbed.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"regexp"
@@ -188,4 +189,41 @@ func (d *Deployment) WaitMesh(ctx context.Context, instances []string, within ti
 		return fmt.Errorf("the mesh is not complete (want %s handshakes everywhere): %s: %w", want, strings.Join(last, " "), err)
 	}
 	return nil
+}
+
+// Throughput runs iperf3 (TCP, secs seconds) from one instance's VM to another's overlay
+// address and returns the received Mbit/s.
+func (d *Deployment) Throughput(ctx context.Context, from, to string, secs int) (float64, error) {
+	srv, err := d.VMOf(to).Start(ctx, nil, "iperf3", "-s", "-1", "-p", "5201")
+	if err != nil {
+		return 0, err
+	}
+	defer func() {
+		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		if srv.Wait(wctx) != nil {
+			_ = srv.Signal(syscall.SIGKILL)
+		}
+	}()
+	addr := d.Param(to + ":" + params.VPNAddress)
+	var out string
+	err = wait.Backoff{Min: 100 * time.Millisecond, Max: 300 * time.Millisecond, Limit: 20 * time.Second}.Until(ctx, func(context.Context) (bool, error) {
+		var e error
+		out, _, e = d.VMOf(from).Exec(ctx, "iperf3", "-c", addr, "-p", "5201", "-t", fmt.Sprint(secs), "-J")
+		return e == nil, nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("iperf3 to %s: %w: %s", addr, err, out)
+	}
+	var res struct {
+		End struct {
+			SumReceived struct {
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+		} `json:"end"`
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil || res.End.SumReceived.BitsPerSecond <= 0 {
+		return 0, fmt.Errorf("iperf3 to %s: no result: %v", addr, err)
+	}
+	return res.End.SumReceived.BitsPerSecond / 1e6, nil
 }

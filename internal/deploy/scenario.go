@@ -176,6 +176,12 @@ func RunScenario(ctx context.Context, tb *testbed.Testbed, cfg Config) (*Report,
 		}
 	}
 
+	if VPN() && cfg.Throughput {
+		if r.Mbps, err = d.Throughput(ctx, "web.1", "web.2", 3); err != nil {
+			r.fail("vpn: throughput web.1 -> web.2: %v", err)
+		}
+	}
+
 	server := d.VMOf("cnsmo.1")
 	for _, w := range webs {
 		for _, port := range []int{WebPort, BlockedPort} {

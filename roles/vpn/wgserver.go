@@ -139,7 +139,8 @@ func (s *WGServer) save() error {
 
 // Reconcile runs the server's own mesh device, signs an entry for every current member that
 // published a key (the first key of an instance is pinned), removes the instances that left,
-// and reports ready when every current member has confirmed its tunnel and shook hands with it.
+// and reports ready when the whole mesh works: every current member has confirmed its tunnel,
+// shook hands with the server and with every other member.
 func (s *WGServer) Reconcile(ctx context.Context, snap role.Snapshot) (bool, error) {
 	me := s.env.Instance
 	in, err := ParseInputs(func(k string) string { return snap.Get(me, k) })
@@ -340,10 +341,14 @@ func (s *WGServer) publish(ctx context.Context, snap role.Snapshot, srv Assignme
 	if err := publishHandshakes(ctx, s.env, snap, s.dev); err != nil {
 		return false, err
 	}
+	// Ready means the whole mesh works: every member confirmed (the server answers it), shook
+	// hands with the server, and counts every other current member as a peer with a recent
+	// handshake.
+	full := fmt.Sprintf("%d/%d", len(current), len(current))
 	var missing []string
 	for _, c := range current {
 		e, ok := entries[c]
-		if !ok || snap.Get(c, params.VPNClientListening) != "true" || hs[e.Key].IsZero() {
+		if !ok || snap.Get(c, params.VPNClientListening) != "true" || hs[e.Key].IsZero() || snap.Get(c, params.VPNWGHandshakes) != full {
 			missing = append(missing, c)
 		}
 	}
