@@ -41,6 +41,9 @@ func TestWireGuardDeployment(t *testing.T) {
 			requireScenarioPassed(t, ctx, report, d, err, progress.String())
 			require.NotNil(t, report.Capture)
 			require.Len(t, report.Trust, 2)
+			require.Eventually(t, func() bool {
+				return strings.Contains(d.Param("web.1:statecustom"), "wireguard mesh, 4/4 peers with a recent handshake")
+			}, time.Minute, 200*time.Millisecond, "web.1's statecustom shows its mesh: %q", d.Param("web.1:statecustom"))
 			for _, in := range d.Instances() {
 				_, err := d.Recipe(ctx, in, "onstop.sh")
 				require.NoError(t, err, "onstop on %s", in)

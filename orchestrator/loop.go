@@ -251,8 +251,22 @@ func (l *Loop) pass(ctx context.Context, me string) (wait bool, err error) {
 		l.Log.Info().Bool("published", published).Msg(MsgAllReady)
 	}
 	l.ready = true
-	l.display(ctx, "cnsmo: services ready")
+	msg := "cnsmo: services ready"
+	for _, s := range l.Services {
+		if st, ok := s.(Statuser); ok {
+			if v := st.Status(); v != "" {
+				msg += "; " + s.Name() + ": " + v
+			}
+		}
+	}
+	l.display(ctx, msg)
 	return false, nil
+}
+
+// Statuser is a service with something for operators to see once it is ready (shown in
+// statecustom after "services ready"), e.g. the WireGuard mesh's handshakes.
+type Statuser interface {
+	Status() string
 }
 
 // outcome is what reconciling the services found beyond readiness.

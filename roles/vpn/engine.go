@@ -129,3 +129,19 @@ func (v *ClientService) Withdraw(ctx context.Context) error {
 
 // Leave waits until the VPN server has withdrawn its overlay address (see Client.Leave).
 func (v *ClientService) Leave(ctx context.Context, st role.Store) { v.OpenVPN.Leave(ctx, st) }
+
+// Status is the WireGuard engine's, when it runs (see orchestrator.Statuser).
+func (v *ServerService) Status() string {
+	if v.active == EngineWireGuard {
+		return v.WG.Status()
+	}
+	return ""
+}
+
+// Status is the WireGuard engine's, when it runs.
+func (v *ClientService) Status() string {
+	if v.active == EngineWireGuard {
+		return v.WG.Status()
+	}
+	return ""
+}

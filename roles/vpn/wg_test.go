@@ -381,6 +381,9 @@ func TestWireGuardMeshKernel(t *testing.T) {
 		require.Equal(t, 1420, l.links[vm].mtu, "1500 - 80")
 		require.Len(t, l.links[vm].addrs, 2)
 		require.Equal(t, "2/2", l.st.Value(vm+":"+params.VPNWGHandshakes))
+		if vm != "cnsmo.1" {
+			require.Equal(t, "wireguard mesh, 2/2 peers with a recent handshake", l.members[vm].Status(), "shown in statecustom")
+		}
 		peers := l.peers(vm)
 		require.Len(t, peers, 2, vm)
 		for i, o := range all {

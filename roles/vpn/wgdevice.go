@@ -75,7 +75,14 @@ type wgDev struct {
 	kernel   *bool                     // decided on the first pass
 	applied  map[wgtypes.Key]wgApplied // peers as this process configured them
 	resolved map[string]*net.UDPAddr   // endpoint -> address
-	said     bool
+	status   string                    // "<n>/<peers>" last published
+}
+
+func (d *wgDev) statusLine() string {
+	if d.status == "" {
+		return ""
+	}
+	return "wireguard mesh, " + d.status + " peers with a recent handshake"
 }
 
 type wgApplied struct {

@@ -160,11 +160,15 @@ func publishHandshakes(ctx context.Context, env role.Env, s role.Snapshot, d *wg
 	if err != nil {
 		return err
 	}
-	if err := role.Publish(ctx, env.Params, s, env.Instance, params.VPNWGHandshakes, recent(hs, time.Now())); err != nil {
+	d.status = recent(hs, time.Now())
+	if err := role.Publish(ctx, env.Params, s, env.Instance, params.VPNWGHandshakes, d.status); err != nil {
 		return fmt.Errorf("vpn: %w", err)
 	}
 	return nil
 }
+
+// Status is shown in statecustom: the peers with a recent handshake.
+func (m *WGMember) Status() string { return m.dev.statusLine() }
 
 // pinSigner trusts the first valid signing key the server publishes and refuses any other later:
 // a VM that rewrites vpn.wg.signer (or vpn.server.nodeinstanceid) cannot make this member follow

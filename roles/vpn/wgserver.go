@@ -366,6 +366,9 @@ func (s *WGServer) publish(ctx context.Context, snap role.Snapshot, srv Assignme
 	return ready, nil
 }
 
+// Status is shown in statecustom: the peers with a recent handshake.
+func (s *WGServer) Status() string { return s.dev.statusLine() }
+
 // Withdraw un-sets the server's readiness, listening flag, addresses and handshake count.
 func (s *WGServer) Withdraw(ctx context.Context) error {
 	return role.Withdraw(ctx, s.env.Params, params.VPNServerListening, params.VPNReady, params.VPNAddress, params.VPNAddress6, params.VPNWGHandshakes)
