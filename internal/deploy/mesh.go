@@ -223,7 +223,7 @@ func (d *Deployment) Throughput(ctx context.Context, from, to string, secs int) 
 		} `json:"end"`
 	}
 	if err := json.Unmarshal([]byte(out), &res); err != nil || res.End.SumReceived.BitsPerSecond <= 0 {
-		return 0, fmt.Errorf("iperf3 to %s: no result: %v", addr, err)
+		return 0, fmt.Errorf("iperf3 to %s: no result (%v): %.600s", addr, err, out)
 	}
 	return res.End.SumReceived.BitsPerSecond / 1e6, nil
 }

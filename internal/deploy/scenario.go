@@ -106,14 +106,8 @@ func (r *Report) fail(format string, args ...any) {
 // Pass reports whether every check passed.
 func (r *Report) Pass() bool { return len(r.Failures) == 0 }
 
-// RunFull deploys the server and three agents with VPN, FW and LB through the recipes, checks
-// the services, scales out one VM and checks it joined. It returns the report; an error means the
-// scenario could not run to the end (the report says how far it got).
-func RunFull(ctx context.Context, tb *testbed.Testbed, driver string, progress io.Writer) (*Report, *Deployment, error) {
-	return RunScenario(ctx, tb, Config{Driver: driver, Progress: progress})
-}
-
-// RunScenario is RunFull on the platform cfg.API names (cfg.Definition and cfg.Placement are the
+// RunScenario deploys the server and three agents with VPN, FW and LB through the recipes, checks
+// the services, scales out one VM and checks it joined, on the platform cfg.API names (cfg.Definition and cfg.Placement are the
 // scenario's own). On Nuvla 2 the roles start as the members' containers would, and the scale out
 // is a new member of the group.
 func RunScenario(ctx context.Context, tb *testbed.Testbed, cfg Config) (*Report, *Deployment, error) {

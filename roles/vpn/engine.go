@@ -5,6 +5,8 @@ import (
 	"errors"
 	"net/netip"
 
+	"github.com/cnsmo/cnsmo/driver"
+
 	"github.com/cnsmo/cnsmo/params"
 	"github.com/cnsmo/cnsmo/roles/role"
 )
@@ -43,11 +45,25 @@ func (v *ServerService) engine(engine string) role.Service {
 	return v.OpenVPN
 }
 
-// switchTo tears the other engine down when the engine changes.
-func switchTo(ctx context.Context, env role.Env, active *string, engine string, svc func(string) role.Service) error {
-	if *active != "" && *active != engine {
-		env.Log.Info().Str("from", *active).Str("to", engine).Msg("vpn: engine changed: tearing the other engine down")
-		if err := svc(*active).Teardown(ctx); err != nil {
+// switchTo tears the other engine down when the engine changes, and on the first pass of this
+// process when the other engine's function is still there (the engine changed while the role
+// was down): both use the device name.
+func switchTo(ctx context.Context, env role.Env, active *string, engine string, svc func(string) role.Service, functions map[string][]string) error {
+	other := EngineOpenVPN
+	if engine == EngineOpenVPN {
+		other = EngineWireGuard
+	}
+	left := *active == other
+	if *active == "" {
+		for _, fn := range functions[other] {
+			if st, err := env.Driver.Status(ctx, fn); err == nil && st.State != driver.StateAbsent {
+				left = true
+			}
+		}
+	}
+	if left {
+		env.Log.Info().Str("from", other).Str("to", engine).Msg("vpn: engine changed: tearing the other engine down")
+		if err := svc(other).Teardown(ctx); err != nil {
 			return err
 		}
 	}
@@ -62,8 +78,13 @@ func (v *ServerService) Reconcile(ctx context.Context, s role.Snapshot) (bool, e
 	if err != nil {
 		return false, role.Terminal(err)
 	}
-	if err := switchTo(ctx, v.OpenVPN.env, &v.active, in.Engine, v.engine); err != nil {
+	was := v.active
+	if err := switchTo(ctx, v.OpenVPN.env, &v.active, in.Engine, v.engine,
+		map[string][]string{EngineOpenVPN: {ServerFunction}, EngineWireGuard: {WGFunction}}); err != nil {
 		return false, err
+	}
+	if was != "" && was != in.Engine { // the other engine assigned addresses meanwhile: read them again
+		v.OpenVPN.alloc, v.WG.alloc = nil, nil
 	}
 	return v.engine(in.Engine).Reconcile(ctx, s)
 }
@@ -103,7 +124,10 @@ func (v *ClientService) engine(engine string) role.Service {
 
 // Reconcile implements role.Service: nothing until the CNSMO server is known.
 func (v *ClientService) Reconcile(ctx context.Context, s role.Snapshot) (bool, error) {
-	srv := s.Get(v.OpenVPN.env.Instance, params.ServerInstanceID)
+	srv := v.WG.server(s) // the pinned VPN server once the mesh was joined
+	if srv == "" {
+		srv = s.Get(v.OpenVPN.env.Instance, params.ServerInstanceID)
+	}
 	if srv == "" {
 		return false, nil
 	}
@@ -111,7 +135,8 @@ func (v *ClientService) Reconcile(ctx context.Context, s role.Snapshot) (bool, e
 	if err != nil {
 		return false, nil // the server aborts the run with the message
 	}
-	if err := switchTo(ctx, v.OpenVPN.env, &v.active, in.Engine, v.engine); err != nil {
+	if err := switchTo(ctx, v.OpenVPN.env, &v.active, in.Engine, v.engine,
+		map[string][]string{EngineOpenVPN: {ClientFunction}, EngineWireGuard: {WGFunction}}); err != nil {
 		return false, err
 	}
 	return v.engine(in.Engine).Reconcile(ctx, s)

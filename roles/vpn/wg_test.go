@@ -223,10 +223,11 @@ func (w *fakeWG) ConfigureDevice(_ string, cfg wgtypes.Config) error {
 
 // fakeLinks: a kernel with WireGuard (kernel true) or without.
 type fakeLinks struct {
-	w      *fakeWG
-	kernel bool
-	addrs  []netip.Prefix
-	mtu    int
+	w        *fakeWG
+	kernel   bool
+	addrs    []netip.Prefix
+	mtu      int
+	underlay int // 0: 1500
 }
 
 func (l *fakeLinks) Kind(string) (string, bool, error) {
@@ -251,7 +252,12 @@ func (l *fakeLinks) Setup(_ string, mtu int, addrs []netip.Prefix) error {
 	l.mtu, l.addrs = mtu, slices.Clone(addrs)
 	return nil
 }
-func (l *fakeLinks) UnderlayMTU() int { return 1500 }
+func (l *fakeLinks) UnderlayMTU() int {
+	if l.underlay == 0 {
+		return 1500
+	}
+	return l.underlay
+}
 func (l *fakeLinks) Del(string) error { l.w.dev, l.addrs = nil, nil; return nil }
 
 // startsUserspace makes the fake driver's Start of wireguard-go create the user-space device.
@@ -594,3 +600,94 @@ func TestBenchWGMembership(t *testing.T) {
 
 // The membership of 200 members fits: one entry per member's own parameter, each verified.
 func TestWGMembership200(t *testing.T) { membershipPass(t, 200) }
+
+// A key already pinned by another member, or the server's own, is refused (and said), not
+// signed; an invalid hostname is a problem, not an endpoint.
+func TestWireGuardRefusesCopiedKeysAndBadHosts(t *testing.T) {
+	l := newMeshLab(t, true, "web.1", "web.2", "web.3")
+	ctx := context.Background()
+	// web.2 and web.3 have not published yet: a VM writes web.1's key as web.2's, the server's as web.3's.
+	_, err := l.members["web.1"].Reconcile(ctx, l.snap())
+	require.NoError(t, err)
+	_, _ = l.srv.Reconcile(ctx, l.snap())
+	l.st.Edit(func(s *roletest.Snapshot) {
+		s.Put("web.2:"+params.VPNWGKey, s.Get("web.1", params.VPNWGKey)).Put("web.3:"+params.VPNWGKey, s.Get("cnsmo.1", params.VPNWGKey))
+	})
+	_, _ = l.srv.Reconcile(ctx, l.snap())
+	require.Empty(t, l.st.Value("web.2:"+params.VPNWGPeer), "no entry for a copied key")
+	require.Empty(t, l.st.Value("web.3:"+params.VPNWGPeer), "no entry for the server's key")
+	require.Contains(t, strings.Join(l.st.Displays(), "\n"), "refused the WireGuard key of web.2: it is another member's key")
+
+	for _, h := range []string{"-bad.example", "a b", "x_y.example", strings.Repeat("a", 64) + ".example"} {
+		l.st.Edit(func(s *roletest.Snapshot) {
+			s.Put("web.2:"+params.VPNWGKey, "").Put("web.3:"+params.VPNWGKey, "").Put("web.1:"+params.Hostname, h)
+		})
+		snap := l.snap()
+		in, err := ParseInputs(func(k string) string { return snap.Get("cnsmo.1", k) })
+		require.NoError(t, err)
+		_, problems, err := l.srv.members(ctx, snap, in, []string{"web.1"})
+		require.NoError(t, err)
+		require.Len(t, problems, 1, h)
+		require.ErrorContains(t, problems[0], "web.1: hostname", h)
+	}
+	require.NoError(t, validHost("web-1.cloud.example"))
+	require.NoError(t, validHost("2001:db8::10"))
+}
+
+// Once joined, a member follows its pinned server: pointing its cnsmo.server.nodeinstanceid (or
+// the server's vpn.server.nodeinstanceid) at another VM that publishes vpn.engine=openvpn or
+// another port changes nothing.
+func TestWireGuardMemberFollowsThePinnedServer(t *testing.T) {
+	l := newMeshLab(t, true, "web.1", "web.2")
+	l.converge()
+	l.st.Edit(func(s *roletest.Snapshot) {
+		s.Put("web.1:"+params.ServerInstanceID, "web.2").Put("web.2:"+params.VPNServerInstanceID, "web.2").
+			Put("web.2:"+params.VPNEngine, EngineOpenVPN).Put("web.2:"+params.VPNWGPort, "4000")
+	})
+	m := l.members["web.1"]
+	require.Equal(t, "cnsmo.1", m.server(l.snap()))
+	c := &ClientService{OpenVPN: newClient(m.env), WG: m, active: EngineWireGuard}
+	ready, err := c.Reconcile(context.Background(), l.snap())
+	require.NoError(t, err)
+	require.True(t, ready)
+	require.Equal(t, EngineWireGuard, c.active)
+	require.Equal(t, 51820, l.f.device("web.1").dev.ListenPort)
+}
+
+// The MTU follows a smaller underlay but is never above 1420, so that every peer can carry it.
+func TestWireGuardMTU(t *testing.T) {
+	for underlay, want := range map[int]int{1500: 1420, 9001: 1420, 1460: 1380, 1300: 1280} {
+		l := newMeshLab(t, true, "web.1")
+		l.links["web.1"].underlay = underlay
+		l.converge()
+		require.Equal(t, want, l.links["web.1"].mtu, "underlay %d", underlay)
+	}
+}
+
+// Of two entries sharing a key or an address, the one granted first is kept.
+func TestUniqueEntries(t *testing.T) {
+	a, b, c := testEntry(t), testEntry(t), testEntry(t)
+	a.Instance, a.Gen = "web.1", 3
+	b.Instance, b.Gen, b.Key = "web.2", 9, a.Key
+	c.Instance, c.Gen, c.V4 = "web.3", 5, netip.MustParseAddr("198.19.200.9")
+	c.V6 = netip.MustParseAddr("2001:db8:c5e0::9")
+	got := unique([]Entry{b, c, a}, role.Env{Log: zerolog.Nop()})
+	require.Equal(t, []string{"web.1", "web.3"}, []string{got[0].Instance, got[1].Instance})
+}
+
+// An engine changed while the role was down: the other engine's function is torn down on the
+// first pass.
+func TestEngineLeftoverTornDown(t *testing.T) {
+	l := newMeshLab(t, true, "web.1")
+	m := l.members["web.1"]
+	drv := m.dev.env.Driver.(*wgDriver)
+	require.NoError(t, drv.fakeDriver.Start(context.Background(), driver.Spec{Name: ClientFunction}))
+	cl := newClient(m.env)
+	cl.env.Driver = drv
+	cl.DelLink = func(context.Context, string) error { return nil }
+	c := &ClientService{OpenVPN: cl, WG: m}
+	_, err := c.Reconcile(context.Background(), l.snap())
+	require.NoError(t, err)
+	_, left := drv.started[ClientFunction]
+	require.False(t, left, "the OpenVPN client left from before is removed")
+}

@@ -186,9 +186,11 @@ func (d *wgDev) ensure(ctx context.Context, key wgtypes.Key, port int) (bool, er
 
 // setup gives the device its MTU (from the underlay) and addresses, and brings it up.
 func (d *wgDev) setup(v4, v6 netip.Prefix) error {
+	// 1420 on a 1500 underlay; never more (a peer on a 1500 path must not get larger packets
+	// than it can carry), less on a smaller underlay.
 	mtu := wgDefaultMTU
 	if u := d.links.UnderlayMTU(); u > 0 {
-		mtu = max(u-wgOverhead, wgMinMTU)
+		mtu = min(max(u-wgOverhead, wgMinMTU), wgDefaultMTU)
 	}
 	return d.links.Setup(Device, mtu, []netip.Prefix{v4, v6})
 }

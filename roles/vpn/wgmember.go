@@ -2,6 +2,7 @@ package vpn
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"errors"
@@ -9,6 +10,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -39,6 +42,7 @@ type WGMember struct {
 	ms        *membership
 	saidS     string // the refused signer last said
 	confirmed int    // the device epoch whose mesh was confirmed (0: none)
+	pin       *serverPin
 }
 
 // NewWGMember returns the WireGuard engine of an application VM.
@@ -79,10 +83,7 @@ func (m *WGMember) Reconcile(ctx context.Context, s role.Snapshot) (bool, error)
 	if err := role.Publish(ctx, m.env.Params, s, me, params.VPNWGKey, pub); err != nil {
 		return false, fmt.Errorf("vpn: %w", err)
 	}
-	srv := s.Get(me, params.ServerInstanceID)
-	if srv != "" {
-		srv = s.Get(srv, params.VPNServerInstanceID)
-	}
+	srv := m.server(s)
 	if srv == "" {
 		return false, nil // the VPN server has not published itself yet
 	}
@@ -90,7 +91,7 @@ func (m *WGMember) Reconcile(ctx context.Context, s role.Snapshot) (bool, error)
 	if err != nil {
 		return false, nil // the server aborts the run with the message
 	}
-	signer, err := m.pinSigner(s.Get(srv, params.VPNWGSigner), srv)
+	signer, err := m.pinSigner(s, srv)
 	if signer == nil || err != nil {
 		return false, err
 	}
@@ -117,6 +118,7 @@ func (m *WGMember) Reconcile(ctx context.Context, s role.Snapshot) (bool, error)
 		return false, nil
 	}
 	ok, err = m.confirm(ctx, s, own, server)
+	m.ms.flush(m.env)
 	if err := publishHandshakes(ctx, m.env, s, m.dev); err != nil {
 		return false, err
 	}
@@ -170,10 +172,73 @@ func publishHandshakes(ctx context.Context, env role.Env, s role.Snapshot, d *wg
 // Status is shown in statecustom: the peers with a recent handshake.
 func (m *WGMember) Status() string { return m.dev.statusLine() }
 
-// pinSigner trusts the first valid signing key the server publishes and refuses any other later:
-// a VM that rewrites vpn.wg.signer (or vpn.server.nodeinstanceid) cannot make this member follow
-// entries it signed. nil (and no error) while the server has published none.
-func (m *WGMember) pinSigner(v, srv string) (ed25519.PublicKey, error) {
+// serverPin is the VPN server this member pinned on first use: its instance and signing key.
+type serverPin struct {
+	instance string
+	signer   ed25519.PublicKey
+}
+
+// loadPin reads the pin kept in the state dir (nil: none yet).
+func (m *WGMember) loadPin() (*serverPin, error) {
+	if m.pin != nil {
+		return m.pin, nil
+	}
+	b, err := os.ReadFile(filepath.Join(m.env.StateDir, wgSignerPin))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("vpn: %w", err)
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 2 || !validInstance(f[0]) {
+		return nil, fmt.Errorf("vpn: %s: not \"<instance> <signing key>\"", filepath.Join(m.env.StateDir, wgSignerPin))
+	}
+	k, err := ParseSigner(f[1])
+	if err != nil {
+		return nil, fmt.Errorf("vpn: %s: %w", filepath.Join(m.env.StateDir, wgSignerPin), err)
+	}
+	m.pin = &serverPin{instance: f[0], signer: k}
+	return m.pin, nil
+}
+
+// server is the VPN server's instance: the pinned one once there is a pin (a VM that points
+// cnsmo.server.nodeinstanceid or vpn.server.nodeinstanceid elsewhere later is not followed, for
+// the engine, the port and the prefixes too), else the one the parameters name.
+func (m *WGMember) server(s role.Snapshot) string {
+	if p, err := m.loadPin(); err == nil && p != nil {
+		return p.instance
+	}
+	srv := s.Get(m.env.Instance, params.ServerInstanceID)
+	if srv != "" {
+		srv = s.Get(srv, params.VPNServerInstanceID)
+	}
+	return srv
+}
+
+// pinSigner trusts the first valid signing key the server publishes, with the server's instance,
+// and keeps them: a VM that later rewrites vpn.wg.signer or the server pointers cannot make this
+// member follow entries it signed. nil (and no error) while the server has published none.
+func (m *WGMember) pinSigner(s role.Snapshot, srv string) (ed25519.PublicKey, error) {
+	pin, err := m.loadPin()
+	if err != nil {
+		return nil, err
+	}
+	v := s.Get(srv, params.VPNWGSigner)
+	if pin != nil {
+		named := s.Get(m.env.Instance, params.ServerInstanceID)
+		if named != "" {
+			named = s.Get(named, params.VPNServerInstanceID)
+		}
+		if k, err := ParseSigner(v); v != "" && (err != nil || !bytes.Equal(k, pin.signer)) || named != "" && named != pin.instance {
+			if said := v + "|" + named; m.saidS != said {
+				m.saidS = said
+				m.env.Log.Warn().Str("server", pin.instance).Str("named", named).Msg("vpn: the VPN server or its signing key in the parameters is not the one this VM pinned on first use: refused, the mesh stays with the pinned server; " +
+					"if the CNSMO server was really re-created, run `cnsmo-role stop --purge` on this VM and start the role again")
+			}
+		}
+		return pin.signer, nil
+	}
 	if v == "" {
 		return nil, nil
 	}
@@ -182,32 +247,14 @@ func (m *WGMember) pinSigner(v, srv string) (ed25519.PublicKey, error) {
 		return nil, fmt.Errorf("vpn: %s:%s: %w: not trusted", srv, params.VPNWGSigner, err)
 	}
 	p := filepath.Join(m.env.StateDir, wgSignerPin)
-	pinned, err := os.ReadFile(p)
-	switch {
-	case errors.Is(err, os.ErrNotExist):
-		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-			return nil, fmt.Errorf("vpn: %w", err)
-		}
-		if err := atomicfile.Write(p, []byte(FormatSigner(k)+"\n"), 0o644); err != nil {
-			return nil, err
-		}
-		m.env.Log.Info().Str("server", srv).Msg("vpn: server's signing key pinned on first use")
-		return k, nil
-	case err != nil:
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 		return nil, fmt.Errorf("vpn: %w", err)
 	}
-	old, err := ParseSigner(string(pinned))
-	if err != nil {
-		return nil, fmt.Errorf("vpn: %s: %w", p, err)
+	if err := atomicfile.Write(p, []byte(srv+" "+FormatSigner(k)+"\n"), 0o644); err != nil {
+		return nil, err
 	}
-	if !bytes.Equal(old, k) {
-		if m.saidS != v {
-			m.saidS = v
-			m.env.Log.Warn().Str("server", srv).Msg("vpn: " + srv + ":" + params.VPNWGSigner + " is not the signing key this VM pinned on first use: refused, the mesh stays with the pinned key; " +
-				"if the CNSMO server was really re-created, run `cnsmo-role stop --purge` on this VM and start the role again")
-		}
-		return old, nil // keep following what the pinned server signed
-	}
+	m.pin = &serverPin{instance: srv, signer: k}
+	m.env.Log.Info().Str("server", srv).Msg("vpn: the VPN server and its signing key pinned on first use")
 	return k, nil
 }
 
@@ -223,7 +270,7 @@ func (m *WGMember) Teardown(ctx context.Context) error {
 		if rerr := os.RemoveAll(filepath.Join(m.env.StateDir, "wg")); rerr != nil {
 			err = errors.Join(err, rerr)
 		}
-		m.ms = nil
+		m.ms, m.pin = nil, nil
 	}
 	return err
 }
@@ -303,5 +350,26 @@ func (ms *membership) peers(s role.Snapshot, me string, env role.Env) []Entry {
 		}
 	}
 	ms.flush(env)
+	return unique(out, env)
+}
+
+// unique keeps, of entries sharing a key or an address, the one granted first (the lowest
+// generation): two peers with one key would replace each other in the device, and the server
+// never grants a key or an address twice.
+func unique(list []Entry, env role.Env) []Entry {
+	slices.SortStableFunc(list, func(a, b Entry) int { return cmp.Compare(a.Gen, b.Gen) })
+	seen := map[string]bool{}
+	out := list[:0]
+	for _, e := range list {
+		ids := []string{"k" + e.Key.String(), "a" + e.V4.String(), "a" + e.V6.String()}
+		if slices.ContainsFunc(ids, func(id string) bool { return seen[id] }) {
+			env.Log.Warn().Str("instance", e.Instance).Msg("vpn: membership entry with a key or an address already granted to another member: left out")
+			continue
+		}
+		for _, id := range ids {
+			seen[id] = true
+		}
+		out = append(out, e)
+	}
 	return out
 }

@@ -14,6 +14,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
@@ -39,7 +40,7 @@ type WGServer struct {
 	key     wgtypes.Key
 	st      wgServerState
 	dirty   bool              // st changed since it was saved
-	refused map[string]string // instance -> the key refused and said
+	refused map[string]string // instance -> the refusal last said
 }
 
 // wgServerState is kept in wg/members.json: the generation counter and, per instance, the entry
@@ -225,29 +226,30 @@ func (s *WGServer) members(ctx context.Context, snap role.Snapshot, in Inputs, c
 		if raw == "" || host == "" {
 			continue
 		}
+		if err := validHost(host); err != nil {
+			problems = append(problems, fmt.Errorf("%s: %s: %w", c, params.Hostname, err))
+			continue
+		}
 		key, err := wgtypes.ParseKey(raw)
 		if err == nil && key == (wgtypes.Key{}) {
 			err = errors.New("the all-zero key")
 		}
 		pinned, has := s.st.Members[c]
 		switch {
-		case has && pinned.Key != raw:
+		case has && (err != nil || pinned.Key != key.String()):
 			// Another key in c's vpn.wg.pubkey (a VM that rewrote it, or a purged member): refused,
-			// said once per value; c keeps its pinned key, address and entry.
-			if s.refused[c] != raw {
-				if s.refused == nil {
-					s.refused = map[string]string{}
-				}
-				s.refused[c] = raw
-				msg := fmt.Sprintf("cnsmo: vpn: refused a new WireGuard key for %s: the instance's first key is pinned until it leaves the run", c)
-				s.env.Log.Warn().Str("client", c).Msg("vpn: " + msg[len("cnsmo: vpn: "):])
-				_ = s.env.Params.Display(ctx, msg)
-			}
+			// said once; c keeps its pinned key, address and entry.
+			s.refuse(ctx, c, fmt.Sprintf("cnsmo: vpn: refused a new WireGuard key for %s: the instance's first key is pinned until it leaves the run", c))
 			if key, err = wgtypes.ParseKey(pinned.Key); err != nil {
 				continue
 			}
 		case err != nil:
 			problems = append(problems, fmt.Errorf("%s: %s: %w", c, params.VPNWGKey, err))
+			continue
+		case !has && s.keyTaken(key, c):
+			// The key of another member (or of this server): a VM that copied it would take that
+			// member's place in every peer list. Refused, not pinned.
+			s.refuse(ctx, c, fmt.Sprintf("cnsmo: vpn: refused the WireGuard key of %s: it is another member's key", c))
 			continue
 		}
 		as, err := s.alloc.Assign(c)
@@ -276,6 +278,51 @@ func (s *WGServer) members(ctx context.Context, snap role.Snapshot, in Inputs, c
 		s.env.Log.Info().Str("client", c).Str("address", e.V4.String()).Str("address6", e.V6.String()).Uint64("gen", e.Gen).Msg("vpn: wireguard member signed")
 	}
 	return entries, problems, nil
+}
+
+// refuse says once per instance and message why its key was refused (log and statecustom).
+func (s *WGServer) refuse(ctx context.Context, inst, msg string) {
+	if s.refused[inst] == msg {
+		return
+	}
+	if s.refused == nil {
+		s.refused = map[string]string{}
+	}
+	s.refused[inst] = msg
+	s.env.Log.Warn().Str("client", inst).Msg(strings.TrimPrefix(msg, "cnsmo: "))
+	_ = s.env.Params.Display(ctx, msg)
+}
+
+// keyTaken reports whether key is pinned by another instance than inst (the server's own included).
+func (s *WGServer) keyTaken(key wgtypes.Key, inst string) bool {
+	k := key.String()
+	for other, r := range s.st.Members {
+		if other != inst && r.Key == k {
+			return true
+		}
+	}
+	return key == s.key.PublicKey()
+}
+
+// validHost accepts an IP address or a DNS name (letters, digits, '-', '.'; labels of 1-63).
+func validHost(h string) error {
+	if _, err := netip.ParseAddr(h); err == nil {
+		return nil
+	}
+	if len(h) > 253 {
+		return fmt.Errorf("%d characters: not a host name", len(h))
+	}
+	for _, l := range strings.Split(strings.TrimSuffix(h, "."), ".") {
+		if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
+			return fmt.Errorf("%q is not an IP address or a host name", h)
+		}
+		for _, r := range l {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-') {
+				return fmt.Errorf("%q is not an IP address or a host name", h)
+			}
+		}
+	}
+	return nil
 }
 
 // recordEntry is the entry recorded for inst.
@@ -345,10 +392,11 @@ func (s *WGServer) publish(ctx context.Context, snap role.Snapshot, srv Assignme
 	// hands with the server, and counts every other current member as a peer with a recent
 	// handshake.
 	full := fmt.Sprintf("%d/%d", len(current), len(current))
+	now := time.Now()
 	var missing []string
 	for _, c := range current {
 		e, ok := entries[c]
-		if !ok || snap.Get(c, params.VPNClientListening) != "true" || hs[e.Key].IsZero() || snap.Get(c, params.VPNWGHandshakes) != full {
+		if !ok || snap.Get(c, params.VPNClientListening) != "true" || now.Sub(hs[e.Key]) >= WGRecent || snap.Get(c, params.VPNWGHandshakes) != full {
 			missing = append(missing, c)
 		}
 	}
