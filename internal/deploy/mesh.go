@@ -210,7 +210,8 @@ func (d *Deployment) Throughput(ctx context.Context, from, to string, secs int) 
 	err = wait.Backoff{Min: 100 * time.Millisecond, Max: 300 * time.Millisecond, Limit: 20 * time.Second}.Until(ctx, func(context.Context) (bool, error) {
 		var e error
 		out, _, e = d.VMOf(from).Exec(ctx, "iperf3", "-c", addr, "-p", "5201", "-t", fmt.Sprint(secs), "-J")
-		return e == nil, nil
+		// iperf3 3.12 exits 0 with "error" in its JSON when the server does not listen yet.
+		return e == nil && !strings.Contains(out, `"error":`), nil
 	})
 	if err != nil {
 		return 0, fmt.Errorf("iperf3 to %s: %w: %s", addr, err, out)
