@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
 	"testing"
 	"time"
 
@@ -60,8 +61,16 @@ func measureVPN(t *testing.T, ctx context.Context, tb *testbed.Testbed, engine s
 	if engine == vpn.EngineWireGuard {
 		require.NoError(t, d.WaitMesh(ctx, all, time.Minute))
 	}
-	r.mbps, err = d.Throughput(ctx, "web.1", "web.6", 5)
-	require.NoError(t, err)
+	// The median of three 5 s runs: on two cores, one run swings with what else gets scheduled.
+	var runs []float64
+	for i := 0; i < 3; i++ {
+		mbps, err := d.Throughput(ctx, "web.1", "web.6", 5)
+		require.NoError(t, err)
+		runs = append(runs, mbps)
+	}
+	slices.Sort(runs)
+	r.mbps = runs[1]
+	t.Logf("%s: throughput runs %.0f Mbit/s", engine, runs)
 
 	names, err := d.Mock.ScaleUp(d.Run.UUID, "web", 1)
 	require.NoError(t, err)
@@ -102,10 +111,10 @@ func TestBenchWireGuard(t *testing.T) {
 	mesh := measureVPN(t, ctx, tb, vpn.EngineWireGuard)
 	benchreport.Report(t,
 		benchreport.Figure{Name: "vpn_wg_throughput_mbps", Value: mesh.mbps, Baseline: "vpn_hub_throughput_testbed_mbps", BaselineValue: hub.mbps,
-			Note: "iperf3 TCP 5 s web.1 (cloud-b) -> web.6 (cloud-c) on the testbed through the WireGuard mesh (wireguard-go from the pinned module, Docker driver), vs the same pair through the OpenVPN hub (tap, via the server's cloud)"},
+			Note: "iperf3 TCP 5 s, median of 3, web.1 (cloud-b) -> web.6 (cloud-c) on the testbed through the WireGuard mesh (wireguard-go from the pinned module, Docker driver), vs the same pair through the OpenVPN hub (tap, via the server's cloud)"},
 		benchreport.Figure{Name: "vpn_wg_join_ms", Value: float64(mesh.join.Milliseconds()), Baseline: "vpn_hub_join_testbed_ms", BaselineValue: float64(hub.join.Milliseconds()),
 			Note: "an 11th member's recipe started (onvmadd kick on every VM) to its vpn.address published, testbed, Docker driver; vs the OpenVPN hub's client the same way"},
 		benchreport.Figure{Name: "vpn_wg_mesh_converge_10_s", Value: mesh.converge.Seconds(), Baseline: "vpn_hub_converge_10_s", BaselineValue: hub.converge.Seconds(),
-			Note: "server + 10 members' recipes started to the server's vpn.ready (every member confirmed: tunnel, server pinged, handshake), testbed, Docker driver; vs the OpenVPN hub"},
+			Note: "server + 10 members' recipes started to the server's vpn.ready (every member confirmed, and with wireguard every pair of members shook hands), testbed, Docker driver; vs the OpenVPN hub"},
 	)
 }

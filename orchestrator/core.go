@@ -62,14 +62,14 @@ func (c *core) bump(ctx context.Context, st role.Publisher, s role.Snapshot) err
 }
 
 // agentInputs are the keys of an application instance that its own role reads (its inputs and
-// what the server writes for it); its outputs (addresses, flags, requests) change nothing for the
+// what the server writes for it: its certificate, its WireGuard entry, which every member reads); its outputs (addresses, flags, requests) change nothing for the
 // other agents and stay out of the digest, so that a converging agent does not make every other
 // agent read the whole deployment.
-var agentInputs = []string{params.FWRules, params.FWLockoutOK, params.VPNCert, params.ServerInstanceID}
+var agentInputs = []string{params.FWRules, params.FWLockoutOK, params.VPNCert, params.VPNWGPeer, params.ServerInstanceID}
 
 // Digest sums up everything in s an agent may depend on: the deployment's own values, every value
-// of the server (s.Self()) but its progress text (written for operators only) and its own
-// generation, the membership (nodes, their instances, who has left), and the inputs of every
+// of the server (s.Self()) but its progress text and handshake count (written for operators
+// only) and its own generation, the membership (nodes, their instances, who has left), and the inputs of every
 // application instance.
 func Digest(s role.Snapshot) string {
 	h := sha256.New()
@@ -86,7 +86,7 @@ func Digest(s role.Snapshot) string {
 		field("deployment", k, s.Get(role.Deployment, k))
 	}
 	for _, k := range s.Keys(me) {
-		if k == params.Statecustom || k == params.Generation {
+		if k == params.Statecustom || k == params.Generation || k == params.VPNWGHandshakes {
 			continue
 		}
 		field("server", k, s.Get(me, k))
