@@ -24,6 +24,38 @@ import (
 	"github.com/cnsmo/cnsmo/testbed"
 )
 
+// startVPNLab deploys the seed's Appendix A on a testbed of three clouds (spares web3, web4) with
+// the VPN only and engine, through the recipes (Docker driver), and waits for cnsmo.1, web.1 and
+// web.2 to be enabled.
+func startVPNLab(t *testing.T, ctx context.Context, engine string) *vpnLab {
+	t.Helper()
+	tb := testbed.New(t, testbed.Options{Clouds: []testbed.CloudSpec{
+		{Name: "cloud-a", VMs: []string{"cnsmo1"}},
+		{Name: "cloud-b", VMs: []string{"web1", "web3"}},
+		{Name: "cloud-c", VMs: []string{"web2", "web4"}},
+	}})
+	def, err := deploy.AppDefinition()
+	require.NoError(t, err)
+	require.NoError(t, def.SetValue("cnsmo", params.ServicesEnable, `["vpn"]`))
+	require.NoError(t, def.SetValue("cnsmo", params.VPNEngine, engine))
+	for i := range def.Nodes {
+		if def.Nodes[i].Name == "web" {
+			def.Nodes[i].Multiplicity = 2
+		}
+	}
+	d, err := deploy.Start(ctx, tb, deploy.Config{Definition: def, Driver: "docker",
+		Placement: map[string]string{"cnsmo.1": "cnsmo1", "web.1": "web1", "web.2": "web2"}})
+	require.NoError(t, err)
+	l := &vpnLab{t: t, d: d}
+	for _, in := range []string{"cnsmo.1", "web.1", "web.2"} {
+		require.NoError(t, d.Launch(ctx, in))
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer wcancel()
+	l.requireEnabled(wctx, "cnsmo.1", "web.1", "web.2")
+	return l
+}
+
 // vpnLab is the seed's Appendix A deployment: the CNSMO server in cloud-a, one client in cloud-b
 // and one in cloud-c, two spare VMs for scale-out; VPN only, through the real recipes.
 type vpnLab struct {
@@ -157,32 +189,11 @@ func crlLists(crlPEM string, serial *big.Int) bool {
 func TestVPNAppendixA(t *testing.T) {
 	requireBin(t)
 	testutil.RequireImage(t, "cnsmo/openvpn:latest")
-	tb := testbed.New(t, testbed.Options{Clouds: []testbed.CloudSpec{
-		{Name: "cloud-a", VMs: []string{"cnsmo1"}},
-		{Name: "cloud-b", VMs: []string{"web1", "web3"}},
-		{Name: "cloud-c", VMs: []string{"web2", "web4"}},
-	}})
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
-	def, err := deploy.AppDefinition()
-	require.NoError(t, err)
-	require.NoError(t, def.SetValue("cnsmo", params.ServicesEnable, `["vpn"]`))
-	for i := range def.Nodes {
-		if def.Nodes[i].Name == "web" {
-			def.Nodes[i].Multiplicity = 2
-		}
-	}
-	d, err := deploy.Start(ctx, tb, deploy.Config{Definition: def, Driver: "docker",
-		Placement: map[string]string{"cnsmo.1": "cnsmo1", "web.1": "web1", "web.2": "web2"}})
-	require.NoError(t, err)
+	l := startVPNLab(t, ctx, vpn.EngineOpenVPN)
+	d := l.d
 	defer d.Close(context.Background())
-	l := &vpnLab{t: t, d: d}
-	for _, in := range []string{"cnsmo.1", "web.1", "web.2"} {
-		require.NoError(t, d.Launch(ctx, in))
-	}
-	wctx, wcancel := context.WithTimeout(ctx, 3*time.Minute)
-	l.requireEnabled(wctx, "cnsmo.1", "web.1", "web.2")
-	wcancel()
 
 	// Addresses: in the test prefixes, distinct, published by each client once its tunnel works.
 	v4net, v6net := netip.MustParsePrefix(deploy.TestSubnet), netip.MustParsePrefix(deploy.TestSubnet6)
@@ -208,7 +219,7 @@ func TestVPNAppendixA(t *testing.T) {
 	pattern := "c0ffee5eedcafe42"
 	under := capture(t, ctx, d.VMOf("cnsmo.1"), "eth0", "udp port 1194")
 	over := capture(t, ctx, d.VMOf("web.2"), vpn.Device, "icmp")
-	_, _, err = d.VMOf("web.1").Exec(ctx, "ping", "-n", "-c", "5", "-i", "0.2", "-W", "2", "-p", pattern, "-s", "200", addr["web.2"][0])
+	_, _, err := d.VMOf("web.1").Exec(ctx, "ping", "-n", "-c", "5", "-i", "0.2", "-W", "2", "-p", pattern, "-s", "200", addr["web.2"][0])
 	require.NoError(t, err)
 	ub, ob := under(), over()
 	raw, _ := hex.DecodeString(pattern + pattern + pattern)
@@ -227,7 +238,7 @@ func TestVPNAppendixA(t *testing.T) {
 	require.NoError(t, d.Mock.SetParam(d.Run.UUID, "cnsmo.1:"+params.ServicesEnabled, ""))
 	restart := time.Now()
 	require.NoError(t, d.Launch(ctx, "cnsmo.1"))
-	wctx, wcancel = context.WithTimeout(ctx, 2*time.Minute)
+	wctx, wcancel := context.WithTimeout(ctx, 2*time.Minute)
 	l.requireEnabled(wctx, "cnsmo.1")
 	wcancel()
 	l.pingsEventually(ctx, "web.1", addr["web.2"][0], 60*time.Second)

@@ -60,34 +60,12 @@ func TestWireGuardDeployment(t *testing.T) {
 func TestWireGuardLifecycle(t *testing.T) {
 	requireBin(t)
 	testutil.RequireImage(t, vpn.WGImage)
-	tb := testbed.New(t, testbed.Options{Clouds: []testbed.CloudSpec{
-		{Name: "cloud-a", VMs: []string{"cnsmo1"}},
-		{Name: "cloud-b", VMs: []string{"web1", "web3"}},
-		{Name: "cloud-c", VMs: []string{"web2", "web4"}},
-	}})
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
-	def, err := deploy.AppDefinition()
-	require.NoError(t, err)
-	require.NoError(t, def.SetValue("cnsmo", params.ServicesEnable, `["vpn"]`))
-	require.NoError(t, def.SetValue("cnsmo", params.VPNEngine, vpn.EngineWireGuard))
-	for i := range def.Nodes {
-		if def.Nodes[i].Name == "web" {
-			def.Nodes[i].Multiplicity = 2
-		}
-	}
-	d, err := deploy.Start(ctx, tb, deploy.Config{Definition: def, Driver: "docker",
-		Placement: map[string]string{"cnsmo.1": "cnsmo1", "web.1": "web1", "web.2": "web2"}})
-	require.NoError(t, err)
+	l := startVPNLab(t, ctx, vpn.EngineWireGuard)
+	d := l.d
 	defer d.Close(context.Background())
-	l := &vpnLab{t: t, d: d}
 	members := []string{"cnsmo.1", "web.1", "web.2"}
-	for _, in := range members {
-		require.NoError(t, d.Launch(ctx, in))
-	}
-	wctx, wcancel := context.WithTimeout(ctx, 3*time.Minute)
-	l.requireEnabled(wctx, members...)
-	wcancel()
 	require.NoError(t, d.WaitMesh(ctx, members, time.Minute))
 	require.Equal(t, "true", l.param("cnsmo.1:"+params.VPNReady))
 	keys, addr := map[string]string{}, map[string][2]string{}
@@ -145,7 +123,7 @@ func TestWireGuardLifecycle(t *testing.T) {
 
 	// Scale in web.2: its role dies with its VM, its wireguard-go keeps running with its key. Every
 	// member removes it; it reaches nobody; the mesh is whole again without it.
-	_, _, err = d.VMOf("web.2").Exec(ctx, "sh", "-c", "kill -9 $(cat "+deploy.StateDir+"/role.pid)")
+	_, _, err := d.VMOf("web.2").Exec(ctx, "sh", "-c", "kill -9 $(cat "+deploy.StateDir+"/role.pid)")
 	require.NoError(t, err)
 	require.NoError(t, d.Mock.ScaleDown(d.Run.UUID, "web", []int{2}))
 	require.NoError(t, d.Mock.SetState(d.Run.UUID, "Ready"))

@@ -3,6 +3,8 @@
 # Sourced, not run. Variables:
 #   CNSMO_ROLE_URL   where to download cnsmo-role from when it is not installed (optional)
 #   CNSMO_BIN_DIR    where cnsmo-role is or goes (default /opt/cnsmo/bin)
+#   CNSMO_WIREGUARD_URL where to download wireguard-go from when it is not beside cnsmo-role
+#                    (optional: only the wireguard engine with --driver exec and no kernel WireGuard)
 #   CNSMO_LINK_DIR   where the ss-* links go when the image has no SlipStream client (default /usr/local/bin)
 #   CNSMO_STATE_DIR  the role's state, logs and pid file (default /var/lib/cnsmo)
 #   CNSMO_WAIT       seconds to wait for net.services.enabled (default 1800; 0 = forever)
@@ -25,6 +27,13 @@ cnsmo_install() {
     curl -fsSL -o "$CNSMO_BIN_DIR/cnsmo-role.tmp" "$CNSMO_ROLE_URL"
     chmod 0755 "$CNSMO_BIN_DIR/cnsmo-role.tmp"
     mv "$CNSMO_BIN_DIR/cnsmo-role.tmp" "$CNSMO_BIN_DIR/cnsmo-role"
+  fi
+  # wireguard-go (vpn.engine=wireguard with --driver exec on a VM without kernel WireGuard): beside
+  # cnsmo-role, where the role looks for it first; downloaded when CNSMO_WIREGUARD_URL is set.
+  if [ ! -x "$CNSMO_BIN_DIR/wireguard-go" ] && [ -n "${CNSMO_WIREGUARD_URL:-}" ]; then
+    curl -fsSL -o "$CNSMO_BIN_DIR/wireguard-go.tmp" "$CNSMO_WIREGUARD_URL"
+    chmod 0755 "$CNSMO_BIN_DIR/wireguard-go.tmp"
+    mv "$CNSMO_BIN_DIR/wireguard-go.tmp" "$CNSMO_BIN_DIR/wireguard-go"
   fi
   # ss-* tools: keep SlipStream's own when the image has them, else answer with cnsmo-role.
   mkdir -p "$CNSMO_LINK_DIR"

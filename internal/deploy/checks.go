@@ -112,18 +112,7 @@ func Distribution(ctx context.Context, vm *testbed.VM, addr string, port, n int)
 // material (PEM keys, and the WireGuard and signing keys read from every VM's state dir) and
 // returns the keys that hold some, with the number of parameters scanned.
 func (d *Deployment) KeyLeaks(ctx context.Context) (leaks []string, scanned int, err error) {
-	var secrets []string
-	for _, in := range d.Instances() {
-		vm := d.VMOf(in)
-		if vm == nil {
-			continue
-		}
-		for _, f := range []string{"vpn/wg/private.key", "vpn/wg/signer.key"} {
-			if out, _, err := vm.Exec(ctx, "cat", StateDir+"/"+f); err == nil && strings.TrimSpace(out) != "" {
-				secrets = append(secrets, strings.TrimSpace(out))
-			}
-		}
-	}
+	secrets := d.Secrets(ctx)
 	values := map[string]string{}
 	if d.Nuvla2() {
 		values = d.Mock.Nuvla2Params(d.hub)
@@ -150,6 +139,33 @@ func (d *Deployment) KeyLeaks(ctx context.Context) (leaks []string, scanned int,
 	}
 	sort.Strings(leaks)
 	return leaks, len(values), nil
+}
+
+// Secrets reads the WireGuard and signing keys from every VM's state dir (the member's container
+// on Nuvla 2 with compose).
+func (d *Deployment) Secrets(ctx context.Context) []string {
+	var secrets []string
+	for _, in := range d.Instances() {
+		vm := d.VMOf(in)
+		if vm == nil {
+			continue
+		}
+		for _, f := range []string{"vpn/wg/private.key", "vpn/wg/signer.key"} {
+			var out string
+			var err error
+			if d.Nuvla2() && d.cfg.Compose { // the state is in the member's container (its volume)
+				out, err = d.compose(ctx, in, "exec", "-T", "cnsmo", "cat", StateDir+"/"+f)
+			} else {
+				out, _, err = vm.Exec(ctx, "cat", StateDir+"/"+f)
+			}
+			// A key file is one base64 line; docker-compose may print warnings before it.
+			lines := strings.Fields(strings.TrimSpace(out))
+			if err == nil && len(lines) > 0 {
+				secrets = append(secrets, lines[len(lines)-1])
+			}
+		}
+	}
+	return secrets
 }
 
 // HAProxyConfig returns the configuration the load balancer runs with: in its container (Docker

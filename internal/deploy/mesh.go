@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"regexp"
@@ -14,6 +13,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/cnsmo/cnsmo/internal/benchreport"
 	"github.com/cnsmo/cnsmo/internal/wait"
 	"github.com/cnsmo/cnsmo/params"
 	"github.com/cnsmo/cnsmo/roles/vpn"
@@ -206,25 +206,18 @@ func (d *Deployment) Throughput(ctx context.Context, from, to string, secs int) 
 		}
 	}()
 	addr := d.Param(to + ":" + params.VPNAddress)
-	var out string
+	var mbps float64
+	var last error
 	err = wait.Backoff{Min: 100 * time.Millisecond, Max: 300 * time.Millisecond, Limit: 20 * time.Second}.Until(ctx, func(context.Context) (bool, error) {
-		var e error
-		out, _, e = d.VMOf(from).Exec(ctx, "iperf3", "-c", addr, "-p", "5201", "-t", fmt.Sprint(secs), "-J")
-		// iperf3 3.12 exits 0 with "error" in its JSON when the server does not listen yet.
-		return e == nil && !strings.Contains(out, `"error":`), nil
+		out, _, e := d.VMOf(from).Exec(ctx, "iperf3", "-c", addr, "-p", "5201", "-t", fmt.Sprint(secs), "-J")
+		if e == nil {
+			mbps, e = benchreport.IperfMbps([]byte(out)) // the server may not listen yet: again
+		}
+		last = e
+		return e == nil, nil
 	})
 	if err != nil {
-		return 0, fmt.Errorf("iperf3 to %s: %w: %s", addr, err, out)
+		return 0, fmt.Errorf("iperf3 to %s: %w (%v)", addr, err, last)
 	}
-	var res struct {
-		End struct {
-			SumReceived struct {
-				BitsPerSecond float64 `json:"bits_per_second"`
-			} `json:"sum_received"`
-		} `json:"end"`
-	}
-	if err := json.Unmarshal([]byte(out), &res); err != nil || res.End.SumReceived.BitsPerSecond <= 0 {
-		return 0, fmt.Errorf("iperf3 to %s: no result (%v): %.600s", addr, err, out)
-	}
-	return res.End.SumReceived.BitsPerSecond / 1e6, nil
+	return mbps, nil
 }

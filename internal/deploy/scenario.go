@@ -277,6 +277,9 @@ func RunScenario(ctx context.Context, tb *testbed.Testbed, cfg Config) (*Report,
 			r.trust(ctx, d)
 		}
 		r.checkAddresses()
+		if n := len(d.Secrets(ctx)); r.Engine == vpn.EngineWireGuard && n < len(r.Addresses) {
+			r.fail("vpn: read %d WireGuard keys from %d members: the scan for them would prove nothing", n, len(r.Addresses))
+		}
 		r.Leaks, r.Scanned, err = d.KeyLeaks(ctx)
 		if err != nil {
 			return r, d, err

@@ -150,6 +150,15 @@ func (a *Allocator) Get(instance string) (Assignment, bool) {
 	return as, ok
 }
 
+// V4Of returns the IPv4 address assigned to instance (a nil allocator has none).
+func (a *Allocator) V4Of(instance string) (netip.Addr, bool) {
+	if a == nil {
+		return netip.Addr{}, false
+	}
+	as, ok := a.Get(instance)
+	return as.V4, ok
+}
+
 // Assign returns instance's addresses, allocating the lowest free index when it has none; the
 // file is written before the new assignment is returned.
 func (a *Allocator) Assign(instance string) (Assignment, error) {

@@ -76,13 +76,7 @@ func (s *Server) Name() string { return "vpn" }
 
 // Assigned returns the overlay IPv4 address this server assigned to instance (the load balancer
 // serves a backend there, never at the address the instance claims).
-func (s *Server) Assigned(instance string) (netip.Addr, bool) {
-	if s.alloc == nil {
-		return netip.Addr{}, false
-	}
-	a, ok := s.alloc.Get(instance)
-	return a.V4, ok
-}
+func (s *Server) Assigned(instance string) (netip.Addr, bool) { return s.alloc.V4Of(instance) }
 
 // Inputs are the server's validated inputs.
 type Inputs struct {
@@ -175,16 +169,11 @@ func (s *Server) open(in Inputs) error {
 		}
 		s.ca = ca
 	}
-	if s.alloc == nil || func() bool { v4, v6 := s.alloc.Prefixes(); return v4 != in.V4 || v6 != in.V6 }() {
-		a, err := OpenAllocator(filepath.Join(s.env.StateDir, "addresses.json"), in.V4, in.V6)
-		if err != nil {
-			if errors.Is(err, ErrSubnetChanged) {
-				return role.Terminal(fmt.Errorf("%s/%s: %w", params.VPNSubnet, params.VPNSubnet6, err))
-			}
-			return err
-		}
-		s.alloc = a
+	a, err := reopen(s.alloc, s.env.StateDir, in)
+	if err != nil {
+		return err
 	}
+	s.alloc = a
 	if s.pw == "" {
 		p := filepath.Join(s.env.StateDir, "mgmt.pw")
 		b, err := os.ReadFile(p)
@@ -203,6 +192,37 @@ func (s *Server) open(in Inputs) error {
 		s.pw = strings.TrimSpace(string(b))
 	}
 	return nil
+}
+
+// reopen returns the allocator of the state dir for the inputs' prefixes: cur when it has them,
+// else the one kept in addresses.json (shared by both engines). Changed prefixes while addresses
+// are assigned abort the run.
+func reopen(cur *Allocator, stateDir string, in Inputs) (*Allocator, error) {
+	if cur != nil {
+		if v4, v6 := cur.Prefixes(); v4 == in.V4 && v6 == in.V6 {
+			return cur, nil
+		}
+	}
+	a, err := OpenAllocator(filepath.Join(stateDir, "addresses.json"), in.V4, in.V6)
+	if errors.Is(err, ErrSubnetChanged) {
+		return nil, role.Terminal(fmt.Errorf("%s/%s: %w", params.VPNSubnet, params.VPNSubnet6, err))
+	}
+	return a, err
+}
+
+// serverInputs are the VPN server's validated inputs (invalid: a terminal error) and its VM's
+// hostname ("" while the platform has not set it: wait).
+func serverInputs(snap role.Snapshot, env role.Env) (Inputs, string, error) {
+	me := env.Instance
+	in, err := ParseInputs(func(k string) string { return snap.Get(me, k) })
+	if err != nil {
+		return in, "", role.Terminal(err)
+	}
+	host := strings.TrimSpace(snap.Get(me, params.Hostname))
+	if host == "" {
+		env.Log.Debug().Msg("vpn: waiting for this VM's hostname parameter")
+	}
+	return in, host, nil
 }
 
 // traversable makes sure OpenVPN, once it dropped root to nobody, can reach the files it reads
@@ -321,14 +341,9 @@ func ParseEndpoint(v string) (host string, port int, err error) {
 // reports ready when OpenVPN listens and every current client is connected.
 func (s *Server) Reconcile(ctx context.Context, snap role.Snapshot) (bool, error) {
 	me := s.env.Instance
-	in, err := ParseInputs(func(k string) string { return snap.Get(me, k) })
-	if err != nil {
-		return false, role.Terminal(err)
-	}
-	host := strings.TrimSpace(snap.Get(me, params.Hostname))
-	if host == "" {
-		s.env.Log.Debug().Msg("vpn: waiting for this VM's hostname parameter")
-		return false, nil
+	in, host, err := serverInputs(snap, s.env)
+	if host == "" || err != nil {
+		return false, err
 	}
 	if err := s.open(in); err != nil {
 		return false, err

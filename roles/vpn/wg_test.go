@@ -425,7 +425,7 @@ func TestWireGuardUserspaceFunction(t *testing.T) {
 	spec, ok := l.members["web.1"].dev.env.Driver.(*wgDriver).started[WGFunction]
 	require.True(t, ok, "wireguard-go started")
 	require.Equal(t, []string{WGRunDir}, spec.Shared)
-	require.Equal(t, []string{"wireguard-go", "-f", Device}, spec.Cmd)
+	require.Equal(t, []string{"wireguard-go", "-f", Device}, spec.Cmd, "in the image's PATH")
 	require.Equal(t, WGImage, spec.Image)
 	require.NoError(t, l.members["web.1"].Teardown(context.Background()))
 	require.Nil(t, l.f.device("web.1").dev, "the device is removed")

@@ -105,11 +105,25 @@ func (d *wgDev) client() (WGClient, error) {
 	return d.wg, nil
 }
 
+// wireguardGo is the user-space WireGuard binary: in the image with Docker; with exec, the one
+// beside this executable (where make build and the recipes put it) when there is one, else PATH's.
+func (d *wgDev) wireguardGo() string {
+	if d.env.Exec {
+		if self, err := os.Executable(); err == nil {
+			p := filepath.Join(filepath.Dir(self), "wireguard-go")
+			if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode().Perm()&0o111 != 0 {
+				return p
+			}
+		}
+	}
+	return "wireguard-go"
+}
+
 // spec is the user-space WireGuard function.
 func (d *wgDev) spec() driver.Spec {
 	return driver.Spec{
 		Name: WGFunction, Service: "vpn", Image: d.image,
-		Cmd:    []string{"wireguard-go", "-f", Device},
+		Cmd:    []string{d.wireguardGo(), "-f", Device},
 		Env:    []string{"LOG_LEVEL=error"},
 		CapAdd: []string{"NET_ADMIN"}, Devices: []string{"/dev/net/tun"},
 		Shared: []string{WGRunDir},

@@ -65,13 +65,7 @@ func NewWGServer(env role.Env) *WGServer { return &WGServer{env: env, dev: newWG
 func (s *WGServer) Name() string { return "vpn" }
 
 // Assigned returns the overlay IPv4 address the server assigned to instance.
-func (s *WGServer) Assigned(instance string) (netip.Addr, bool) {
-	if s.alloc == nil {
-		return netip.Addr{}, false
-	}
-	a, ok := s.alloc.Get(instance)
-	return a.V4, ok
-}
+func (s *WGServer) Assigned(instance string) (netip.Addr, bool) { return s.alloc.V4Of(instance) }
 
 func (s *WGServer) stateFile() jsonFile { return jsonFile(filepath.Join(s.env.StateDir, wgStateFile)) }
 
@@ -97,16 +91,11 @@ func (s *WGServer) open(in Inputs) error {
 		}
 		s.key, s.signer, s.st = k, sg, st
 	}
-	if s.alloc == nil || func() bool { v4, v6 := s.alloc.Prefixes(); return v4 != in.V4 || v6 != in.V6 }() {
-		a, err := OpenAllocator(filepath.Join(s.env.StateDir, "addresses.json"), in.V4, in.V6)
-		if err != nil {
-			if errors.Is(err, ErrSubnetChanged) {
-				return role.Terminal(fmt.Errorf("%s/%s: %w", params.VPNSubnet, params.VPNSubnet6, err))
-			}
-			return err
-		}
-		s.alloc = a
+	a, err := reopen(s.alloc, s.env.StateDir, in)
+	if err != nil {
+		return err
 	}
+	s.alloc = a
 	return nil
 }
 
@@ -144,14 +133,9 @@ func (s *WGServer) save() error {
 // shook hands with the server and with every other member.
 func (s *WGServer) Reconcile(ctx context.Context, snap role.Snapshot) (bool, error) {
 	me := s.env.Instance
-	in, err := ParseInputs(func(k string) string { return snap.Get(me, k) })
-	if err != nil {
-		return false, role.Terminal(err)
-	}
-	host := strings.TrimSpace(snap.Get(me, params.Hostname))
-	if host == "" {
-		s.env.Log.Debug().Msg("vpn: waiting for this VM's hostname parameter")
-		return false, nil
+	in, host, err := serverInputs(snap, s.env)
+	if host == "" || err != nil {
+		return false, err
 	}
 	if err := s.open(in); err != nil {
 		return false, err
