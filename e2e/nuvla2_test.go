@@ -15,6 +15,7 @@ import (
 	"github.com/cnsmo/cnsmo/internal/testutil"
 	"github.com/cnsmo/cnsmo/mocknuvla"
 	"github.com/cnsmo/cnsmo/params"
+	"github.com/cnsmo/cnsmo/roles/vpn"
 	"github.com/cnsmo/cnsmo/testbed"
 )
 
@@ -132,12 +133,12 @@ func setMultiplicity(def *mocknuvla.Deployment, node string, n int) {
 // down` stops it, and it removes what it created. A container stopped without its deployment
 // stopping (a reboot, an update) does not leave the group.
 func TestNuvla2MemberFromComposeFile(t *testing.T) {
-	for _, drv := range []string{"exec", "docker"} {
-		t.Run(drv, func(t *testing.T) { memberFromComposeFile(t, drv) })
+	for _, c := range []struct{ drv, engine string }{{"exec", vpn.EngineOpenVPN}, {"docker", vpn.EngineOpenVPN}, {"exec", vpn.EngineWireGuard}} {
+		t.Run(c.drv+"-"+c.engine, func(t *testing.T) { memberFromComposeFile(t, c.drv, c.engine) })
 	}
 }
 
-func memberFromComposeFile(t *testing.T, drv string) {
+func memberFromComposeFile(t *testing.T, drv, engine string) {
 	requireBin(t)
 	testutil.RequireBinary(t, "docker-compose")
 	testutil.RequireImage(t, "cnsmo/role:latest")
@@ -149,6 +150,8 @@ func memberFromComposeFile(t *testing.T, drv string) {
 	def, err := deploy.AppDefinition()
 	require.NoError(t, err)
 	setMultiplicity(def, "web", 1)
+	require.NoError(t, def.SetValue("cnsmo", params.VPNEngine, engine))
+	require.NoError(t, def.SetValue("cnsmo", params.VPNEngine, engine))
 	d, err := deploy.Start(ctx, tb, deploy.Config{Definition: def, Driver: "exec", API: "nuvla2",
 		Placement: map[string]string{"cnsmo.1": "cnsmo1"}})
 	require.NoError(t, err)
@@ -164,7 +167,9 @@ func memberFromComposeFile(t *testing.T, drv string) {
 	env["CNSMO_DOCKER_NETWORK"] = "container:" + web1.Container // the functions join the VM too
 	env["CNSMO_DRIVER"] = drv
 	env["CNSMO_IMAGE"] = "cnsmo/role:latest"
-	project := tb.Prefix() + "member" + drv
+	env["CNSMO_WG_RUN_DIR"], err = web1.WireGuardRunDirOnHost(ctx)
+	require.NoError(t, err)
+	project := tb.Prefix() + "member" + drv + engine
 	compose := func(args ...string) (string, error) {
 		cmd := exec.CommandContext(ctx, "docker-compose", append([]string{"-f", "../recipes/nuvla2/app-member.yml", "-p", project}, args...)...)
 		cmd.Env = os.Environ()

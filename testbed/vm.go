@@ -43,6 +43,21 @@ func (vm *VM) WriteFile(ctx context.Context, p string, data []byte, mode os.File
 	return nil
 }
 
+// WireGuardRunDirOnHost is where the VM's volume at WireGuardRunDir is on the host: a container
+// that shares the VM's functions' control sockets (a member's role container) mounts it there.
+func (vm *VM) WireGuardRunDirOnHost(ctx context.Context) (string, error) {
+	info, err := vm.tb.cli.ContainerInspect(ctx, vm.Container)
+	if err != nil {
+		return "", fmt.Errorf("testbed: inspect %s: %w", vm.Name, err)
+	}
+	for _, m := range info.Mounts {
+		if m.Destination == WireGuardRunDir {
+			return m.Source, nil
+		}
+	}
+	return "", fmt.Errorf("testbed: %s has no volume at %s", vm.Name, WireGuardRunDir)
+}
+
 // Stop powers the VM off: the function containers in its network namespace are stopped first
 // (as on a real VM they die with it), then the VM; its processes and network state are lost, and
 // it is off the network when Stop returns.

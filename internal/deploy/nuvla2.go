@@ -255,15 +255,11 @@ func (d *Deployment) compose(ctx context.Context, instance string, args ...strin
 	env["CNSMO_IMAGE"] = "cnsmo/role:latest"
 	// User-space WireGuard's control sockets: the role container mounts the directory its VM
 	// shares with its functions (the VM container's volume at /run/wireguard).
-	info, err := d.TB.Docker().ContainerInspect(ctx, vm.Container)
+	wg, err := vm.WireGuardRunDirOnHost(ctx)
 	if err != nil {
-		return "", fmt.Errorf("deploy: inspect %s: %w", vm.Name, err)
+		return "", err
 	}
-	for _, mt := range info.Mounts {
-		if mt.Destination == testbed.WireGuardRunDir {
-			env["CNSMO_WG_RUN_DIR"] = mt.Source
-		}
-	}
+	env["CNSMO_WG_RUN_DIR"] = wg
 	cmd := exec.CommandContext(ctx, "docker-compose", append([]string{"-f", file, "-p", d.project(instance)}, args...)...)
 	cmd.Env = os.Environ()
 	for k, v := range env {
