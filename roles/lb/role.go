@@ -361,7 +361,7 @@ func (r *Role) check(ctx context.Context, conf string) error {
 		Name:    "lb-haproxy-check",
 		Service: "lb",
 		Image:   r.image(),
-		Cmd:     []string{"haproxy", "-c", "-q", "-f", r.path(checkFile)},
+		Cmd:     []string{"haproxy", "-c", "-f", r.path(checkFile)},
 		Files:   []driver.File{{Path: r.path(checkFile), Mode: 0o644, Data: []byte(conf)}},
 	}, nil)
 	if err != nil {
