@@ -29,15 +29,7 @@ type vpnRun struct {
 // the convergence, the throughput of one cross-cloud pair and a join, and stops the run.
 func measureVPN(t *testing.T, ctx context.Context, tb *testbed.Testbed, engine string) vpnRun {
 	t.Helper()
-	def, err := deploy.AppDefinition()
-	require.NoError(t, err)
-	require.NoError(t, def.SetValue("cnsmo", params.ServicesEnable, `["vpn"]`))
-	require.NoError(t, def.SetValue("cnsmo", params.VPNEngine, engine))
-	for i := range def.Nodes {
-		if def.Nodes[i].Name == "web" {
-			def.Nodes[i].Multiplicity = 10
-		}
-	}
+	def := vpnDefinition(t, engine, 10)
 	place := map[string]string{"cnsmo.1": "cnsmo1"}
 	all := []string{"cnsmo.1"}
 	for i := 1; i <= 10; i++ {

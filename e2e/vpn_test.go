@@ -19,10 +19,22 @@ import (
 	"github.com/cnsmo/cnsmo/internal/deploy"
 	"github.com/cnsmo/cnsmo/internal/hoststate"
 	"github.com/cnsmo/cnsmo/internal/testutil"
+	"github.com/cnsmo/cnsmo/mocknuvla"
 	"github.com/cnsmo/cnsmo/params"
 	"github.com/cnsmo/cnsmo/roles/vpn"
 	"github.com/cnsmo/cnsmo/testbed"
 )
+
+// vpnDefinition is the application with the VPN only, engine and webs instances of web.
+func vpnDefinition(t *testing.T, engine string, webs int) *mocknuvla.Deployment {
+	t.Helper()
+	def, err := deploy.AppDefinition()
+	require.NoError(t, err)
+	require.NoError(t, def.SetValue("cnsmo", params.ServicesEnable, `["vpn"]`))
+	require.NoError(t, def.SetValue("cnsmo", params.VPNEngine, engine))
+	setMultiplicity(def, "web", webs)
+	return def
+}
 
 // startVPNLab deploys the seed's Appendix A on a testbed of three clouds (spares web3, web4) with
 // the VPN only and engine, through the recipes (Docker driver), and waits for cnsmo.1, web.1 and
@@ -34,15 +46,7 @@ func startVPNLab(t *testing.T, ctx context.Context, engine string) *vpnLab {
 		{Name: "cloud-b", VMs: []string{"web1", "web3"}},
 		{Name: "cloud-c", VMs: []string{"web2", "web4"}},
 	}})
-	def, err := deploy.AppDefinition()
-	require.NoError(t, err)
-	require.NoError(t, def.SetValue("cnsmo", params.ServicesEnable, `["vpn"]`))
-	require.NoError(t, def.SetValue("cnsmo", params.VPNEngine, engine))
-	for i := range def.Nodes {
-		if def.Nodes[i].Name == "web" {
-			def.Nodes[i].Multiplicity = 2
-		}
-	}
+	def := vpnDefinition(t, engine, 2)
 	d, err := deploy.Start(ctx, tb, deploy.Config{Definition: def, Driver: "docker",
 		Placement: map[string]string{"cnsmo.1": "cnsmo1", "web.1": "web1", "web.2": "web2"}})
 	require.NoError(t, err)
