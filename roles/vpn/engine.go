@@ -48,7 +48,7 @@ func (v *ServerService) engine(engine string) role.Service {
 // switchTo tears the other engine down when the engine changes, and on the first pass of this
 // process when the other engine's function is still there (the engine changed while the role
 // was down): both use the device name.
-func switchTo(ctx context.Context, env role.Env, active *string, engine string, svc func(string) role.Service, functions map[string][]string) error {
+func switchTo(ctx context.Context, env role.Env, active *string, engine string, svc func(string) role.Service, functions map[string][]string, links WGLinks) error {
 	other := EngineOpenVPN
 	if engine == EngineOpenVPN {
 		other = EngineWireGuard
@@ -59,6 +59,10 @@ func switchTo(ctx context.Context, env role.Env, active *string, engine string, 
 			if st, err := env.Driver.Status(ctx, fn); err == nil && st.State != driver.StateAbsent {
 				left = true
 			}
+		}
+		// A kernel WireGuard device has no function: its link kind tells.
+		if kind, ok, err := links.Kind(Device); other == EngineWireGuard && err == nil && ok && kind == "wireguard" {
+			left = true
 		}
 	}
 	if left {
@@ -80,7 +84,7 @@ func (v *ServerService) Reconcile(ctx context.Context, s role.Snapshot) (bool, e
 	}
 	was := v.active
 	if err := switchTo(ctx, v.OpenVPN.env, &v.active, in.Engine, v.engine,
-		map[string][]string{EngineOpenVPN: {ServerFunction}, EngineWireGuard: {WGFunction}}); err != nil {
+		map[string][]string{EngineOpenVPN: {ServerFunction}, EngineWireGuard: {WGFunction}}, v.WG.dev.links); err != nil {
 		return false, err
 	}
 	if was != "" && was != in.Engine { // the other engine assigned addresses meanwhile: read them again
@@ -136,7 +140,7 @@ func (v *ClientService) Reconcile(ctx context.Context, s role.Snapshot) (bool, e
 		return false, nil // the server aborts the run with the message
 	}
 	if err := switchTo(ctx, v.OpenVPN.env, &v.active, in.Engine, v.engine,
-		map[string][]string{EngineOpenVPN: {ClientFunction}, EngineWireGuard: {WGFunction}}); err != nil {
+		map[string][]string{EngineOpenVPN: {ClientFunction}, EngineWireGuard: {WGFunction}}, v.WG.dev.links); err != nil {
 		return false, err
 	}
 	return v.engine(in.Engine).Reconcile(ctx, s)

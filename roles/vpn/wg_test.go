@@ -691,3 +691,20 @@ func TestEngineLeftoverTornDown(t *testing.T) {
 	_, left := drv.started[ClientFunction]
 	require.False(t, left, "the OpenVPN client left from before is removed")
 }
+
+// A kernel WireGuard device left from before a restart, the engine now openvpn: torn down on the
+// first pass (it has no function to find, its link kind tells).
+func TestEngineLeftoverKernelDeviceTornDown(t *testing.T) {
+	l := newMeshLab(t, true, "web.1")
+	l.converge()
+	m := l.members["web.1"]
+	require.NotNil(t, l.f.device("web.1").dev)
+	l.st.Edit(func(s *roletest.Snapshot) { s.Put("cnsmo.1:"+params.VPNEngine, EngineOpenVPN) })
+	restarted := NewWGMember(m.env)
+	restarted.dev = &wgDev{env: m.dev.env, image: WGImage, wg: m.dev.wg, links: m.dev.links, addrs: m.dev.addrs, ping: m.dev.ping}
+	cl := newClient(m.dev.env)
+	cl.DelLink = func(context.Context, string) error { return nil }
+	c := &ClientService{OpenVPN: cl, WG: restarted}
+	_, _ = c.Reconcile(context.Background(), l.snap())
+	require.Nil(t, l.f.device("web.1").dev, "the kernel WireGuard device is removed")
+}
