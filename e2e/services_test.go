@@ -246,8 +246,14 @@ func testLBFollows(t *testing.T, services string, useVPN bool) {
 		_, err := deploy.Get(ctx, client, d.VMOf(joined).PublicAddr, deploy.WebPort)
 		require.NoError(t, err, "the scaled-in backend still serves: only the load balancer dropped it")
 	}
-	// Every request reaches a remaining backend at once; the even split is measured once the
-	// reload has settled (while the old worker drains, two workers keep their own rotations).
+	// The file changes before the reload is signalled: wait until the running HAProxy no longer
+	// sends to it (bounded), then every request reaches a remaining backend; the even split is
+	// measured once the reload has settled (while the old worker drains, two workers keep their
+	// own rotations).
+	require.Eventually(t, func() bool {
+		probe, err := deploy.Distribution(ctx, client, server.PublicAddr, deploy.WebPort, 4)
+		return err == nil && probe[joined] == 0 && probe[""] == 0
+	}, 30*time.Second, 100*time.Millisecond, "the running load balancer stops sending to %s", joined)
 	first, err := deploy.Distribution(ctx, client, server.PublicAddr, deploy.WebPort, 20)
 	require.NoError(t, err)
 	require.Equal(t, 20, first["web.1"]+first["web.2"], "after the reload every request reaches a remaining backend: %v", first)
