@@ -65,7 +65,7 @@ func (c *core) bump(ctx context.Context, st role.Publisher, s role.Snapshot) err
 // what the server writes for it: its certificate, its WireGuard entry, which every member reads); its outputs (addresses, flags, requests) change nothing for the
 // other agents and stay out of the digest, so that a converging agent does not make every other
 // agent read the whole deployment.
-var agentInputs = []string{params.FWRules, params.FWLockoutOK, params.VPNCert, params.VPNWGPeer, params.ServerInstanceID}
+var agentInputs = []string{params.FWRules, params.FWLockoutOK, params.VPNCert, params.VPNMember, params.ServerInstanceID}
 
 // Digest sums up everything in s an agent may depend on: the deployment's own values, every value
 // of the server (s.Self()) but its progress text and handshake count (written for operators

@@ -34,8 +34,8 @@ const (
 	VPNEngine           = "vpn.engine"
 	VPNWGPort           = "vpn.wg.port"
 	VPNWGKey            = "vpn.wg.pubkey"
-	VPNWGSigner         = "vpn.wg.signer"
-	VPNWGPeer           = "vpn.wg.peer"
+	VPNSigner           = "vpn.signer"
+	VPNMember           = "vpn.member"
 	VPNWGHandshakes     = "vpn.wg.handshakes"
 )
 
@@ -93,8 +93,8 @@ var Table = []Spec{
 	{VPNEngine, "developer (input of the CNSMO server component)", "VPN server and clients", "`openvpn` (default: the hub, layer 2 with tap) or `wireguard` (a direct full mesh, layer 3)"},
 	{VPNWGPort, "developer (input of the CNSMO server component)", "VPN server and clients (wireguard)", "UDP port every member listens on; default 51820"},
 	{VPNWGKey, "every VPN member, on its own instance (wireguard)", "VPN server", "WireGuard public key (base64); the private key never leaves the VM"},
-	{VPNWGSigner, "VPN server (wireguard)", "VPN clients (pinned on first use)", "Ed25519 public key (base64) that signs the membership entries"},
-	{VPNWGPeer, "VPN server, on each member's instance and its own (wireguard)", "every VPN member", "signed entry: `cnsmo-wg1 gen=… inst=… key=… ep=host:port v4=… v6=… sig=…`"},
+	{VPNSigner, "VPN server", "VPN members and people (pinned on first use)", "Ed25519 public key (base64) that signs the membership entries"},
+	{VPNMember, "VPN server, on each member's instance and its own", "every VPN member (wireguard: its peers; both engines: the names)", "signed entry: `cnsmo-vpn1 gen=… inst=… key=… ep=host:port v4=… v6=… sig=…` (key and ep `-` with openvpn)"},
 	{VPNWGHandshakes, "every VPN member (wireguard)", "operators", "`<n>/<peers>`: peers with a handshake in the last 3 minutes"},
 	{FWRules, "developer (input of each application component)", "agent", "JSON list of rules (see Firewall)"},
 	{FWLockoutOK, "developer (input of each application component)", "agent", "`true` to waive the anti-lockout rules"},

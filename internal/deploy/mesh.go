@@ -90,7 +90,7 @@ func (d *Deployment) CaptureMesh(ctx context.Context, from, to string, port int)
 // of its own. The server refuses the key and puts web.2's signed entry back; web.1's pings to
 // web.2 still go to web.2 and nowhere else.
 func (r *Report) trustWG(ctx context.Context, d *Deployment) {
-	entry, key := d.Param("web.2:"+params.VPNWGPeer), d.Param("web.2:"+params.VPNWGKey)
+	entry, key := d.Param("web.2:"+params.VPNMember), d.Param("web.2:"+params.VPNWGKey)
 	k, err := wgtypes.GeneratePrivateKey()
 	if err != nil {
 		r.fail("trust: %v", err)
@@ -116,7 +116,7 @@ func (r *Report) trustWG(ctx context.Context, d *Deployment) {
 	switch {
 	case !refused:
 		r.fail("trust: the server did not say it refused web.3's key for web.2")
-	case d.Param("web.2:"+params.VPNWGPeer) != entry:
+	case d.Param("web.2:"+params.VPNMember) != entry:
 		r.fail("trust: web.2's membership entry changed after a forged key")
 	default:
 		r.Trust = append(r.Trust, "ok   a WireGuard key for web.2 written by web.3 is refused: web.2's signed entry stays")
@@ -131,12 +131,12 @@ func (r *Report) trustWG(ctx context.Context, d *Deployment) {
 	_, sk, _ := ed25519.GenerateKey(rand.Reader)
 	three, _ := wgtypes.ParseKey(d.Param("web.3:" + params.VPNWGKey))
 	forged := vpn.Entry{Gen: e.Gen + 1000, Instance: "web.2", Key: three, Endpoint: d.VMOf("web.3").PublicAddr + ":51820", V4: e.V4, V6: e.V6}
-	if err := d.Mock.SetParam(d.Run.UUID, "web.2:"+params.VPNWGPeer, forged.Sign(sk)); err != nil {
+	if err := d.Mock.SetParam(d.Run.UUID, "web.2:"+params.VPNMember, forged.Sign(sk)); err != nil {
 		r.fail("trust: %v", err)
 		return
 	}
 	restored := wait.Backoff{Min: 100 * time.Millisecond, Max: 200 * time.Millisecond, Limit: 30 * time.Second}.Until(ctx, func(context.Context) (bool, error) {
-		return d.Param("web.2:"+params.VPNWGPeer) == entry, nil
+		return d.Param("web.2:"+params.VPNMember) == entry, nil
 	}) == nil
 	cap, err := d.CaptureMesh(ctx, "web.1", "web.2", vpn.DefaultWGPort)
 	switch {
@@ -153,7 +153,7 @@ func (r *Report) trustWG(ctx context.Context, d *Deployment) {
 
 // signer is the server's published signing key.
 func (r *Report) signer(d *Deployment) ed25519.PublicKey {
-	k, _ := vpn.ParseSigner(d.Param(d.ServerNode() + ".1:" + params.VPNWGSigner))
+	k, _ := vpn.ParseSigner(d.Param(d.ServerNode() + ".1:" + params.VPNSigner))
 	return k
 }
 

@@ -128,7 +128,7 @@ func (v *ClientService) engine(engine string) role.Service {
 
 // Reconcile implements role.Service: nothing until the CNSMO server is known.
 func (v *ClientService) Reconcile(ctx context.Context, s role.Snapshot) (bool, error) {
-	srv := v.WG.server(s) // the pinned VPN server once the mesh was joined
+	srv := v.WG.pins.server(s) // the pinned VPN server once the mesh was joined
 	if srv == "" {
 		srv = s.Get(v.OpenVPN.env.Instance, params.ServerInstanceID)
 	}

@@ -2,10 +2,12 @@ package vpn
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -54,6 +56,7 @@ type Server struct {
 
 	ca      *pki.CA
 	alloc   *Allocator
+	led     *ledger // the signed entries that attest each member's addresses (for names)
 	pw      string
 	specKey string            // driver.Hash of the spec last started
 	written map[string]string // files put into the running function: path -> content
@@ -168,6 +171,13 @@ func (s *Server) open(in Inputs) error {
 			return err
 		}
 		s.ca = ca
+	}
+	if s.led == nil {
+		l, err := openLedger(s.env.StateDir)
+		if err != nil {
+			return err
+		}
+		s.led = l
 	}
 	a, err := reopen(s.alloc, s.env.StateDir, in)
 	if err != nil {
@@ -414,6 +424,7 @@ func (s *Server) run(ctx context.Context, p *serverPass) error {
 // issue signs every current client's request (the first key of an instance is pinned), assigns
 // its addresses, writes its ccd entry and publishes its certificate.
 func (s *Server) issue(ctx context.Context, snap role.Snapshot, p *serverPass) error {
+	signed := map[string]string{}
 	for _, c := range p.current {
 		csr := snap.Get(c, params.VPNCSR)
 		if csr == "" {
@@ -451,6 +462,25 @@ func (s *Server) issue(ctx context.Context, snap role.Snapshot, p *serverPass) e
 			}
 			s.env.Log.Info().Str("client", c).Str("address", as.V4.String()).Str("address6", as.V6.String()).Msg("vpn: certificate issued")
 		}
+		// The entry attesting the addresses (the names on every member follow it); an entry a
+		// WireGuard run granted keeps its key and endpoint, it only drops them.
+		_, signed[c] = s.led.grant(Entry{Instance: c, V4: as.V4, V6: as.V6})
+	}
+	return publishEntries(ctx, s.env, snap, s.led, signed)
+}
+
+// publishEntries saves the ledger, then publishes each signed entry in its instance's vpn.member.
+func publishEntries(ctx context.Context, env role.Env, snap role.Snapshot, led *ledger, signed map[string]string) error {
+	if err := led.save(); err != nil {
+		return err
+	}
+	for _, c := range slices.Sorted(maps.Keys(signed)) {
+		if snap.Get(c, params.VPNMember) == signed[c] {
+			continue
+		}
+		if err := env.Params.Set(ctx, c, params.VPNMember, signed[c]); err != nil {
+			return fmt.Errorf("vpn: publish %s of %s: %w", params.VPNMember, c, err)
+		}
 	}
 	return nil
 }
@@ -477,11 +507,15 @@ func (s *Server) revoke(snap role.Snapshot, p *serverPass) error {
 		}
 		p.files[path.Join(p.cfg.CCDDir(), c)] = RenderCCDDisabled()
 		p.toKill = append(p.toKill, c)
+		s.led.forget(c)
 		if revoked {
 			s.env.Log.Info().Str("client", c).Msg("vpn: instance left the run: certificate revoked")
 		}
 	}
 	sort.Strings(p.toKill)
+	if err := s.led.save(); err != nil {
+		return err
+	}
 	crl, err := s.ca.CRLPEM()
 	if err != nil {
 		return err
@@ -532,10 +566,17 @@ func (s *Server) connections(ctx context.Context, p *serverPass) (map[string]boo
 // confirmed its tunnel.
 func (s *Server) publish(ctx context.Context, snap role.Snapshot, p *serverPass, host string, connected map[string]bool) (bool, error) {
 	me := s.env.Instance
+	srv := s.alloc.Server()
+	_, own := s.led.grant(Entry{Instance: me, V4: srv.V4, V6: srv.V6})
+	if err := s.led.save(); err != nil {
+		return false, err
+	}
 	pub := [][2]string{
 		{params.VPNServerInstanceID, me},
 		{params.VPNCACert, string(s.ca.CertPEM())},
 		{params.VPNEndpoint, Endpoint(host, p.in.Port)},
+		{params.VPNSigner, FormatSigner(s.led.signer.Public().(ed25519.PublicKey))},
+		{params.VPNMember, own},
 	}
 	if len(p.crl) <= role.MaxValueLen {
 		pub = append(pub, [2]string{params.VPNCRL, string(p.crl)})
@@ -543,7 +584,6 @@ func (s *Server) publish(ctx context.Context, snap role.Snapshot, p *serverPass,
 		s.env.Log.Warn().Int("bytes", len(p.crl)).Msg("vpn: CRL too long for a parameter; not published (OpenVPN uses the file)")
 	}
 	_, addrs, _ := s.hooks()
-	srv := s.alloc.Server()
 	have, err := addrs(ctx, Device)
 	if err != nil {
 		return false, err

@@ -68,7 +68,7 @@ func TestParseEntryRefusesBadValues(t *testing.T) {
 		"edited after sig":   strings.Replace(good, "198.19.200.3", "198.19.200.4", 1),
 		"bad sig encoding":   body + " sig=***",
 		"short sig":          body + " sig=" + b64([]byte("short")),
-		"magic":              edit("cnsmo-wg1", "cnsmo-wg2"),
+		"magic":              edit("cnsmo-vpn1", "cnsmo-wg2"),
 		"gen zero":           edit("gen=7", "gen=0"),
 		"gen negative":       edit("gen=7", "gen=-1"),
 		"gen word":           edit("gen=7", "gen=seven"),
@@ -111,7 +111,7 @@ func FuzzParseEntry(f *testing.F) {
 	body, _, _ := strings.Cut(good, " sig=")
 	f.Add(body)
 	f.Add(strings.Replace(body, "198.19.3.10", "[2001:db8::1]", 1))
-	f.Add("cnsmo-wg1 gen=1 inst=a key= ep=: v4= v6=")
+	f.Add("cnsmo-vpn1 gen=1 inst=a key= ep=: v4= v6=")
 	f.Fuzz(func(t *testing.T, b string) {
 		v := b + " sig=" + b64(ed25519.Sign(sk, []byte(b)))
 		e, err := ParseEntry(v, pub)
@@ -438,13 +438,13 @@ func TestWireGuardTrust(t *testing.T) {
 	l := newMeshLab(t, true, "web.1", "web.2")
 	l.converge()
 	ctx := context.Background()
-	real2, entry2 := l.st.Value("web.2:"+params.VPNWGKey), l.st.Value("web.2:"+params.VPNWGPeer)
+	real2, entry2 := l.st.Value("web.2:"+params.VPNWGKey), l.st.Value("web.2:"+params.VPNMember)
 
 	k, _ := wgtypes.GeneratePrivateKey()
 	l.st.Edit(func(s *roletest.Snapshot) { s.Put("web.2:"+params.VPNWGKey, k.PublicKey().String()) })
 	_, err := l.srv.Reconcile(ctx, l.snap())
 	require.NoError(t, err)
-	require.Equal(t, entry2, l.st.Value("web.2:"+params.VPNWGPeer), "web.2's entry stays")
+	require.Equal(t, entry2, l.st.Value("web.2:"+params.VPNMember), "web.2's entry stays")
 	require.Contains(t, strings.Join(l.st.Displays(), "\n"), "refused a new WireGuard key for web.2")
 	l.st.Edit(func(s *roletest.Snapshot) { s.Put("web.2:"+params.VPNWGKey, real2) })
 
@@ -453,7 +453,7 @@ func TestWireGuardTrust(t *testing.T) {
 	require.NoError(t, err)
 	forged := e
 	forged.Gen, forged.Key = e.Gen+100, k.PublicKey()
-	l.st.Edit(func(s *roletest.Snapshot) { s.Put("web.2:"+params.VPNWGPeer, forged.Sign(testSigner(t))) })
+	l.st.Edit(func(s *roletest.Snapshot) { s.Put("web.2:"+params.VPNMember, forged.Sign(testSigner(t))) })
 	_, err = l.members["web.1"].Reconcile(ctx, l.snap())
 	require.NoError(t, err)
 	require.Contains(t, l.peers("web.1"), real2)
@@ -461,20 +461,20 @@ func TestWireGuardTrust(t *testing.T) {
 
 	// web.2 moves (new hostname): a newer entry; then the older one is replayed.
 	l.st.Edit(func(s *roletest.Snapshot) {
-		s.Put("web.2:"+params.VPNWGPeer, entry2).Put("web.2:"+params.Hostname, "198.19.9.10")
+		s.Put("web.2:"+params.VPNMember, entry2).Put("web.2:"+params.Hostname, "198.19.9.10")
 	})
 	l.converge()
-	newer := l.st.Value("web.2:" + params.VPNWGPeer)
+	newer := l.st.Value("web.2:" + params.VPNMember)
 	require.NotEqual(t, entry2, newer)
 	require.Equal(t, "198.19.9.10:51820", l.peers("web.1")[real2].Endpoint.String())
-	l.st.Edit(func(s *roletest.Snapshot) { s.Put("web.2:"+params.VPNWGPeer, entry2) })
+	l.st.Edit(func(s *roletest.Snapshot) { s.Put("web.2:"+params.VPNMember, entry2) })
 	_, err = l.members["web.1"].Reconcile(ctx, l.snap())
 	require.NoError(t, err)
 	require.Equal(t, "198.19.9.10:51820", l.peers("web.1")[real2].Endpoint.String(), "the replayed older entry is refused")
 
 	// A rewritten signing key is refused: web.1 keeps the pinned one.
 	l.st.Edit(func(s *roletest.Snapshot) {
-		s.Put("cnsmo.1:"+params.VPNWGSigner, FormatSigner(testSigner(t).Public().(ed25519.PublicKey)))
+		s.Put("cnsmo.1:"+params.VPNSigner, FormatSigner(testSigner(t).Public().(ed25519.PublicKey)))
 	})
 	_, err = l.members["web.1"].Reconcile(ctx, l.snap())
 	require.NoError(t, err)
@@ -500,7 +500,7 @@ func TestWireGuardScaleIn(t *testing.T) {
 	require.NotContains(t, l.peers("web.1"), gone)
 	require.NotContains(t, l.peers("cnsmo.1"), gone)
 	require.Equal(t, "1/1", l.st.Value("web.1:"+params.VPNWGHandshakes))
-	_, pinned := l.srv.st.Members["web.2"]
+	_, pinned := l.srv.led.st.Members["web.2"]
 	require.False(t, pinned, "the key of an instance that left is unpinned")
 
 	// web.3 joins and reuses the address.
@@ -521,7 +521,7 @@ func TestWireGuardScaleIn(t *testing.T) {
 func TestWireGuardRestartKeepsKeys(t *testing.T) {
 	l := newMeshLab(t, true, "web.1")
 	l.converge()
-	key, signer, entry := l.st.Value("web.1:"+params.VPNWGKey), l.st.Value("cnsmo.1:"+params.VPNWGSigner), l.st.Value("web.1:"+params.VPNWGPeer)
+	key, signer, entry := l.st.Value("web.1:"+params.VPNWGKey), l.st.Value("cnsmo.1:"+params.VPNSigner), l.st.Value("web.1:"+params.VPNMember)
 	old := l.members["web.1"]
 	m := NewWGMember(old.env)
 	m.dev = old.dev
@@ -531,8 +531,8 @@ func TestWireGuardRestartKeepsKeys(t *testing.T) {
 	l.srv = s
 	l.converge()
 	require.Equal(t, key, l.st.Value("web.1:"+params.VPNWGKey))
-	require.Equal(t, signer, l.st.Value("cnsmo.1:"+params.VPNWGSigner))
-	require.Equal(t, entry, l.st.Value("web.1:"+params.VPNWGPeer), "the same entry, the same generation")
+	require.Equal(t, signer, l.st.Value("cnsmo.1:"+params.VPNSigner))
+	require.Equal(t, entry, l.st.Value("web.1:"+params.VPNMember), "the same entry, the same generation")
 }
 
 // membershipPass renders, signs and publishes the entries of n members (the server's pass, no
@@ -567,12 +567,12 @@ func membershipPass(t testing.TB, n int) time.Duration {
 	require.Len(t, entries, n)
 	snap, err = st.Read(ctx)
 	require.NoError(t, err)
-	ms := &membership{signer: s.signer.Public().(ed25519.PublicKey), seenFile: jsonFile(dir + "/seen.json"), seen: map[string]uint64{}}
+	ms := &membership{signer: s.led.signer.Public().(ed25519.PublicKey), seenFile: jsonFile(dir + "/seen.json"), seen: map[string]uint64{}}
 	peers := ms.peers(snap, "web.1", role.Env{Log: zerolog.Nop()})
 	took := time.Since(start)
 	require.Len(t, peers, n-1)
 	for _, in := range members {
-		require.LessOrEqual(t, len(st.Value(in+":"+params.VPNWGPeer)), role.MaxValueLen)
+		require.LessOrEqual(t, len(st.Value(in+":"+params.VPNMember)), role.MaxValueLen)
 	}
 	return took
 }
@@ -614,8 +614,8 @@ func TestWireGuardRefusesCopiedKeysAndBadHosts(t *testing.T) {
 		s.Put("web.2:"+params.VPNWGKey, s.Get("web.1", params.VPNWGKey)).Put("web.3:"+params.VPNWGKey, s.Get("cnsmo.1", params.VPNWGKey))
 	})
 	_, _ = l.srv.Reconcile(ctx, l.snap())
-	require.Empty(t, l.st.Value("web.2:"+params.VPNWGPeer), "no entry for a copied key")
-	require.Empty(t, l.st.Value("web.3:"+params.VPNWGPeer), "no entry for the server's key")
+	require.Empty(t, l.st.Value("web.2:"+params.VPNMember), "no entry for a copied key")
+	require.Empty(t, l.st.Value("web.3:"+params.VPNMember), "no entry for the server's key")
 	require.Contains(t, strings.Join(l.st.Displays(), "\n"), "refused the WireGuard key of web.2: it is another member's key")
 
 	for _, h := range []string{"-bad.example", "a b", "x_y.example", strings.Repeat("a", 64) + ".example"} {
@@ -645,7 +645,7 @@ func TestWireGuardMemberFollowsThePinnedServer(t *testing.T) {
 			Put("web.2:"+params.VPNEngine, EngineOpenVPN).Put("web.2:"+params.VPNWGPort, "4000")
 	})
 	m := l.members["web.1"]
-	require.Equal(t, "cnsmo.1", m.server(l.snap()))
+	require.Equal(t, "cnsmo.1", m.pins.server(l.snap()))
 	c := &ClientService{OpenVPN: newClient(m.env), WG: m, active: EngineWireGuard}
 	ready, err := c.Reconcile(context.Background(), l.snap())
 	require.NoError(t, err)

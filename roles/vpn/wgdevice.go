@@ -222,7 +222,9 @@ func (d *wgDev) sync(peers []Entry) (bool, error) {
 	}
 	want := map[wgtypes.Key]Entry{}
 	for _, e := range peers {
-		want[e.Key] = e
+		if e.Key != (wgtypes.Key{}) { // an entry of the OpenVPN engine: no peer
+			want[e.Key] = e
+		}
 	}
 	have := map[wgtypes.Key]wgtypes.Peer{}
 	for _, p := range dev.Peers {

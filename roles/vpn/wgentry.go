@@ -20,29 +20,38 @@ import (
 	"github.com/cnsmo/cnsmo/roles/role"
 )
 
-// A membership entry of the WireGuard engine: what the server grants one member, signed with the
-// server's Ed25519 key (whose public half every member pins on first use), published in that
-// member's own vpn.wg.peer. One line of public data, about 250 characters:
+// A membership entry: what the server grants one member (both engines), signed with the server's
+// Ed25519 key (whose public half every member pins on first use), published in that member's own
+// vpn.member (a person's in its slot's grant). One line of public data, about 250 characters:
 //
-//	cnsmo-wg1 gen=<n> inst=<instance> key=<base64> ep=<host:port> v4=<addr> v6=<addr> sig=<base64>
+//	cnsmo-vpn1 gen=<n> inst=<instance> key=<base64> ep=<host:port> v4=<addr> v6=<addr> sig=<base64>
 //
+// key and ep are "-" where there is none: the OpenVPN engine's entries only attest the addresses
+// (for names), and a person (behind NAT) has no endpoint.
 // The signature covers everything before " sig=". gen is the server's counter at the time it
 // signed: a member refuses an entry of an instance older than the newest it has seen, so an old
 // entry (an earlier key or endpoint) cannot be replayed.
-const entryMagic = "cnsmo-wg1"
+const entryMagic = "cnsmo-vpn1"
 
-// Entry is one member of the WireGuard mesh, as the server granted it.
+// Entry is one member of the overlay, as the server granted it.
 type Entry struct {
 	Gen      uint64
 	Instance string
-	Key      wgtypes.Key
-	Endpoint string // host:port (the member's hostname parameter and vpn.wg.port)
+	Key      wgtypes.Key // the zero key: none (OpenVPN)
+	Endpoint string      // host:port (the member's hostname parameter and vpn.wg.port); "": none
 	V4, V6   netip.Addr
 }
 
 func (e Entry) body() string {
+	key, ep := e.Key.String(), e.Endpoint
+	if e.Key == (wgtypes.Key{}) {
+		key = "-"
+	}
+	if ep == "" {
+		ep = "-"
+	}
 	return fmt.Sprintf("%s gen=%d inst=%s key=%s ep=%s v4=%s v6=%s", entryMagic, e.Gen, e.Instance,
-		e.Key.String(), e.Endpoint, e.V4, e.V6)
+		key, ep, e.V4, e.V6)
 }
 
 // Same reports whether two entries grant the same thing (the generation aside).
@@ -94,25 +103,29 @@ func ParseEntry(v string, signer ed25519.PublicKey) (Entry, error) {
 		return bad("instance %q", vals[2])
 	}
 	e.Instance = vals[2]
-	if e.Key, err = wgtypes.ParseKey(vals[3]); err != nil {
-		return bad("key: %v", err)
+	if vals[3] != "-" {
+		if e.Key, err = wgtypes.ParseKey(vals[3]); err != nil {
+			return bad("key: %v", err)
+		}
+		if e.Key == (wgtypes.Key{}) {
+			return bad("the all-zero key")
+		}
 	}
-	host, port, err := net.SplitHostPort(vals[4])
-	if err != nil || host == "" {
-		return bad("endpoint %q", vals[4])
+	if vals[4] != "-" {
+		host, port, err := net.SplitHostPort(vals[4])
+		if err != nil || host == "" {
+			return bad("endpoint %q", vals[4])
+		}
+		if _, err := role.Port(port); err != nil {
+			return bad("endpoint %q: %v", vals[4], err)
+		}
+		e.Endpoint = vals[4]
 	}
-	if _, err := role.Port(port); err != nil {
-		return bad("endpoint %q: %v", vals[4], err)
-	}
-	e.Endpoint = vals[4]
 	if e.V4, err = netip.ParseAddr(vals[5]); err != nil || !e.V4.Is4() {
 		return bad("v4 %q", vals[5])
 	}
 	if e.V6, err = netip.ParseAddr(vals[6]); err != nil || !e.V6.Is6() || e.V6.Is4In6() || e.V6.Zone() != "" {
 		return bad("v6 %q", vals[6])
-	}
-	if e.Key == (wgtypes.Key{}) {
-		return bad("the all-zero key")
 	}
 	if e.body() != body {
 		return bad("not in canonical form") // one text per meaning: 0::0 is written ::, gen=01 gen=1
@@ -141,7 +154,7 @@ func validInstance(s string) bool {
 	return true
 }
 
-// ParseSigner parses the server's published signing key (vpn.wg.signer, base64).
+// ParseSigner parses the server's published signing key (vpn.signer, base64).
 func ParseSigner(v string) (ed25519.PublicKey, error) {
 	raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(v))
 	if err != nil || len(raw) != ed25519.PublicKeySize {

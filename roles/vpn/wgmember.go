@@ -40,13 +40,14 @@ type WGMember struct {
 
 	key       wgtypes.Key
 	ms        *membership
-	saidS     string // the refused signer last said
-	confirmed int    // the device epoch whose mesh was confirmed (0: none)
-	pin       *serverPin
+	confirmed int // the device epoch whose mesh was confirmed (0: none)
+	pins      signerPins
 }
 
 // NewWGMember returns the WireGuard engine of an application VM.
-func NewWGMember(env role.Env) *WGMember { return &WGMember{env: env, dev: newWGDev(env)} }
+func NewWGMember(env role.Env) *WGMember {
+	return &WGMember{env: env, dev: newWGDev(env), pins: signerPins{env: env}}
+}
 
 // Name implements role.Service.
 func (m *WGMember) Name() string { return "vpn" }
@@ -83,7 +84,7 @@ func (m *WGMember) Reconcile(ctx context.Context, s role.Snapshot) (bool, error)
 	if err := role.Publish(ctx, m.env.Params, s, me, params.VPNWGKey, pub); err != nil {
 		return false, fmt.Errorf("vpn: %w", err)
 	}
-	srv := m.server(s)
+	srv := m.pins.server(s)
 	if srv == "" {
 		return false, nil // the VPN server has not published itself yet
 	}
@@ -91,7 +92,7 @@ func (m *WGMember) Reconcile(ctx context.Context, s role.Snapshot) (bool, error)
 	if err != nil {
 		return false, nil // the server aborts the run with the message
 	}
-	signer, err := m.pinSigner(s, srv)
+	signer, err := m.pins.signer(s, srv)
 	if signer == nil || err != nil {
 		return false, err
 	}
@@ -178,8 +179,15 @@ type serverPin struct {
 	signer   ed25519.PublicKey
 }
 
-// loadPin reads the pin kept in the state dir (nil: none yet).
-func (m *WGMember) loadPin() (*serverPin, error) {
+// signerPins is a member's pin of the VPN server and its signing key (both engines).
+type signerPins struct {
+	env   role.Env
+	pin   *serverPin
+	saidS string // the refused signer last said
+}
+
+// load reads the pin kept in the state dir (nil: none yet).
+func (m *signerPins) load() (*serverPin, error) {
 	if m.pin != nil {
 		return m.pin, nil
 	}
@@ -205,8 +213,8 @@ func (m *WGMember) loadPin() (*serverPin, error) {
 // server is the VPN server's instance: the pinned one once there is a pin (a VM that points
 // cnsmo.server.nodeinstanceid or vpn.server.nodeinstanceid elsewhere later is not followed, for
 // the engine, the port and the prefixes too), else the one the parameters name.
-func (m *WGMember) server(s role.Snapshot) string {
-	if p, err := m.loadPin(); err == nil && p != nil {
+func (m *signerPins) server(s role.Snapshot) string {
+	if p, err := m.load(); err == nil && p != nil {
 		return p.instance
 	}
 	srv := s.Get(m.env.Instance, params.ServerInstanceID)
@@ -217,14 +225,14 @@ func (m *WGMember) server(s role.Snapshot) string {
 }
 
 // pinSigner trusts the first valid signing key the server publishes, with the server's instance,
-// and keeps them: a VM that later rewrites vpn.wg.signer or the server pointers cannot make this
+// and keeps them: a VM that later rewrites vpn.signer or the server pointers cannot make this
 // member follow entries it signed. nil (and no error) while the server has published none.
-func (m *WGMember) pinSigner(s role.Snapshot, srv string) (ed25519.PublicKey, error) {
-	pin, err := m.loadPin()
+func (m *signerPins) signer(s role.Snapshot, srv string) (ed25519.PublicKey, error) {
+	pin, err := m.load()
 	if err != nil {
 		return nil, err
 	}
-	v := s.Get(srv, params.VPNWGSigner)
+	v := s.Get(srv, params.VPNSigner)
 	if pin != nil {
 		named := s.Get(m.env.Instance, params.ServerInstanceID)
 		if named != "" {
@@ -244,7 +252,7 @@ func (m *WGMember) pinSigner(s role.Snapshot, srv string) (ed25519.PublicKey, er
 	}
 	k, err := ParseSigner(v)
 	if err != nil {
-		return nil, fmt.Errorf("vpn: %s:%s: %w: not trusted", srv, params.VPNWGSigner, err)
+		return nil, fmt.Errorf("vpn: %s:%s: %w: not trusted", srv, params.VPNSigner, err)
 	}
 	p := filepath.Join(m.env.StateDir, wgSignerPin)
 	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
@@ -270,7 +278,7 @@ func (m *WGMember) Teardown(ctx context.Context) error {
 		if rerr := os.RemoveAll(filepath.Join(m.env.StateDir, "wg")); rerr != nil {
 			err = errors.Join(err, rerr)
 		}
-		m.ms, m.pin = nil, nil
+		m.ms, m.pins.pin = nil, nil
 	}
 	return err
 }
@@ -303,7 +311,7 @@ func (ms *membership) entry(s role.Snapshot, inst string, env role.Env) (Entry, 
 	if ms.last == nil {
 		ms.last, ms.raw = map[string]Entry{}, map[string]string{}
 	}
-	v := s.Get(inst, params.VPNWGPeer)
+	v := s.Get(inst, params.VPNMember)
 	if v == "" || v == ms.raw[inst] {
 		e, ok := ms.last[inst]
 		return e, ok

@@ -24,7 +24,7 @@ import (
 
 // WGServer is the WireGuard engine on the CNSMO server VM: it allocates the members' overlay
 // addresses (the same allocator as OpenVPN), pins each instance's first public key until the
-// instance leaves, signs one entry per member into that member's vpn.wg.peer, and is itself a
+// instance leaves, signs one entry per member into that member's vpn.member, and is itself a
 // member of the mesh.
 type WGServer struct {
 	env role.Env
@@ -36,26 +36,9 @@ type WGServer struct {
 	RemoveKeys bool
 
 	alloc   *Allocator
-	signer  ed25519.PrivateKey
+	led     *ledger
 	key     wgtypes.Key
-	st      wgServerState
-	dirty   bool              // st changed since it was saved
 	refused map[string]string // instance -> the refusal last said
-}
-
-// wgServerState is kept in wg/members.json: the generation counter and, per instance, the entry
-// granted (its key is the pin).
-type wgServerState struct {
-	Counter uint64              `json:"counter"`
-	Members map[string]wgRecord `json:"members"`
-}
-
-type wgRecord struct {
-	Gen      uint64 `json:"gen"`
-	Key      string `json:"key"`
-	Endpoint string `json:"endpoint"`
-	V4       string `json:"v4"`
-	V6       string `json:"v6"`
 }
 
 // NewWGServer returns the WireGuard engine of the CNSMO server VM.
@@ -67,63 +50,26 @@ func (s *WGServer) Name() string { return "vpn" }
 // Assigned returns the overlay IPv4 address the server assigned to instance.
 func (s *WGServer) Assigned(instance string) (netip.Addr, bool) { return s.alloc.V4Of(instance) }
 
-func (s *WGServer) stateFile() jsonFile { return jsonFile(filepath.Join(s.env.StateDir, wgStateFile)) }
-
 func (s *WGServer) open(in Inputs) error {
 	if err := os.MkdirAll(s.env.StateDir, 0o700); err != nil {
 		return fmt.Errorf("vpn: state dir: %w", err)
 	}
-	if s.signer == nil {
+	if s.led == nil {
 		k, err := LoadOrCreateWGKey(filepath.Join(s.env.StateDir, wgKeyFile))
 		if err != nil {
 			return err
 		}
-		sg, err := LoadOrCreateSigner(filepath.Join(s.env.StateDir, wgSignerFile))
+		l, err := openLedger(s.env.StateDir)
 		if err != nil {
 			return err
 		}
-		st := wgServerState{Members: map[string]wgRecord{}}
-		if err := s.stateFile().load(&st); err != nil {
-			return err
-		}
-		if st.Members == nil {
-			st.Members = map[string]wgRecord{}
-		}
-		s.key, s.signer, s.st = k, sg, st
+		s.key, s.led = k, l
 	}
 	a, err := reopen(s.alloc, s.env.StateDir, in)
 	if err != nil {
 		return err
 	}
 	s.alloc = a
-	return nil
-}
-
-// grant records what the server grants inst and returns the signed entry: a new generation when
-// anything in it changed.
-func (s *WGServer) grant(e Entry) (Entry, string, error) {
-	r, ok := s.st.Members[e.Instance]
-	if ok && r.Key == e.Key.String() && r.Endpoint == e.Endpoint && r.V4 == e.V4.String() && r.V6 == e.V6.String() {
-		e.Gen = r.Gen
-		return e, e.Sign(s.signer), nil
-	}
-	s.st.Counter++
-	e.Gen = s.st.Counter
-	s.st.Members[e.Instance] = wgRecord{Gen: e.Gen, Key: e.Key.String(), Endpoint: e.Endpoint, V4: e.V4.String(), V6: e.V6.String()}
-	s.dirty = true
-	return e, e.Sign(s.signer), nil
-}
-
-// save keeps the state once per pass, before any entry it signed is published: a restarted
-// server never signs two meanings with one generation.
-func (s *WGServer) save() error {
-	if !s.dirty {
-		return nil
-	}
-	if err := s.stateFile().save(s.st); err != nil {
-		return err
-	}
-	s.dirty = false
 	return nil
 }
 
@@ -141,11 +87,8 @@ func (s *WGServer) Reconcile(ctx context.Context, snap role.Snapshot) (bool, err
 		return false, err
 	}
 	srv := s.alloc.Server()
-	own, ownSigned, err := s.grant(Entry{Instance: me, Key: s.key.PublicKey(), Endpoint: wgEndpoint(host, in.WGPort), V4: srv.V4, V6: srv.V6})
-	if err != nil {
-		return false, err
-	}
-	if err := s.save(); err != nil {
+	own, ownSigned := s.led.grant(Entry{Instance: me, Key: s.key.PublicKey(), Endpoint: wgEndpoint(host, in.WGPort), V4: srv.V4, V6: srv.V6})
+	if err := s.led.save(); err != nil {
 		return false, err
 	}
 	current := clients(snap, me)
@@ -159,9 +102,9 @@ func (s *WGServer) Reconcile(ctx context.Context, snap role.Snapshot) (bool, err
 	// Publish what members need first (public data only): they can start while this device comes up.
 	for _, kv := range [][2]string{
 		{params.VPNServerInstanceID, me},
-		{params.VPNWGSigner, FormatSigner(s.signer.Public().(ed25519.PublicKey))},
+		{params.VPNSigner, FormatSigner(s.led.signer.Public().(ed25519.PublicKey))},
 		{params.VPNWGKey, own.Key.String()},
-		{params.VPNWGPeer, ownSigned},
+		{params.VPNMember, ownSigned},
 		{params.VPNEndpoint, Endpoint(host, in.WGPort)},
 	} {
 		if err := role.Publish(ctx, s.env.Params, snap, me, kv[0], kv[1]); err != nil {
@@ -181,9 +124,9 @@ func (s *WGServer) Reconcile(ctx context.Context, snap role.Snapshot) (bool, err
 		}
 	}
 	// Members that left but are held (the load balancer still sends to them) stay peers.
-	for inst, r := range s.st.Members {
+	for inst := range s.led.st.Members {
 		if inst != me && !slices.Contains(current, inst) {
-			if e, ok := s.recordEntry(inst, r); ok {
+			if e, ok := s.led.record(inst); ok {
 				peers = append(peers, e)
 			}
 		}
@@ -200,7 +143,7 @@ func (s *WGServer) Reconcile(ctx context.Context, snap role.Snapshot) (bool, err
 func wgEndpoint(host string, port int) string { return net.JoinHostPort(host, strconv.Itoa(port)) }
 
 // members signs an entry for every current member with a valid key and a hostname, and publishes
-// it in the member's vpn.wg.peer.
+// it in the member's vpn.member.
 func (s *WGServer) members(ctx context.Context, snap role.Snapshot, in Inputs, current []string) (map[string]Entry, []error, error) {
 	entries, signed := map[string]Entry{}, map[string]string{}
 	var problems []error
@@ -218,7 +161,8 @@ func (s *WGServer) members(ctx context.Context, snap role.Snapshot, in Inputs, c
 		if err == nil && key == (wgtypes.Key{}) {
 			err = errors.New("the all-zero key")
 		}
-		pinned, has := s.st.Members[c]
+		pinned, has := s.led.st.Members[c]
+		has = has && pinned.Key != "" // granted by the OpenVPN engine: no key pinned yet
 		switch {
 		case has && (err != nil || pinned.Key != key.String()):
 			// Another key in c's vpn.wg.pubkey (a VM that rewrote it, or a purged member): refused,
@@ -241,22 +185,19 @@ func (s *WGServer) members(ctx context.Context, snap role.Snapshot, in Inputs, c
 			problems = append(problems, err)
 			continue
 		}
-		e, sig, err := s.grant(Entry{Instance: c, Key: key, Endpoint: wgEndpoint(host, in.WGPort), V4: as.V4, V6: as.V6})
-		if err != nil {
-			return nil, nil, err
-		}
+		e, sig := s.led.grant(Entry{Instance: c, Key: key, Endpoint: wgEndpoint(host, in.WGPort), V4: as.V4, V6: as.V6})
 		entries[c], signed[c] = e, sig
 	}
-	if err := s.save(); err != nil {
+	if err := s.led.save(); err != nil {
 		return nil, nil, err
 	}
 	for _, c := range current {
 		sig, ok := signed[c]
-		if !ok || snap.Get(c, params.VPNWGPeer) == sig {
+		if !ok || snap.Get(c, params.VPNMember) == sig {
 			continue
 		}
-		if err := s.env.Params.Set(ctx, c, params.VPNWGPeer, sig); err != nil {
-			return nil, nil, fmt.Errorf("vpn: publish %s of %s: %w", params.VPNWGPeer, c, err)
+		if err := s.env.Params.Set(ctx, c, params.VPNMember, sig); err != nil {
+			return nil, nil, fmt.Errorf("vpn: publish %s of %s: %w", params.VPNMember, c, err)
 		}
 		e := entries[c]
 		s.env.Log.Info().Str("client", c).Str("address", e.V4.String()).Str("address6", e.V6.String()).Uint64("gen", e.Gen).Msg("vpn: wireguard member signed")
@@ -280,7 +221,7 @@ func (s *WGServer) refuse(ctx context.Context, inst, msg string) {
 // keyTaken reports whether key is pinned by another instance than inst (the server's own included).
 func (s *WGServer) keyTaken(key wgtypes.Key, inst string) bool {
 	k := key.String()
-	for other, r := range s.st.Members {
+	for other, r := range s.led.st.Members {
 		if other != inst && r.Key == k {
 			return true
 		}
@@ -309,23 +250,12 @@ func validHost(h string) error {
 	return nil
 }
 
-// recordEntry is the entry recorded for inst.
-func (s *WGServer) recordEntry(inst string, r wgRecord) (Entry, bool) {
-	k, err := wgtypes.ParseKey(r.Key)
-	v4, err4 := netip.ParseAddr(r.V4)
-	v6, err6 := netip.ParseAddr(r.V6)
-	if err != nil || err4 != nil || err6 != nil {
-		return Entry{}, false
-	}
-	return Entry{Gen: r.Gen, Instance: inst, Key: k, Endpoint: r.Endpoint, V4: v4, V6: v6}, true
-}
-
 // leave forgets the instances that left the run (once the load balancer no longer sends to
 // them): their pin, their entry and their addresses (the next new member reuses them).
 func (s *WGServer) leave(snap role.Snapshot, current []string) error {
 	me := s.env.Instance
 	var gone []string
-	for _, inst := range append(slices.Collect(maps.Keys(s.st.Members)), s.alloc.Members()...) {
+	for _, inst := range append(slices.Collect(maps.Keys(s.led.st.Members)), s.alloc.Members()...) {
 		if inst == me || slices.Contains(current, inst) || slices.Contains(gone, inst) || !snap.Gone(inst) {
 			continue
 		}
@@ -336,17 +266,14 @@ func (s *WGServer) leave(snap role.Snapshot, current []string) error {
 	}
 	sort.Strings(gone)
 	for _, inst := range gone {
-		delete(s.st.Members, inst)
+		s.led.forget(inst)
 		delete(s.refused, inst)
 		if err := s.alloc.Free(inst); err != nil {
 			return err
 		}
 		s.env.Log.Info().Str("client", inst).Msg("vpn: instance left the run: removed from the mesh, its key unpinned")
 	}
-	if len(gone) > 0 {
-		return s.stateFile().save(s.st)
-	}
-	return nil
+	return s.led.save()
 }
 
 // publish publishes the server's own addresses and listening flag once its device has them, its
@@ -416,7 +343,7 @@ func (s *WGServer) Teardown(ctx context.Context) error {
 				err = errors.Join(err, rerr)
 			}
 		}
-		s.signer, s.alloc = nil, nil
+		s.led, s.alloc = nil, nil
 	}
 	return err
 }
