@@ -33,6 +33,8 @@ test: deps images build role-image
 	$(GO) test -run '^$$' -fuzz FuzzParseRules -fuzztime 10s ./roles/fw
 	$(GO) test -run '^$$' -fuzz FuzzParseRunXML -fuzztime 10s ./ssclient
 	$(GO) test -run '^$$' -fuzz FuzzParseEntry -fuzztime 10s ./roles/vpn
+	$(GO) test -run '^$$' -fuzz FuzzParseRequest -fuzztime 10s ./roles/vpn
+	$(GO) test -run '^$$' -fuzz FuzzDNSAnswer -fuzztime 10s ./roles/vpn
 
 # Unit tests only (no root, Docker or packages needed).
 test-unit:

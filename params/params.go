@@ -3,6 +3,8 @@
 // application definition in recipes/ are checked against this table by tests.
 package params
 
+import "strconv"
+
 // Integrated deployment.
 const (
 	ServicesEnable   = "net.services.enable"         // server input: JSON list of "vpn", "fw", "lb"
@@ -37,7 +39,19 @@ const (
 	VPNSigner           = "vpn.signer"
 	VPNMember           = "vpn.member"
 	VPNWGHandshakes     = "vpn.wg.handshakes"
+	VPNDomain           = "vpn.domain"
 )
+
+// People in the overlay (cnsmo-role join): UserSlots declared slots on the CNSMO server's
+// instance, vpn.user.<i> (the person's request, then its leave) and vpn.user.<i>.grant (the
+// server's answer).
+const UserSlots = 8
+
+// UserSlot is the key of slot i's request (1 <= i <= UserSlots).
+func UserSlot(i int) string { return "vpn.user." + strconv.Itoa(i) }
+
+// UserGrant is the key of slot i's grant.
+func UserGrant(i int) string { return UserSlot(i) + ".grant" }
 
 // Firewall.
 const (
@@ -95,6 +109,9 @@ var Table = []Spec{
 	{VPNWGKey, "every VPN member, on its own instance (wireguard)", "VPN server", "WireGuard public key (base64); the private key never leaves the VM"},
 	{VPNSigner, "VPN server", "VPN members and people (pinned on first use)", "Ed25519 public key (base64) that signs the membership entries"},
 	{VPNMember, "VPN server, on each member's instance and its own", "every VPN member (wireguard: its peers; both engines: the names)", "signed entry: `cnsmo-vpn1 gen=… inst=… key=… ep=host:port v4=… v6=… sig=…` (key and ep `-` with openvpn)"},
+	{VPNDomain, "developer (input of the CNSMO server component)", "VPN server and members", "DNS suffix of the members' names (`web-1.<domain>`, people `<name>.users.<domain>`); default `cnsmo.internal`"},
+	{"vpn.user.<i>", "a person (cnsmo-role join / leave), on the CNSMO server's instance; slots 1 to 8", "VPN server", "signed request: `cnsmo-join1 name=… id=… key=… csr=… t=… sig=…`, later `cnsmo-leave1 name=… id=… t=… sig=…` (public keys only)"},
+	{"vpn.user.<i>.grant", "VPN server, on its own instance", "the person, every VPN member (names)", "the person's signed entry (`inst=<name>.users`, `ep=-`; OpenVPN: then its certificate), or `refused: <name>: <reason>`"},
 	{VPNWGHandshakes, "every VPN member (wireguard)", "operators", "`<n>/<peers>`: peers with a handshake in the last 3 minutes"},
 	{FWRules, "developer (input of each application component)", "agent", "JSON list of rules (see Firewall)"},
 	{FWLockoutOK, "developer (input of each application component)", "agent", "`true` to waive the anti-lockout rules"},

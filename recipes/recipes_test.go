@@ -2,6 +2,7 @@ package recipes
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -42,7 +43,12 @@ func TestEveryParameterIsDeclaredAndDocumented(t *testing.T) {
 	readme, err := os.ReadFile("../README.md")
 	require.NoError(t, err)
 	for _, s := range params.Table {
-		if !standard[s.Name] {
+		if strings.Contains(s.Name, "<i>") { // the people's slots
+			for i := 1; i <= params.UserSlots; i++ {
+				n := strings.Replace(s.Name, "<i>", fmt.Sprint(i), 1)
+				require.Truef(t, declared[n], "%s is not declared in recipes/application.json", n)
+			}
+		} else if !standard[s.Name] {
 			require.Truef(t, declared[s.Name], "%s is not declared in recipes/application.json", s.Name)
 		}
 		require.Truef(t, strings.Contains(string(readme), s.Row()+"\n"), "the README's parameter table lacks this row (or has it different):\n%s", s.Row())

@@ -25,6 +25,7 @@ var Inputs = []Input{
 	{"CNSMO_VPN_DEVICE", params.VPNDevice, true},
 	{"CNSMO_VPN_ENGINE", params.VPNEngine, true},
 	{"CNSMO_VPN_WG_PORT", params.VPNWGPort, true},
+	{"CNSMO_VPN_DOMAIN", params.VPNDomain, true},
 	{"CNSMO_LB_PORT", params.LBPort, true},
 	{"CNSMO_LB_MODE", params.LBMode, true},
 	{"CNSMO_LB_NODE", params.LBNode, true},

@@ -14,7 +14,7 @@ import (
 
 // roleCommands returns the role subcommands: server, agent, stop, status, kick and doctor.
 func roleCommands() []*cobra.Command {
-	out := []*cobra.Command{roleCmd(true), roleCmd(false), stopCmd(), statusCmd(), kickCmd()}
+	out := []*cobra.Command{roleCmd(true), roleCmd(false), stopCmd(), statusCmd(), kickCmd(), joinCmd(false), joinCmd(true)}
 	return append(out, &cobra.Command{
 		Use:   "doctor",
 		Short: "Report what this host supports: Docker, NET_ADMIN and /dev/net/tun in a container, iptables backends, IPv6",
@@ -84,6 +84,11 @@ reconcile at once (the onvmadd/onvmremove hooks send it).`,
 	c.Flags().StringVar(&opts.Driver, "driver", defaultDriver(), "runtime of the network functions: docker or exec (env CNSMO_DRIVER)")
 	c.Flags().StringVar(&opts.StateDir, "state-dir", defaultStateDir(), "where the role keeps everything it writes: its lock, pid file and log; per service (vpn/, fw/, lb/) the persistent state (VPN CA, keys, address book, pins) and, with --driver exec, the functions' files (env CNSMO_STATE_DIR)")
 	c.Flags().StringVar(&opts.Services, "services", "", "override net.services.enable with this list (testing one service)")
+	hosts := os.Getenv("CNSMO_HOSTS_FILE")
+	if hosts == "" {
+		hosts = "/etc/hosts"
+	}
+	c.Flags().StringVar(&opts.Hosts, "hosts-file", hosts, "hosts file that gets a managed block with the overlay's names (removed on teardown); \"none\" leaves every file alone (env CNSMO_HOSTS_FILE)")
 	c.Flags().StringVar(&opts.Backend, "backend", defaultBackend(), "coordination store: auto (Nuvla 2 when NUVLA_DEPLOYMENT_ID is set, else SlipStream), slipstream or nuvla2 (env CNSMO_BACKEND)")
 	return c
 }

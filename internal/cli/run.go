@@ -33,6 +33,7 @@ type Options struct {
 	StateDir string // persistent state, pid file and lock of the role on this VM
 	Services string // overrides net.services.enable (testing a single service); "" reads the parameter
 	Backend  string // "auto" (Nuvla 2 when NUVLA_DEPLOYMENT_ID is set, else SlipStream), "slipstream" or "nuvla2"
+	Hosts    string // the hosts file the VPN's names go into; "" or "none": none
 }
 
 // Validate checks the role's flags and environment (CNSMO_DRIVER, CNSMO_STATE_DIR) before anything
@@ -43,6 +44,9 @@ func (o Options) Validate() error {
 	}
 	if o.StateDir == "" || !filepath.IsAbs(o.StateDir) {
 		return fmt.Errorf("--state-dir: %q is not an absolute path", o.StateDir)
+	}
+	if o.Hosts != "" && o.Hosts != "none" && !filepath.IsAbs(o.Hosts) {
+		return fmt.Errorf("--hosts-file: %q is not an absolute path (or none)", o.Hosts)
 	}
 	if o.Backend != "" && !slices.Contains(Backends, o.Backend) {
 		return fmt.Errorf("--backend: %q is not one of %s", o.Backend, strings.Join(Backends, ", "))
@@ -192,6 +196,7 @@ func run(ctx context.Context, opts Options, b *backend, roleName string, log zer
 				Params: cache, Driver: drv, Instance: me, StateDir: filepath.Join(opts.StateDir, service),
 				Log:    log.With().Str("service", service).Logger(),
 				UseVPN: slices.Contains(enabled, "vpn"), Exec: opts.Driver == "exec", Endpoint: b.endpoint,
+				Hosts: hostsFile(opts.Hosts),
 			}
 		},
 	}
@@ -433,4 +438,11 @@ func Kick(stateDir string) error {
 		return fmt.Errorf("signal pid %d: %w", pid, err)
 	}
 	return nil
+}
+
+func hostsFile(v string) string {
+	if v == "none" {
+		return ""
+	}
+	return v
 }

@@ -18,4 +18,5 @@ type Env struct {
 	UseVPN   bool   // "vpn" is in net.services.enable
 	Exec     bool   // the exec driver is used (functions are host processes, not containers)
 	Endpoint string // the platform's service URL (the firewall keeps the path to it open)
+	Hosts    string // the hosts file the VPN's names go into (/etc/hosts); "" leaves it alone
 }

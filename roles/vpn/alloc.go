@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 )
 
@@ -93,12 +94,7 @@ func ParsePrefixes(subnet, subnet6 string) (v4, v6 netip.Prefix, err error) {
 
 // OpenAllocator loads the allocation file at path (or starts empty) for the given prefixes.
 func OpenAllocator(path string, v4, v6 netip.Prefix) (*Allocator, error) {
-	a := &Allocator{path: path, v4: v4, v6: v6, byIndex: map[int]string{}}
-	hostBits := 32 - v4.Bits()
-	a.max = 1<<hostBits - 2 // without the network and broadcast addresses
-	if h6 := 128 - v6.Bits(); h6 < 31 && 1<<h6-2 < a.max {
-		a.max = 1<<h6 - 2
-	}
+	a := &Allocator{path: path, v4: v4, v6: v6, byIndex: map[int]string{}, max: maxIndex(v4, v6)}
 	a.st = allocState{Subnet: v4.String(), Subnet6: v6.String(), Members: map[string]Assignment{}}
 	b, err := os.ReadFile(path)
 	switch {
@@ -167,7 +163,11 @@ func (a *Allocator) Assign(instance string) (Assignment, error) {
 	if as, ok := a.st.Members[instance]; ok {
 		return as, nil
 	}
-	for i := serverIndex + 1; i <= a.max; i++ {
+	from, to := serverIndex+1, a.peopleFrom()-1
+	if strings.HasSuffix(instance, PeopleSuffix) {
+		from, to = a.peopleFrom(), a.max
+	}
+	for i := from; i <= to; i++ {
 		if _, used := a.byIndex[i]; used {
 			continue
 		}
@@ -182,6 +182,32 @@ func (a *Allocator) Assign(instance string) (Assignment, error) {
 		return as, nil
 	}
 	return Assignment{}, fmt.Errorf("vpn: overlay %s is full (%d members)", a.v4, len(a.st.Members))
+}
+
+// maxIndex is the highest usable host index of both prefixes (without the network and
+// broadcast addresses).
+func maxIndex(v4, v6 netip.Prefix) int {
+	m := 1<<(32-v4.Bits()) - 2
+	if h6 := 128 - v6.Bits(); h6 < 31 && 1<<h6-2 < m {
+		m = 1<<h6 - 2
+	}
+	return m
+}
+
+// peopleFrom is the first index of the people's block: the last quarter of the indexes.
+func (a *Allocator) peopleFrom() int { return (a.max + 2) / 4 * 3 }
+
+// PeopleBlock returns the prefixes people's addresses come from (cnsmo-role join): the last
+// quarter of the overlay's indexes (of vpn.subnet, and the same indexes of vpn.subnet6), so that
+// firewall rules can name them. Members get addresses from the first three quarters.
+func PeopleBlock(v4, v6 netip.Prefix) (netip.Prefix, netip.Prefix) {
+	n := maxIndex(v4, v6) + 2
+	bits := 0 // log2 of the block's size
+	for 1<<(bits+2) < n {
+		bits++
+	}
+	from := n / 4 * 3
+	return netip.PrefixFrom(hostAddr(v4, from), 32-bits), netip.PrefixFrom(hostAddr(v6, from), 128-bits)
 }
 
 // Free returns instance's addresses for reuse. Freeing an unknown instance does nothing.
@@ -202,7 +228,8 @@ func (a *Allocator) Free(instance string) error {
 	return nil
 }
 
-// Members returns the instances holding addresses, sorted.
+// Members returns the instances holding addresses, sorted (people too: their names end in
+// PeopleSuffix).
 func (a *Allocator) Members() []string {
 	a.mu.Lock()
 	defer a.mu.Unlock()

@@ -85,7 +85,7 @@ func TestAllocatorFull(t *testing.T) {
 	v4, v6 := prefixes(t, "198.18.7.0/29", "2001:db8:7::/64")
 	a, err := OpenAllocator(filepath.Join(t.TempDir(), "a.json"), v4, v6)
 	require.NoError(t, err)
-	for i := 0; i < 5; i++ { // .2 .. .6 (.1 is the server, .7 broadcast)
+	for i := 0; i < 4; i++ { // .2 .. .5 (.1 is the server, .6 the people's block, .7 broadcast)
 		as, err := a.Assign("n." + string(rune('a'+i)))
 		require.NoError(t, err)
 		assert.Equal(t, i+2, as.Index)
@@ -93,6 +93,32 @@ func TestAllocatorFull(t *testing.T) {
 	_, err = a.Assign("n.z")
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "full")
+	as, err := a.Assign("alice" + PeopleSuffix)
+	require.NoError(t, err)
+	assert.Equal(t, 6, as.Index)
+	_, err = a.Assign("bob" + PeopleSuffix)
+	require.Error(t, err, "the people's block is full too")
+}
+
+func TestPeopleBlock(t *testing.T) {
+	for _, c := range []struct{ v4, v6, b4, b6 string }{
+		{"100.96.0.0/16", "fd63:6e73:6d6f::/64", "100.96.192.0/18", "fd63:6e73:6d6f::c000/114"},
+		{"198.18.7.0/29", "2001:db8:7::/64", "198.18.7.6/31", "2001:db8:7::6/127"},
+		{"198.18.0.0/16", "2001:db8::/124", "198.18.0.12/30", "2001:db8::c/126"}, // the smaller IPv6 prefix bounds the indexes
+	} {
+		v4, v6 := prefixes(t, c.v4, c.v6)
+		b4, b6 := PeopleBlock(v4, v6)
+		assert.Equal(t, c.b4, b4.String(), c.v4)
+		assert.Equal(t, c.b6, b6.String(), c.v6)
+		a, err := OpenAllocator(filepath.Join(t.TempDir(), "a.json"), v4, v6)
+		require.NoError(t, err)
+		p, err := a.Assign("alice" + PeopleSuffix)
+		require.NoError(t, err)
+		assert.True(t, b4.Contains(p.V4) && b6.Contains(p.V6), "a person's addresses are in the block")
+		m, err := a.Assign("web.1")
+		require.NoError(t, err)
+		assert.False(t, b4.Contains(m.V4) || b6.Contains(m.V6), "a member's are not")
+	}
 }
 
 func TestParsePrefixes(t *testing.T) {

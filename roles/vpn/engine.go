@@ -16,12 +16,16 @@ import (
 type ServerService struct {
 	OpenVPN *Server
 	WG      *WGServer
+	Names   *Names
 	active  string
+	said    string // the names problem last said
 }
 
 // NewServerService returns the VPN server service of the instance described by env.
 func NewServerService(env role.Env) *ServerService {
-	return &ServerService{OpenVPN: newServer(env), WG: NewWGServer(env)}
+	n := NewNames(env, env.Hosts)
+	n.DNS = &DNSServer{Log: env.Log}
+	return &ServerService{OpenVPN: newServer(env), WG: NewWGServer(env), Names: n}
 }
 
 // Name implements role.Service.
@@ -89,13 +93,29 @@ func (v *ServerService) Reconcile(ctx context.Context, s role.Snapshot) (bool, e
 	}
 	if was != "" && was != in.Engine { // the other engine assigned addresses meanwhile: read them again
 		v.OpenVPN.alloc, v.WG.alloc = nil, nil
+		v.OpenVPN.led, v.WG.led = nil, nil
 	}
-	return v.engine(in.Engine).Reconcile(ctx, s)
+	ok, err := v.engine(in.Engine).Reconcile(ctx, s)
+	led, alloc := v.OpenVPN.led, v.OpenVPN.alloc
+	if in.Engine == EngineWireGuard {
+		led, alloc = v.WG.led, v.WG.alloc
+	}
+	nerr := v.Names.server(s, in.Domain, led)
+	if v.Names != nil && alloc != nil && s.Get(me, params.VPNAddress) != "" {
+		// The device has the addresses; an IPv6 address still in duplicate address detection
+		// cannot be bound yet: the next pass tries again.
+		if lerr := v.Names.DNS.Listen(alloc.Server().V4, alloc.Server().V6); lerr != nil && lerr.Error() != v.said {
+			v.said = lerr.Error()
+			v.OpenVPN.env.Log.Warn().Err(lerr).Msg("vpn: names: DNS cannot listen on every overlay address yet")
+		}
+	}
+	return ok, errors.Join(err, nerr)
 }
 
-// Teardown removes both engines' functions and device (whichever ran before a restart).
+// Teardown removes both engines' functions and device (whichever ran before a restart), and the
+// names.
 func (v *ServerService) Teardown(ctx context.Context) error {
-	return errors.Join(v.WG.Teardown(ctx), v.OpenVPN.Teardown(ctx))
+	return errors.Join(v.Names.Teardown(), v.WG.Teardown(ctx), v.OpenVPN.Teardown(ctx))
 }
 
 // Withdraw un-sets what either engine published about this server's readiness.
@@ -108,12 +128,13 @@ func (v *ServerService) Withdraw(ctx context.Context) error {
 type ClientService struct {
 	OpenVPN *Client
 	WG      *WGMember
+	Names   *Names
 	active  string
 }
 
 // NewClientService returns the VPN client service of the instance described by env.
 func NewClientService(env role.Env) *ClientService {
-	return &ClientService{OpenVPN: newClient(env), WG: NewWGMember(env)}
+	return &ClientService{OpenVPN: newClient(env), WG: NewWGMember(env), Names: NewNames(env, env.Hosts)}
 }
 
 // Name implements role.Service.
@@ -143,12 +164,13 @@ func (v *ClientService) Reconcile(ctx context.Context, s role.Snapshot) (bool, e
 		map[string][]string{EngineOpenVPN: {ClientFunction}, EngineWireGuard: {WGFunction}}, v.WG.dev.links); err != nil {
 		return false, err
 	}
-	return v.engine(in.Engine).Reconcile(ctx, s)
+	ok, err := v.engine(in.Engine).Reconcile(ctx, s)
+	return ok, errors.Join(err, v.Names.member(s))
 }
 
-// Teardown removes both engines' functions and device.
+// Teardown removes both engines' functions and device, and the names.
 func (v *ClientService) Teardown(ctx context.Context) error {
-	return errors.Join(v.WG.Teardown(ctx), v.OpenVPN.Teardown(ctx))
+	return errors.Join(v.Names.Teardown(), v.WG.Teardown(ctx), v.OpenVPN.Teardown(ctx))
 }
 
 // Withdraw un-sets what either engine published.

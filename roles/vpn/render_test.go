@@ -79,10 +79,10 @@ func TestRenderProperties(t *testing.T) {
 func TestParseInputs(t *testing.T) {
 	in, err := ParseInputs(func(string) string { return "" })
 	require.NoError(t, err)
-	assert.Equal(t, Inputs{Engine: EngineOpenVPN, Device: "tap", Port: 1194, WGPort: DefaultWGPort, V4: in.V4, V6: in.V6}, in)
+	assert.Equal(t, Inputs{Engine: EngineOpenVPN, Device: "tap", Port: 1194, WGPort: DefaultWGPort, V4: in.V4, V6: in.V6, Domain: DefaultDomain}, in)
 	assert.Equal(t, DefaultSubnet, in.V4.String())
 	for k, v := range map[string]string{params.VPNDevice: "tcp", params.VPNPort: "70000", params.VPNSubnet: "198.19.200.0/33",
-		params.VPNEngine: "ipsec", params.VPNWGPort: "0"} {
+		params.VPNEngine: "ipsec", params.VPNWGPort: "0", params.VPNDomain: "under_score.example"} {
 		_, err := ParseInputs(func(key string) string {
 			if key == k {
 				return v

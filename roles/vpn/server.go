@@ -88,6 +88,7 @@ type Inputs struct {
 	Port   int
 	WGPort int
 	V4, V6 netip.Prefix
+	Domain string // vpn.domain: the suffix of the members' names
 }
 
 // The VPN engines (vpn.engine).
@@ -97,8 +98,8 @@ const (
 	DefaultWGPort   = 51820
 )
 
-// ParseInputs validates vpn.engine, vpn.device, vpn.port, vpn.wg.port, vpn.subnet and
-// vpn.subnet6 as read by get.
+// ParseInputs validates vpn.engine, vpn.device, vpn.port, vpn.wg.port, vpn.domain, vpn.subnet
+// and vpn.subnet6 as read by get.
 func ParseInputs(get func(string) string) (Inputs, error) {
 	in := Inputs{Device: strings.ToLower(strings.TrimSpace(get(params.VPNDevice))), Port: DefaultPort, WGPort: DefaultWGPort}
 	switch e := strings.ToLower(strings.TrimSpace(get(params.VPNEngine))); e {
@@ -130,6 +131,9 @@ func ParseInputs(get func(string) string) (Inputs, error) {
 		in.Port = n
 	}
 	var err error
+	if in.Domain, err = ParseDomain(get(params.VPNDomain)); err != nil {
+		return in, err
+	}
 	in.V4, in.V6, err = ParsePrefixes(strings.TrimSpace(get(params.VPNSubnet)), strings.TrimSpace(get(params.VPNSubnet6)))
 	return in, err
 }

@@ -76,6 +76,9 @@ type wgDev struct {
 	applied  map[wgtypes.Key]wgApplied // peers as this process configured them
 	resolved map[string]*net.UDPAddr   // endpoint -> address
 	status   string                    // "<n>/<peers>" last published
+	// route, when set, gives the prefixes routed to a peer besides its own addresses (a member
+	// routes the people's block to the server).
+	route func(Entry) []netip.Prefix
 }
 
 func (d *wgDev) statusLine() string {
@@ -88,6 +91,7 @@ func (d *wgDev) statusLine() string {
 type wgApplied struct {
 	endpoint string
 	v4, v6   netip.Addr
+	allowed  string
 }
 
 func newWGDev(env role.Env) *wgDev {
@@ -242,8 +246,12 @@ func (d *wgDev) sync(peers []Entry) (bool, error) {
 	}
 	ka := WGKeepalive
 	for k, e := range want {
-		a := wgApplied{endpoint: e.Endpoint, v4: e.V4, v6: e.V6}
-		if p, ok := have[k]; ok && d.applied[k] == a && sameAllowed(p.AllowedIPs, e) {
+		allowed := []netip.Prefix{netip.PrefixFrom(e.V4, 32), netip.PrefixFrom(e.V6, 128)}
+		if d.route != nil {
+			allowed = append(allowed, d.route(e)...)
+		}
+		a := wgApplied{endpoint: e.Endpoint, v4: e.V4, v6: e.V6, allowed: fmt.Sprint(allowed)}
+		if p, ok := have[k]; ok && d.applied[k] == a && sameAllowed(p.AllowedIPs, allowed) {
 			continue
 		}
 		ep, err := d.resolve(e.Endpoint)
@@ -251,12 +259,14 @@ func (d *wgDev) sync(peers []Entry) (bool, error) {
 			d.env.Log.Warn().Err(err).Str("peer", e.Instance).Msg("vpn: peer endpoint does not resolve; left out for now")
 			continue
 		}
-		cfg = append(cfg, wgtypes.PeerConfig{PublicKey: k, Endpoint: ep, ReplaceAllowedIPs: true,
-			PersistentKeepaliveInterval: &ka,
-			AllowedIPs: []net.IPNet{
-				{IP: e.V4.AsSlice(), Mask: net.CIDRMask(32, 32)},
-				{IP: e.V6.AsSlice(), Mask: net.CIDRMask(128, 128)},
-			}})
+		pc := wgtypes.PeerConfig{PublicKey: k, Endpoint: ep, ReplaceAllowedIPs: true}
+		if ep != nil { // a person (no endpoint, behind NAT) keeps its own connection alive
+			pc.PersistentKeepaliveInterval = &ka
+		}
+		for _, p := range allowed {
+			pc.AllowedIPs = append(pc.AllowedIPs, net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())})
+		}
+		cfg = append(cfg, pc)
 		d.applied[k] = a
 	}
 	if len(cfg) == 0 {
@@ -270,21 +280,26 @@ func (d *wgDev) sync(peers []Entry) (bool, error) {
 	return true, nil
 }
 
-func sameAllowed(got []net.IPNet, e Entry) bool {
-	if len(got) != 2 {
+func sameAllowed(got []net.IPNet, want []netip.Prefix) bool {
+	if len(got) != len(want) {
 		return false
 	}
-	var s []string
+	var s, w []string
 	for _, n := range got {
 		s = append(s, n.String())
 	}
+	for _, p := range want {
+		w = append(w, p.String())
+	}
 	slices.Sort(s)
-	w := []string{netip.PrefixFrom(e.V4, 32).String(), netip.PrefixFrom(e.V6, 128).String()}
 	slices.Sort(w)
 	return slices.Equal(s, w)
 }
 
 func (d *wgDev) resolve(ep string) (*net.UDPAddr, error) {
+	if ep == "" {
+		return nil, nil
+	}
 	if a, ok := d.resolved[ep]; ok {
 		return a, nil
 	}

@@ -102,6 +102,13 @@ func (m *WGMember) Reconcile(ctx context.Context, s role.Snapshot) (bool, error)
 		m.env.Log.Debug().Msg("vpn: waiting for the server's entry for this key")
 		return false, nil
 	}
+	p4, p6 := PeopleBlock(in.V4, in.V6)
+	m.dev.route = func(e Entry) []netip.Prefix { // people are peers of the server only
+		if e.Instance == srv {
+			return []netip.Prefix{p4, p6}
+		}
+		return nil
+	}
 	if up, err := m.dev.ensure(ctx, m.key, in.WGPort); !up || err != nil {
 		return false, err
 	}
@@ -308,10 +315,14 @@ func (ms *membership) flush(env role.Env) {
 // entry returns the instance's entry: the published one when it verifies (signed by the pinned
 // server, for that instance, not older than one seen before), otherwise the last one accepted.
 func (ms *membership) entry(s role.Snapshot, inst string, env role.Env) (Entry, bool) {
+	return ms.check(inst, s.Get(inst, params.VPNMember), env)
+}
+
+// check is entry for the value v published for inst.
+func (ms *membership) check(inst, v string, env role.Env) (Entry, bool) {
 	if ms.last == nil {
 		ms.last, ms.raw = map[string]Entry{}, map[string]string{}
 	}
-	v := s.Get(inst, params.VPNMember)
 	if v == "" || v == ms.raw[inst] {
 		e, ok := ms.last[inst]
 		return e, ok
@@ -334,6 +345,25 @@ func (ms *membership) entry(s role.Snapshot, inst string, env role.Env) (Entry, 
 	}
 	e, ok := ms.last[inst]
 	return e, ok
+}
+
+// people returns the entries of the people the server srv granted (in its slots' grants).
+func (ms *membership) people(s role.Snapshot, srv string, env role.Env) []Entry {
+	var out []Entry
+	for i := 1; i <= params.UserSlots; i++ {
+		v, _, _ := strings.Cut(s.Get(srv, params.UserGrant(i)), "\n")
+		if v == "" || strings.HasPrefix(v, grantRefused) {
+			continue
+		}
+		e, err := ParseEntry(v, ms.signer)
+		if err != nil || !strings.HasSuffix(e.Instance, PeopleSuffix) {
+			continue
+		}
+		if e, ok := ms.check(e.Instance, v, env); ok {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 // peers returns the entries of every current instance of the deployment but me.

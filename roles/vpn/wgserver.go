@@ -37,7 +37,9 @@ type WGServer struct {
 
 	alloc   *Allocator
 	led     *ledger
+	desk    *desk
 	key     wgtypes.Key
+	fwdSaid string
 	refused map[string]string // instance -> the refusal last said
 }
 
@@ -63,7 +65,11 @@ func (s *WGServer) open(in Inputs) error {
 		if err != nil {
 			return err
 		}
-		s.key, s.led = k, l
+		d, err := openDesk(s.env.StateDir)
+		if err != nil {
+			return err
+		}
+		s.key, s.led, s.desk = k, l, d
 	}
 	a, err := reopen(s.alloc, s.env.StateDir, in)
 	if err != nil {
@@ -99,6 +105,10 @@ func (s *WGServer) Reconcile(ctx context.Context, snap role.Snapshot) (bool, err
 	if err := s.leave(snap, current); err != nil {
 		return false, err
 	}
+	if err := s.desk.pass(ctx, s.env, snap, s.alloc, s.led, wgPeople{}); err != nil {
+		return false, err
+	}
+	s.forwarding()
 	// Publish what members need first (public data only): they can start while this device comes up.
 	for _, kv := range [][2]string{
 		{params.VPNServerInstanceID, me},
@@ -256,7 +266,7 @@ func (s *WGServer) leave(snap role.Snapshot, current []string) error {
 	me := s.env.Instance
 	var gone []string
 	for _, inst := range append(slices.Collect(maps.Keys(s.led.st.Members)), s.alloc.Members()...) {
-		if inst == me || slices.Contains(current, inst) || slices.Contains(gone, inst) || !snap.Gone(inst) {
+		if inst == me || strings.HasSuffix(inst, PeopleSuffix) || slices.Contains(current, inst) || slices.Contains(gone, inst) || !snap.Gone(inst) {
 			continue
 		}
 		if s.Hold != nil && s.Hold(inst) {
@@ -343,7 +353,32 @@ func (s *WGServer) Teardown(ctx context.Context) error {
 				err = errors.Join(err, rerr)
 			}
 		}
-		s.led, s.alloc = nil, nil
+		s.led, s.alloc, s.desk = nil, nil, nil
 	}
 	return err
+}
+
+// wgPeople admits people to the WireGuard hub: the desk checked the key; the peer follows the
+// ledger (a person that left is no peer any more).
+type wgPeople struct{}
+
+func (wgPeople) admit(Request, Assignment) (string, error) { return "", nil }
+func (wgPeople) drop(context.Context, string) error        { return nil }
+
+// forwarding turns IP forwarding on: the server routes between people and members. Where the
+// role cannot (a container's read-only /proc/sys) and it is off, it says so once.
+func (s *WGServer) forwarding() {
+	var errs []error
+	for _, f := range []string{"/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"} {
+		if b, err := os.ReadFile(f); err == nil && strings.TrimSpace(string(b)) == "1" {
+			continue
+		}
+		if err := os.WriteFile(f, []byte("1\n"), 0o644); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil && err.Error() != s.fwdSaid {
+		s.fwdSaid = err.Error()
+		s.env.Log.Warn().Err(err).Msg("vpn: people: IP forwarding is off and cannot be turned on: people reach only this server")
+	}
 }

@@ -1,0 +1,424 @@
+package vpn
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/cnsmo/cnsmo/internal/atomicfile"
+	"github.com/cnsmo/cnsmo/internal/wait"
+	"github.com/cnsmo/cnsmo/params"
+	"github.com/cnsmo/cnsmo/roles/role"
+	"github.com/cnsmo/cnsmo/roles/vpn/pki"
+)
+
+// Person is one person's side of one run's overlay (cnsmo-role join and leave): its keys, its pin
+// of the VPN server and its request live in Dir on the person's own computer; only public halves
+// go into the run.
+type Person struct {
+	Name   string
+	Dir    string     // 0700: identity.key, wg.key or openvpn.key, server.pin, request
+	Server string     // the CNSMO server's instance; "" finds it (the instance naming itself the VPN server)
+	Store  role.Store // the run, with the person's own credentials
+	Say    func(msg string)
+	Poll   wait.Backoff
+	now    func() time.Time
+}
+
+// Joined is what the server granted a person.
+type Joined struct {
+	Engine string
+	Inputs Inputs
+	Self   Entry  // the person's entry: its addresses
+	Server Entry  // the server's entry: its WireGuard key and endpoint
+	Cert   string // OpenVPN: the person's certificate (PEM)
+	CA     string // OpenVPN: the CA's certificate
+	Host   string // OpenVPN: the server's endpoint
+	Port   int
+	Slot   int
+	Config string // the configuration file (wg-quick or .ovpn), holding the private key
+}
+
+// Files of a person's directory.
+const (
+	personIdentity = "identity.key"
+	personWGKey    = "wg.key"
+	personOVPNKey  = "openvpn.key"
+	personPin      = "server.pin"
+	personRequest  = "request"
+)
+
+func (p *Person) say(format string, a ...any) {
+	if p.Say != nil {
+		p.Say(fmt.Sprintf(format, a...))
+	}
+}
+
+func (p *Person) file(name string) string { return filepath.Join(p.Dir, name) }
+
+func (p *Person) clock() time.Time {
+	if p.now != nil {
+		return p.now()
+	}
+	return time.Now()
+}
+
+// identity returns the person's Ed25519 identity (made on first use).
+func (p *Person) identity() (ed25519.PrivateKey, error) {
+	if err := os.MkdirAll(p.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("join: %w", err)
+	}
+	return LoadOrCreateSigner(p.file(personIdentity))
+}
+
+// server finds the CNSMO server and its signing key: pinned in server.pin after the first join.
+func (p *Person) server(s role.Snapshot) (string, ed25519.PublicKey, error) {
+	if b, err := os.ReadFile(p.file(personPin)); err == nil {
+		f := strings.Fields(string(b))
+		if len(f) != 2 {
+			return "", nil, fmt.Errorf("join: %s: not \"<instance> <signing key>\"", p.file(personPin))
+		}
+		k, err := ParseSigner(f[1])
+		if err != nil {
+			return "", nil, fmt.Errorf("join: %s: %w", p.file(personPin), err)
+		}
+		if v := s.Get(f[0], params.VPNSigner); v != "" && v != f[1] {
+			p.say("warning: %s publishes another signing key than the one pinned at the first join: ignored (if the run was re-created, remove %s)", f[0], p.Dir)
+		}
+		return f[0], k, nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return "", nil, fmt.Errorf("join: %w", err)
+	}
+	srv := p.Server
+	if srv == "" {
+		var found []string
+		for _, n := range s.Nodes() {
+			for _, inst := range s.Instances(n) {
+				if s.Get(inst, params.VPNServerInstanceID) == inst {
+					found = append(found, inst)
+				}
+			}
+		}
+		switch len(found) {
+		case 0:
+			return "", nil, nil // not yet
+		case 1:
+			srv = found[0]
+		default:
+			return "", nil, fmt.Errorf("join: several instances claim to be the VPN server (%s): name it with --server", strings.Join(found, ", "))
+		}
+	}
+	v := s.Get(srv, params.VPNSigner)
+	if v == "" {
+		return "", nil, nil
+	}
+	k, err := ParseSigner(v)
+	if err != nil {
+		return "", nil, fmt.Errorf("join: %s:%s: %w", srv, params.VPNSigner, err)
+	}
+	if err := atomicfile.Write(p.file(personPin), []byte(srv+" "+v+"\n"), 0o600); err != nil {
+		return "", nil, err
+	}
+	p.say("the VPN server %s and its signing key pinned (first join)", srv)
+	return srv, k, nil
+}
+
+// request returns the person's signed join (kept, so that running join again sends the same).
+func (p *Person) request(in Inputs, id ed25519.PrivateKey) (string, any, error) {
+	r := Request{Name: p.Name, ID: id.Public().(ed25519.PublicKey), T: p.clock().Unix()}
+	var secret any
+	if in.Engine == EngineWireGuard {
+		k, err := LoadOrCreateWGKey(p.file(personWGKey))
+		if err != nil {
+			return "", nil, err
+		}
+		r.Key, secret = k.PublicKey(), k
+	} else {
+		key, _, csrPEM, err := pki.LoadOrCreateClientKey(p.file(personOVPNKey), r.Instance())
+		if err != nil {
+			return "", nil, err
+		}
+		blk, _ := pem.Decode(csrPEM)
+		if blk == nil {
+			return "", nil, errors.New("join: certificate request: not PEM")
+		}
+		r.CSR, secret = blk.Bytes, key
+	}
+	if b, err := os.ReadFile(p.file(personRequest)); err == nil {
+		if old, err := ParseRequest(strings.TrimSpace(string(b))); err == nil && !old.Leave && old.Name == p.Name &&
+			bytes.Equal(old.ID, r.ID) && old.Key == r.Key && bytes.Equal(old.CSR, r.CSR) {
+			return strings.TrimSpace(string(b)), secret, nil
+		}
+	}
+	v := r.Sign(id)
+	return v, secret, atomicfile.Write(p.file(personRequest), []byte(v+"\n"), 0o600)
+}
+
+// Join asks the run's VPN server for access and waits until it is granted (or refused): the
+// request goes into a free slot and moves to another when a concurrent join overwrote it.
+func (p *Person) Join(ctx context.Context) (*Joined, error) {
+	if err := ValidPersonName(p.Name); err != nil {
+		return nil, fmt.Errorf("join: name %w", err)
+	}
+	id, err := p.identity()
+	if err != nil {
+		return nil, err
+	}
+	var (
+		j       *Joined
+		slot    int
+		req     string
+		secret  any
+		waiting string
+	)
+	err = p.Poll.Until(ctx, func(ctx context.Context) (bool, error) {
+		s, err := p.Store.Read(ctx)
+		if err != nil {
+			p.say("reading the run: %v (retrying)", err)
+			return false, nil
+		}
+		srv, signer, err := p.server(s)
+		if err != nil || srv == "" {
+			if err == nil && waiting != "server" {
+				waiting = "server"
+				p.say("waiting for the CNSMO server to publish its VPN")
+			}
+			return false, err
+		}
+		in, err := ParseInputs(func(k string) string { return s.Get(srv, k) })
+		if err != nil {
+			return false, fmt.Errorf("join: the server's inputs: %w", err)
+		}
+		if req == "" {
+			if req, secret, err = p.request(in, id); err != nil {
+				return false, err
+			}
+		}
+		r, _ := ParseRequest(req)
+		// Granted in some slot (wherever the request went)?
+		for i := 1; i <= params.UserSlots; i++ {
+			if g, ok := p.granted(s.Get(srv, params.UserGrant(i)), signer, r); ok {
+				g.Engine, g.Inputs, g.Slot = in.Engine, in, i
+				if err := p.complete(s, srv, signer, g); err != nil {
+					return false, err
+				}
+				j = g
+				return true, nil
+			}
+		}
+		if slot > 0 && s.Get(srv, params.UserSlot(slot)) == req {
+			if name, reason, ok := ParseRefusal(s.Get(srv, params.UserGrant(slot))); ok && name == p.Name {
+				return false, fmt.Errorf("join: refused by the VPN server: %s", reason)
+			}
+			if waiting != "grant" {
+				waiting = "grant"
+				p.say("request in %s:%s; waiting for the server's grant", srv, params.UserSlot(slot))
+			}
+			return false, nil
+		}
+		if slot > 0 {
+			p.say("%s was taken by another join meanwhile: moving", params.UserSlot(slot))
+		}
+		slot = 0
+		for i := 1; i <= params.UserSlots; i++ {
+			if v := s.Get(srv, params.UserSlot(i)); v == req || v == "" && s.Get(srv, params.UserGrant(i)) == "" {
+				slot = i
+				break
+			}
+		}
+		if slot == 0 {
+			if waiting != "slot" {
+				waiting = "slot"
+				p.say("all %d slots are taken: waiting for one to free up", params.UserSlots)
+			}
+			return false, nil
+		}
+		if err := p.Store.Set(ctx, srv, params.UserSlot(slot), req); err != nil {
+			return false, fmt.Errorf("join: write %s:%s: %w", srv, params.UserSlot(slot), err)
+		}
+		return false, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return j, p.render(j, secret)
+}
+
+// granted parses a grant for r: the entry signed by the pinned server, for r's name and key.
+func (p *Person) granted(v string, signer ed25519.PublicKey, r Request) (*Joined, bool) {
+	line, rest, _ := strings.Cut(v, "\n")
+	e, err := ParseEntry(line, signer)
+	if err != nil || e.Instance != r.Instance() || e.Key != r.Key {
+		return nil, false
+	}
+	g := &Joined{Self: e}
+	if r.CSR != nil {
+		blk, _ := pem.Decode([]byte(rest))
+		if blk == nil {
+			return nil, false
+		}
+		cert, err := x509.ParseCertificate(blk.Bytes)
+		want, _ := csrPublicKey(r.CSR)
+		if err != nil {
+			return nil, false
+		}
+		got, _ := x509.MarshalPKIXPublicKey(cert.PublicKey)
+		if !bytes.Equal(got, want) {
+			return nil, false
+		}
+		g.Cert = rest
+	}
+	return g, true
+}
+
+// complete adds what the configuration needs from the server: its entry (WireGuard) or its CA
+// and endpoint (OpenVPN).
+func (p *Person) complete(s role.Snapshot, srv string, signer ed25519.PublicKey, g *Joined) error {
+	if g.Engine == EngineWireGuard {
+		e, err := ParseEntry(s.Get(srv, params.VPNMember), signer)
+		if err != nil || e.Instance != srv || e.Key == (wgtypes.Key{}) || e.Endpoint == "" {
+			return fmt.Errorf("join: the server's own entry (%s:%s) does not verify: %v", srv, params.VPNMember, err)
+		}
+		g.Server = e
+		return nil
+	}
+	g.CA = s.Get(srv, params.VPNCACert)
+	if _, err := pki.VerifyClientCert([]byte(g.Cert), []byte(g.CA), g.Self.Instance, nil); err != nil {
+		return fmt.Errorf("join: the certificate does not verify with the run's CA: %w", err)
+	}
+	var err error
+	g.Host, g.Port, err = ParseEndpoint(s.Get(srv, params.VPNEndpoint))
+	return err
+}
+
+// render writes the configuration text for the grant.
+func (p *Person) render(j *Joined, secret any) error {
+	if j.Engine == EngineWireGuard {
+		k := secret.(wgtypes.Key)
+		j.Config = RenderWGQuick(k, j)
+		return nil
+	}
+	key, ok := secret.(*ecdsa.PrivateKey)
+	if !ok {
+		return errors.New("join: no OpenVPN key")
+	}
+	keyPEM, err := pki.MarshalKey(key)
+	if err != nil {
+		return err
+	}
+	j.Config = RenderPersonOVPN(j, string(keyPEM))
+	return nil
+}
+
+// RenderWGQuick is a person's wg-quick configuration. No DNS= line: wg-quick would send every
+// lookup to the server, which answers only for the overlay's domain.
+func RenderWGQuick(k wgtypes.Key, j *Joined) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "# cnsmo: %s in the overlay of the run (server %s); keep this file private (0600)\n", j.Self.Instance, j.Server.Instance)
+	fmt.Fprintf(&b, "[Interface]\nPrivateKey = %s\nAddress = %s, %s\n\n", k.String(),
+		netip.PrefixFrom(j.Self.V4, j.Inputs.V4.Bits()), netip.PrefixFrom(j.Self.V6, j.Inputs.V6.Bits()))
+	fmt.Fprintf(&b, "[Peer]\nPublicKey = %s\nEndpoint = %s\nAllowedIPs = %s, %s\nPersistentKeepalive = %d\n",
+		j.Server.Key.String(), j.Server.Endpoint, j.Inputs.V4, j.Inputs.V6, int(WGKeepalive.Seconds()))
+	return b.String()
+}
+
+// RenderPersonOVPN is a person's OpenVPN client configuration, keys inline.
+func RenderPersonOVPN(j *Joined, keyPEM string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "# cnsmo: %s in the overlay of the run; keep this file private (0600)\n", j.Self.Instance)
+	fmt.Fprintf(&b, "client\ndev %s\nproto udp\nremote %s %d\nnobind\npersist-key\npersist-tun\nremote-cert-tls server\nverify-x509-name %s name\n",
+		j.Inputs.Device, j.Host, j.Port, pki.ServerCN)
+	fmt.Fprintf(&b, "<ca>\n%s</ca>\n<cert>\n%s</cert>\n<key>\n%s</key>\n", ensureNL(j.CA), ensureNL(j.Cert), ensureNL(keyPEM))
+	return b.String()
+}
+
+func ensureNL(s string) string {
+	if strings.HasSuffix(s, "\n") {
+		return s
+	}
+	return s + "\n"
+}
+
+// Leave removes the person from the run: a leave signed by its identity goes into the slot of its
+// grant; once the server has dropped the grant, the slot is cleared and the person's keys are
+// deleted from Dir.
+func (p *Person) Leave(ctx context.Context) error {
+	id, err := p.identity()
+	if err != nil {
+		return err
+	}
+	b, err := os.ReadFile(p.file(personRequest))
+	if err != nil {
+		return fmt.Errorf("leave: %s has not joined from this computer (%v)", p.Name, err)
+	}
+	join, err := ParseRequest(strings.TrimSpace(string(b)))
+	if err != nil {
+		return fmt.Errorf("leave: %s: %w", p.file(personRequest), err)
+	}
+	t := p.clock().Unix()
+	if t <= join.T {
+		t = join.T + 1
+	}
+	leave := Request{Leave: true, Name: p.Name, ID: id.Public().(ed25519.PublicKey), T: t}.Sign(id)
+	said := false
+	err = p.Poll.Until(ctx, func(ctx context.Context) (bool, error) {
+		s, err := p.Store.Read(ctx)
+		if err != nil {
+			p.say("reading the run: %v (retrying)", err)
+			return false, nil
+		}
+		srv, signer, err := p.server(s)
+		if err != nil || srv == "" {
+			return false, err
+		}
+		slot := 0
+		for i := 1; i <= params.UserSlots; i++ {
+			if _, ok := p.granted(s.Get(srv, params.UserGrant(i)), signer, join); ok {
+				slot = i
+			}
+		}
+		if slot == 0 { // no grant any more: clear the slots holding this person's requests
+			for i := 1; i <= params.UserSlots; i++ {
+				if v := s.Get(srv, params.UserSlot(i)); v == leave || v == string(bytes.TrimSpace(b)) {
+					if err := p.Store.Set(ctx, srv, params.UserSlot(i), ""); err != nil {
+						return false, fmt.Errorf("leave: clear %s: %w", params.UserSlot(i), err)
+					}
+				}
+			}
+			return true, nil
+		}
+		if s.Get(srv, params.UserSlot(slot)) != leave {
+			if err := p.Store.Set(ctx, srv, params.UserSlot(slot), leave); err != nil {
+				return false, fmt.Errorf("leave: write %s: %w", params.UserSlot(slot), err)
+			}
+		}
+		if !said {
+			said = true
+			p.say("leave in %s:%s; waiting for the server to remove %s", srv, params.UserSlot(slot), p.Name)
+		}
+		return false, nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, f := range []string{personWGKey, personOVPNKey, personRequest, personPin, personIdentity} {
+		if err := os.Remove(p.file(f)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("leave: %w", err)
+		}
+	}
+	_ = os.Remove(p.Dir)
+	return nil
+}
+

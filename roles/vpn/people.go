@@ -1,0 +1,183 @@
+package vpn
+
+import (
+	"crypto/ed25519"
+	"crypto/x509"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/cnsmo/cnsmo/roles/role"
+)
+
+// People (cnsmo-role join): a person's computer makes an Ed25519 identity key and a VPN key
+// (WireGuard) or key and certificate request (OpenVPN) and writes a request signed by the
+// identity into a free slot vpn.user.<i> of the CNSMO server's instance:
+//
+//	cnsmo-join1 name=<label> id=<base64> key=<base64|-> csr=<base64 DER|-> t=<unix seconds> sig=<base64>
+//
+// The server pins the name to the identity (and the VPN key) on first use, assigns addresses from
+// the people's block and answers in vpn.user.<i>.grant with a signed entry (inst=<name>.users,
+// ep=-), followed for OpenVPN by the certificate (PEM, on the next lines). A leave is the same
+// slot holding
+//
+//	cnsmo-leave1 name=<label> id=<base64> t=<unix seconds> sig=<base64>
+//
+// signed by the pinned identity, newer than the join: so no VM of the run can evict a person or
+// take its name. A refusal is "refused: <name>: <reason>" in the grant (unsigned: it only ends a
+// join early).
+const (
+	joinMagic    = "cnsmo-join1"
+	leaveMagic   = "cnsmo-leave1"
+	grantRefused = "refused:"
+	// MaxPersonName is the longest person name.
+	MaxPersonName = 32
+)
+
+// Request is a person's join or leave.
+type Request struct {
+	Leave bool
+	Name  string
+	ID    ed25519.PublicKey
+	Key   wgtypes.Key // WireGuard: the person's public key (zero: none)
+	CSR   []byte      // OpenVPN: the certificate request (DER; nil: none)
+	T     int64       // when it was made (unix seconds): a leave must be newer than the join
+}
+
+// Instance is the person's instance name in entries and the ledger: <name>.users.
+func (r Request) Instance() string { return r.Name + PeopleSuffix }
+
+func (r Request) body() string {
+	id := base64.StdEncoding.EncodeToString(r.ID)
+	if r.Leave {
+		return fmt.Sprintf("%s name=%s id=%s t=%d", leaveMagic, r.Name, id, r.T)
+	}
+	key, csr := "-", "-"
+	if r.Key != (wgtypes.Key{}) {
+		key = r.Key.String()
+	}
+	if r.CSR != nil {
+		csr = base64.StdEncoding.EncodeToString(r.CSR)
+	}
+	return fmt.Sprintf("%s name=%s id=%s key=%s csr=%s t=%d", joinMagic, r.Name, id, key, csr, r.T)
+}
+
+// Sign renders the request signed with the person's identity key.
+func (r Request) Sign(id ed25519.PrivateKey) string {
+	b := r.body()
+	return b + " sig=" + base64.StdEncoding.EncodeToString(ed25519.Sign(id, []byte(b)))
+}
+
+// ErrBadRequest is wrapped by every refusal of ParseRequest.
+var ErrBadRequest = errors.New("not a valid join or leave request")
+
+// ValidPersonName checks a person's name: a DNS label of lower-case letters, digits and '-', at
+// most MaxPersonName characters.
+func ValidPersonName(n string) error {
+	if len(n) > MaxPersonName || !validLabel(n) {
+		return fmt.Errorf("%q: a person's name is 1-%d lower-case letters, digits and '-' (not first or last)", n, MaxPersonName)
+	}
+	return nil
+}
+
+// ParseRequest parses a join or leave and checks its signature with the identity it names. Every
+// field is checked, and the text must be canonical (one text per meaning).
+func ParseRequest(v string) (Request, error) {
+	bad := func(format string, a ...any) (Request, error) {
+		return Request{}, fmt.Errorf("%w: %s", ErrBadRequest, fmt.Sprintf(format, a...))
+	}
+	if len(v) > role.MaxValueLen {
+		return bad("%d characters", len(v))
+	}
+	body, sig, ok := strings.Cut(v, " sig=")
+	if !ok {
+		return bad("no signature")
+	}
+	f := strings.Split(body, " ")
+	var r Request
+	var names []string
+	switch {
+	case len(f) > 0 && f[0] == joinMagic:
+		names = []string{"", "name", "id", "key", "csr", "t"}
+	case len(f) > 0 && f[0] == leaveMagic:
+		r.Leave = true
+		names = []string{"", "name", "id", "t"}
+	default:
+		return bad("not %s or %s", joinMagic, leaveMagic)
+	}
+	if len(f) != len(names) {
+		return bad("%d fields, want %d", len(f)-1, len(names)-1)
+	}
+	vals := map[string]string{}
+	for i := 1; i < len(f); i++ {
+		k, val, ok := strings.Cut(f[i], "=")
+		if !ok || k != names[i] || val == "" {
+			return bad("field %d is not %s=…", i, names[i])
+		}
+		vals[k] = val
+	}
+	if err := ValidPersonName(vals["name"]); err != nil {
+		return bad("%v", err)
+	}
+	r.Name = vals["name"]
+	id, err := base64.StdEncoding.DecodeString(vals["id"])
+	if err != nil || len(id) != ed25519.PublicKeySize {
+		return bad("id is not a base64 Ed25519 public key")
+	}
+	r.ID = id
+	if r.T, err = strconv.ParseInt(vals["t"], 10, 64); err != nil || r.T <= 0 {
+		return bad("t %q", vals["t"])
+	}
+	if !r.Leave {
+		if k := vals["key"]; k != "-" {
+			if r.Key, err = wgtypes.ParseKey(k); err != nil || r.Key == (wgtypes.Key{}) {
+				return bad("key is not a WireGuard public key")
+			}
+		}
+		if c := vals["csr"]; c != "-" {
+			if r.CSR, err = base64.StdEncoding.DecodeString(c); err != nil {
+				return bad("csr is not base64")
+			}
+			csr, err := x509.ParseCertificateRequest(r.CSR)
+			if err != nil || csr.CheckSignature() != nil {
+				return bad("csr is not a signed certificate request")
+			}
+		}
+		if r.Key == (wgtypes.Key{}) && r.CSR == nil {
+			return bad("neither a key nor a csr")
+		}
+	}
+	if r.body() != body {
+		return bad("not in canonical form")
+	}
+	raw, err := base64.StdEncoding.DecodeString(sig)
+	if err != nil || len(raw) != ed25519.SignatureSize || !ed25519.Verify(r.ID, []byte(body), raw) {
+		return bad("the signature does not verify with the request's id")
+	}
+	return r, nil
+}
+
+// Refusal is the grant that refuses name's request.
+func Refusal(name, reason string) string { return grantRefused + " " + name + ": " + reason }
+
+// ParseRefusal returns the name and reason of a refusal.
+func ParseRefusal(v string) (name, reason string, ok bool) {
+	rest, ok := strings.CutPrefix(v, grantRefused+" ")
+	if !ok {
+		return "", "", false
+	}
+	return strings.Cut(rest, ": ")
+}
+
+// csrPublicKey is the public key (PKIX DER) of a certificate request.
+func csrPublicKey(der []byte) ([]byte, error) {
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		return nil, err
+	}
+	return x509.MarshalPKIXPublicKey(csr.PublicKey)
+}

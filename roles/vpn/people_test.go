@@ -1,0 +1,377 @@
+package vpn
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/pem"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/cnsmo/cnsmo/internal/wait"
+	"github.com/cnsmo/cnsmo/params"
+	"github.com/cnsmo/cnsmo/roles/role"
+	"github.com/cnsmo/cnsmo/roles/role/roletest"
+	"github.com/cnsmo/cnsmo/roles/vpn/pki"
+)
+
+func newID(t testing.TB) ed25519.PrivateKey {
+	_, k, err := ed25519.GenerateKey(rand.Reader)
+	require.NoError(t, err)
+	return k
+}
+
+func newWGPub(t testing.TB) wgtypes.Key {
+	k, err := wgtypes.GeneratePrivateKey()
+	require.NoError(t, err)
+	return k.PublicKey()
+}
+
+func TestParseRequest(t *testing.T) {
+	id := newID(t)
+	pub := id.Public().(ed25519.PublicKey)
+	key := newWGPub(t)
+	ck, err := pki.NewKey()
+	require.NoError(t, err)
+	csrPEM, err := pki.NewCSR(ck, "alice.users")
+	require.NoError(t, err)
+	blk, _ := pem.Decode(csrPEM)
+
+	join := Request{Name: "alice", ID: pub, Key: key, T: 1700000000}
+	for _, r := range []Request{join, {Name: "bob-2", ID: pub, CSR: blk.Bytes, T: 5}, {Leave: true, Name: "alice", ID: pub, T: 1700000001}} {
+		got, err := ParseRequest(r.Sign(id))
+		require.NoError(t, err)
+		assert.Equal(t, r.body(), got.body())
+	}
+	v := join.Sign(id)
+	other := newID(t)
+	edit := func(old, new string) string { return strings.Replace(v, old, new, 1) }
+	for name, bad := range map[string]string{
+		"empty":            "",
+		"no signature":     strings.Split(v, " sig=")[0],
+		"magic":            edit(joinMagic, "cnsmo-join2"),
+		"upper-case name":  edit("name=alice", "name=Alice"),
+		"name too long":    Request{Name: strings.Repeat("a", 33), ID: pub, Key: key, T: 1}.Sign(id),
+		"name with dot":    Request{Name: "a.b", ID: pub, Key: key, T: 1}.Sign(id),
+		"leading dash":     Request{Name: "-a", ID: pub, Key: key, T: 1}.Sign(id),
+		"no key, no csr":   Request{Name: "a", ID: pub, T: 1}.Sign(id),
+		"zero time":        Request{Name: "a", ID: pub, Key: key, T: 0}.Sign(id),
+		"negative time":    edit("t=1700000000", "t=-1"),
+		"leading zero t":   edit("t=1700000000", "t=01700000000"),
+		"signed by other":  Request{Name: "alice", ID: pub, Key: key, T: 1700000000}.Sign(other),
+		"changed after":    edit("t=1700000000", "t=1700000009"),
+		"bad id":           edit("id=", "id=AAAA"),
+		"bad key":          edit("key="+key.String(), "key=xyz"),
+		"zero key":         edit("key="+key.String(), "key="+wgtypes.Key{}.String()),
+		"bad csr":          edit("csr=-", "csr=AAAA"),
+		"field order":      edit("name=alice id=", "id=X name=alice id="),
+		"double space":     edit(" t=", "  t="),
+		"too long":         v + strings.Repeat("A", role.MaxValueLen),
+		"leave with a key": strings.Replace(Request{Leave: true, Name: "alice", ID: pub, T: 9}.Sign(id), " t=", " key=- t=", 1),
+	} {
+		_, err := ParseRequest(bad)
+		assert.ErrorIs(t, err, ErrBadRequest, name)
+	}
+}
+
+func FuzzParseRequest(f *testing.F) {
+	id := newID(f)
+	f.Add(Request{Name: "alice", ID: id.Public().(ed25519.PublicKey), Key: newWGPub(f), T: 1}.Sign(id))
+	f.Add(Request{Leave: true, Name: "a", ID: id.Public().(ed25519.PublicKey), T: 2}.Sign(id))
+	f.Add("cnsmo-join1 name= id= key= csr= t= sig=")
+	f.Fuzz(func(t *testing.T, v string) {
+		r, err := ParseRequest(v)
+		if err != nil {
+			return
+		}
+		// Whatever parses is canonical and verifies with the identity it names.
+		body, sig, _ := strings.Cut(v, " sig=")
+		require.Equal(t, body, r.body())
+		raw, _ := base64.StdEncoding.DecodeString(sig)
+		require.True(t, ed25519.Verify(r.ID, []byte(body), raw))
+		require.NoError(t, ValidPersonName(r.Name))
+	})
+}
+
+// peopleLab is a WireGuard mesh (fakes) with people joining through Person against the same store.
+type peopleLab struct {
+	*meshLab
+	stop chan struct{}
+	done sync.WaitGroup
+}
+
+// serve runs the server's passes in the background until stop.
+func (l *peopleLab) serve() {
+	l.stop = make(chan struct{})
+	l.done.Add(1)
+	go func() {
+		defer l.done.Done()
+		for {
+			select {
+			case <-l.stop:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+			_, _ = l.srv.Reconcile(context.Background(), l.snap())
+		}
+	}()
+	l.t.Cleanup(l.halt)
+}
+
+func (l *peopleLab) halt() {
+	if l.stop != nil {
+		close(l.stop)
+		l.done.Wait()
+		l.stop = nil
+	}
+}
+
+func (l *peopleLab) person(name string, store role.Store) *Person {
+	return &Person{Name: name, Dir: filepath.Join(l.t.TempDir(), name), Store: store,
+		Poll: wait.Backoff{Min: time.Millisecond, Max: 5 * time.Millisecond, Limit: 10 * time.Second}}
+}
+
+func newPeopleLab(t *testing.T) *peopleLab {
+	l := &peopleLab{meshLab: newMeshLab(t, true, "web.1")}
+	l.converge()
+	return l
+}
+
+func (l *peopleLab) grant(slot int) string { return l.st.Value("cnsmo.1:" + params.UserGrant(slot)) }
+
+func TestPersonJoinsAndLeavesWireGuard(t *testing.T) {
+	l := newPeopleLab(t)
+	l.serve()
+	alice := l.person("alice", l.st)
+	j, err := alice.Join(context.Background())
+	require.NoError(t, err)
+	assert.Equal(t, "alice.users", j.Self.Instance)
+	b4, b6 := PeopleBlock(j.Inputs.V4, j.Inputs.V6)
+	assert.True(t, b4.Contains(j.Self.V4) && b6.Contains(j.Self.V6), "from the people's block")
+	assert.Contains(t, j.Config, "PrivateKey = ")
+	assert.NotContains(t, j.Config, "DNS")
+	k, err := alice.WGKey()
+	require.NoError(t, err)
+	assert.Contains(t, j.Config, k.String(), "the private key only in the local configuration")
+	for _, v := range l.st.Sets() {
+		assert.NotContains(t, v, k.String(), "the private key never goes into the run")
+	}
+	// The hub has the person as a peer with its addresses, no endpoint (behind NAT).
+	l.halt()
+	peers := l.peers("cnsmo.1")
+	p, ok := peers[k.PublicKey().String()]
+	require.True(t, ok, "the person is a peer of the hub")
+	assert.Nil(t, p.Endpoint)
+	// Running join again changes nothing and gets the same grant.
+	l.serve()
+	j2, err := alice.Join(context.Background())
+	require.NoError(t, err)
+	assert.Equal(t, j.Self, j2.Self)
+
+	// A request for alice with another identity: refused, nothing changes.
+	mallory := l.person("alice", l.st)
+	_, err = mallory.Join(context.Background())
+	require.ErrorContains(t, err, "the name is taken")
+	// A leave not signed by alice's identity: ignored.
+	forged := Request{Leave: true, Name: "alice", ID: newID(t).Public().(ed25519.PublicKey), T: time.Now().Unix() + 100}
+	l.st.Edit(func(s *roletest.Snapshot) { s.Put("cnsmo.1:"+params.UserSlot(j.Slot), forged.Sign(newID(t))) })
+	mid := newID(t)
+	forged.ID = mid.Public().(ed25519.PublicKey)
+	l.st.Edit(func(s *roletest.Snapshot) { s.Put("cnsmo.1:"+params.UserSlot(j.Slot), forged.Sign(mid)) })
+	require.Never(t, func() bool { return !strings.HasPrefix(l.grant(j.Slot), entryMagic) }, 200*time.Millisecond, 10*time.Millisecond,
+		"a leave not proven by alice's key changes nothing")
+
+	require.NoError(t, alice.Leave(context.Background()))
+	assert.Equal(t, "", l.grant(j.Slot))
+	assert.Equal(t, "", l.st.Value("cnsmo.1:"+params.UserSlot(j.Slot)), "the slot is free again")
+	_, err = os.Stat(alice.Dir)
+	assert.True(t, os.IsNotExist(err), "the keys are deleted")
+	l.halt()
+	_, ok = l.peers("cnsmo.1")[k.PublicKey().String()]
+	assert.False(t, ok, "the hub dropped the peer")
+	_, ok = l.srv.alloc.Get("alice.users")
+	assert.False(t, ok, "the address is free")
+}
+
+func TestPersonJoinReplayedAfterLeaveIsRefused(t *testing.T) {
+	l := newPeopleLab(t)
+	l.serve()
+	alice := l.person("alice", l.st)
+	j, err := alice.Join(context.Background())
+	require.NoError(t, err)
+	old := l.st.Value("cnsmo.1:" + params.UserSlot(j.Slot))
+	require.NoError(t, alice.Leave(context.Background()))
+	l.st.Edit(func(s *roletest.Snapshot) { s.Put("cnsmo.1:"+params.UserSlot(3), old) }) // a VM replays the old join
+	require.Eventually(t, func() bool { return strings.HasPrefix(l.grant(3), grantRefused) }, 5*time.Second, 5*time.Millisecond)
+	assert.Contains(t, l.grant(3), "replay")
+}
+
+// orderedStore lets both joins read the slots before either writes: they pick the same slot.
+type orderedStore struct {
+	*roletest.Store
+	first sync.WaitGroup
+	once  sync.Map
+}
+
+type joinerStore struct {
+	*orderedStore
+	name string
+}
+
+func (j joinerStore) Set(ctx context.Context, inst, key, value string) error {
+	if _, done := j.once.LoadOrStore(j.name, true); !done && strings.HasPrefix(key, "vpn.user.") {
+		j.first.Done()
+		j.first.Wait() // both have chosen a slot from the same reads
+	}
+	return j.Store.Set(ctx, inst, key, value)
+}
+
+func TestInterleavedJoinsBothGetIn(t *testing.T) {
+	l := newPeopleLab(t)
+	os := &orderedStore{Store: l.st}
+	os.first.Add(2)
+	l.serve()
+	var wg sync.WaitGroup
+	got := map[string]*Joined{}
+	var mu sync.Mutex
+	for _, n := range []string{"alice", "bob"} {
+		p := l.person(n, joinerStore{orderedStore: os, name: n})
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			j, err := p.Join(context.Background())
+			assert.NoError(t, err, n)
+			mu.Lock()
+			got[n] = j
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	require.Len(t, got, 2)
+	require.NotNil(t, got["alice"])
+	require.NotNil(t, got["bob"])
+	assert.NotEqual(t, got["alice"].Self.V4, got["bob"].Self.V4)
+	assert.NotEqual(t, got["alice"].Slot, got["bob"].Slot)
+	writes := 0
+	for _, s := range l.st.Sets() {
+		if strings.HasPrefix(s, "cnsmo.1:"+params.UserSlot(1)+"=") {
+			writes++
+		}
+	}
+	assert.GreaterOrEqual(t, writes, 2, "both wrote slot 1 first: the joins really interleaved")
+}
+
+func TestPersonKeyOfAMemberIsRefused(t *testing.T) {
+	l := newPeopleLab(t)
+	l.serve()
+	id := newID(t)
+	memberKey, err := wgtypes.ParseKey(l.st.Value("web.1:" + params.VPNWGKey))
+	require.NoError(t, err)
+	r := Request{Name: "eve", ID: id.Public().(ed25519.PublicKey), Key: memberKey, T: time.Now().Unix()}
+	l.st.Edit(func(s *roletest.Snapshot) { s.Put("cnsmo.1:"+params.UserSlot(1), r.Sign(id)) })
+	require.Eventually(t, func() bool { return strings.HasPrefix(l.grant(1), grantRefused) }, 5*time.Second, 5*time.Millisecond)
+	assert.Contains(t, l.grant(1), "another member's")
+}
+
+func TestNamesFollowSignedEntries(t *testing.T) {
+	l := newPeopleLab(t)
+	l.serve()
+	_, err := l.person("alice", l.st).Join(context.Background())
+	require.NoError(t, err)
+	l.halt()
+	hosts := filepath.Join(t.TempDir(), "hosts")
+	before := "127.0.0.1\tlocalhost\n# keep me\n::1 localhost ip6-localhost" // no newline at the end
+	require.NoError(t, os.WriteFile(hosts, []byte(before), 0o644))
+	fi, err := os.Stat(hosts)
+	require.NoError(t, err)
+	env := role.Env{Params: l.st, Instance: "web.1", StateDir: t.TempDir(), Log: zerolog.Nop()}
+	n := NewNames(env, hosts)
+	require.NoError(t, n.member(l.snap()))
+	b, err := os.ReadFile(hosts)
+	require.NoError(t, err)
+	s := string(b)
+	web1 := l.st.Value("web.1:" + params.VPNAddress)
+	srv := l.st.Value("cnsmo.1:" + params.VPNAddress)
+	assert.Contains(t, s, web1+"\tweb-1.cnsmo.internal web-1\n")
+	assert.Contains(t, s, srv+"\tcnsmo-1.cnsmo.internal cnsmo-1\n")
+	assert.Contains(t, s, "\talice.users.cnsmo.internal alice.users\n")
+	assert.True(t, strings.HasPrefix(s, before+"\n"+hostsBeginNL+"\n"))
+	fi2, err := os.Stat(hosts)
+	require.NoError(t, err)
+	assert.True(t, os.SameFile(fi, fi2), "written in place")
+
+	// A VM rewriting an address parameter or forging an entry moves no name.
+	l.st.Edit(func(s *roletest.Snapshot) {
+		s.Put("web.1:"+params.VPNAddress, "198.19.200.99")
+		s.Put("cnsmo.1:"+params.VPNMember, strings.Replace(s.Get("cnsmo.1", params.VPNMember), "v4="+srv, "v4=198.19.200.99", 1))
+	})
+	require.NoError(t, n.member(l.snap()))
+	b, err = os.ReadFile(hosts)
+	require.NoError(t, err)
+	assert.NotContains(t, string(b), "198.19.200.99")
+	assert.Contains(t, string(b), srv+"\tcnsmo-1.cnsmo.internal")
+
+	require.NoError(t, n.Teardown())
+	b, err = os.ReadFile(hosts)
+	require.NoError(t, err)
+	assert.Equal(t, before, string(b), "teardown leaves the file byte-identical")
+}
+
+func TestHostsBlock(t *testing.T) {
+	for _, before := range []string{"", "127.0.0.1 localhost\n", "no newline", "a\n\n\n"} {
+		with, err := withHosts([]byte(before), "198.18.0.1\tx.cnsmo.internal x\n")
+		require.NoError(t, err)
+		again, err := withHosts(with, "198.18.0.2\ty.cnsmo.internal y\n")
+		require.NoError(t, err)
+		assert.NotContains(t, string(again), "198.18.0.1", "the block is replaced, not added")
+		assert.Equal(t, 1, strings.Count(string(again), hostsEnd))
+		out, err := withHosts(again, "")
+		require.NoError(t, err)
+		assert.Equal(t, before, string(out), "%q", before)
+	}
+	_, err := withHosts([]byte(hostsBegin+"\n1.2.3.4 x\n"), "")
+	require.ErrorContains(t, err, "no end line", "a block cut by hand is not guessed at")
+	// Lines around the block (added by someone else later) stay.
+	with, _ := withHosts([]byte("a\n"), "b\n")
+	out, err := withHosts(append(with, "c\n"...), "")
+	require.NoError(t, err)
+	assert.Equal(t, "a\nc\n", string(out))
+}
+
+func TestParseDomain(t *testing.T) {
+	for in, want := range map[string]string{"": DefaultDomain, "Example.ORG.": "example.org", " cnsmo.internal ": "cnsmo.internal", "a": "a"} {
+		got, err := ParseDomain(in)
+		require.NoError(t, err, in)
+		assert.Equal(t, want, got)
+	}
+	for _, bad := range []string{"a..b", "-a.b", "a_b.c", "a b", strings.Repeat("a", 64) + ".b", strings.Repeat("abcdefghi.", 21), "x.-", "é.org"} {
+		_, err := ParseDomain(bad)
+		assert.Error(t, err, bad)
+	}
+	for inst, want := range map[string]string{"web.1": "web-1", "cnsmo.1": "cnsmo-1", "Web_A.3f2a9c01": "web-a-3f2a9c01", "alice.users": "alice.users", "-x.1": "", "a.users.users": ""} {
+		assert.Equal(t, want, NameOf(inst), inst)
+	}
+}
+
+func TestRecordsFirstGrantWins(t *testing.T) {
+	e1 := Entry{Gen: 1, Instance: "web.1", V4: mustAddr("198.18.0.2"), V6: mustAddr("2001:db8::2")}
+	e2 := Entry{Gen: 2, Instance: "web_1", V4: mustAddr("198.18.0.3"), V6: mustAddr("2001:db8::3")} // the same name
+	e3 := Entry{Gen: 3, Instance: "db.1", V4: mustAddr("198.18.0.2"), V6: mustAddr("2001:db8::4")}  // the same address
+	recs := records([]Entry{e3, e2, e1})
+	require.Len(t, recs, 1)
+	assert.Equal(t, "web-1", recs[0].Name)
+	assert.Equal(t, e1.V4, recs[0].V4)
+}
+
+func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
