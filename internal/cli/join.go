@@ -170,6 +170,7 @@ func up(ctx context.Context, w io.Writer, p *vpn.Person, j *vpn.Joined, file, if
 			return fmt.Errorf("up: openvpn is not installed (install it, or run it yourself with --config %s)", file)
 		}
 		c := exec.CommandContext(ctx, bin, "--config", file, "--dev", ifname)
+		c.Cancel = func() error { return c.Process.Signal(syscall.SIGTERM) } // openvpn tells the server it leaves
 		c.Stdout, c.Stderr = os.Stderr, os.Stderr
 		if err := c.Start(); err != nil {
 			return fmt.Errorf("up: %w", err)

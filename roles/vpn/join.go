@@ -334,13 +334,27 @@ func RenderWGQuick(k wgtypes.Key, j *Joined) string {
 	return b.String()
 }
 
-// RenderPersonOVPN is a person's OpenVPN client configuration, keys inline.
+// RenderPersonOVPN is a person's OpenVPN client configuration: the members' own (render.go),
+// with the CA, certificate and key inline, the interface named cnsmo0, and no user/group switch
+// (group names differ between distributions).
 func RenderPersonOVPN(j *Joined, keyPEM string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# cnsmo: %s in the overlay of the run; keep this file private (0600)\n", j.Self.Instance)
-	fmt.Fprintf(&b, "client\ndev %s\nproto udp\nremote %s %d\nnobind\npersist-key\npersist-tun\nremote-cert-tls server\nverify-x509-name %s name\n",
-		j.Inputs.Device, j.Host, j.Port, pki.ServerCN)
-	fmt.Fprintf(&b, "<ca>\n%s</ca>\n<cert>\n%s</cert>\n<key>\n%s</key>\n", ensureNL(j.CA), ensureNL(j.Cert), ensureNL(keyPEM))
+	for _, l := range strings.Split(RenderClient(ClientConfig{Device: j.Inputs.Device, Host: j.Host, Port: j.Port}), "\n") {
+		switch {
+		case strings.HasPrefix(l, "#"), l == "", l == "user nobody", l == "group nogroup":
+		case l == "dev "+Device:
+			b.WriteString("dev cnsmo0\n")
+		case l == "ca ca.crt":
+			fmt.Fprintf(&b, "<ca>\n%s</ca>\n", ensureNL(j.CA))
+		case l == "cert client.crt":
+			fmt.Fprintf(&b, "<cert>\n%s</cert>\n", ensureNL(j.Cert))
+		case l == "key client.key":
+			fmt.Fprintf(&b, "<key>\n%s</key>\n", ensureNL(keyPEM))
+		default:
+			b.WriteString(l + "\n")
+		}
+	}
 	return b.String()
 }
 

@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"maps"
@@ -57,6 +58,7 @@ type Server struct {
 	ca      *pki.CA
 	alloc   *Allocator
 	led     *ledger // the signed entries that attest each member's addresses (for names)
+	desk    *desk   // the people (cnsmo-role join)
 	pw      string
 	specKey string            // driver.Hash of the spec last started
 	written map[string]string // files put into the running function: path -> content
@@ -182,6 +184,13 @@ func (s *Server) open(in Inputs) error {
 			return err
 		}
 		s.led = l
+	}
+	if s.desk == nil {
+		d, err := openDesk(s.env.StateDir)
+		if err != nil {
+			return err
+		}
+		s.desk = d
 	}
 	a, err := reopen(s.alloc, s.env.StateDir, in)
 	if err != nil {
@@ -369,6 +378,11 @@ func (s *Server) Reconcile(ctx context.Context, snap role.Snapshot) (bool, error
 	if err := s.issue(ctx, snap, p); err != nil {
 		return false, err
 	}
+	op := &ovpnPeople{s: s, p: p}
+	if err := s.desk.pass(ctx, s.env, snap, s.alloc, s.led, op); err != nil {
+		return false, err
+	}
+	op.ccds()
 	if err := s.revoke(snap, p); err != nil {
 		return false, err
 	}
@@ -494,6 +508,9 @@ func publishEntries(ctx context.Context, env role.Env, snap role.Snapshot, led *
 func (s *Server) revoke(snap role.Snapshot, p *serverPass) error {
 	leaving := map[string]bool{}
 	for _, c := range append(s.ca.Active(), s.alloc.Members()...) {
+		if strings.HasSuffix(c, PeopleSuffix) {
+			continue // people leave by a proven leave (desk)
+		}
 		if !slices.Contains(p.current, c) && snap.Gone(c) {
 			if s.Hold != nil && s.Hold(c) {
 				// The load balancer still sends to it (or its old worker may): its tunnel closes
@@ -693,8 +710,51 @@ func (s *Server) Teardown(ctx context.Context) error {
 		if err := os.RemoveAll(s.env.StateDir); err != nil {
 			errs = append(errs, fmt.Errorf("vpn: remove state: %w", err))
 		}
-		s.ca, s.alloc, s.pw = nil, nil, ""
+		s.ca, s.alloc, s.pw, s.led, s.desk = nil, nil, "", nil, nil
 	}
 	s.specKey, s.written = "", nil
 	return errors.Join(errs...)
+}
+
+// ovpnPeople admits people to the OpenVPN hub: a certificate for <name>.users and a ccd entry
+// with its addresses; a proven leave revokes the certificate and closes the connection.
+type ovpnPeople struct {
+	s *Server
+	p *serverPass
+}
+
+func (o *ovpnPeople) admit(r Request, as Assignment) (string, error) {
+	if r.CSR == nil {
+		return "", errors.New("the VPN runs OpenVPN: the request needs a csr (join again with this cnsmo-role)")
+	}
+	csr := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: r.CSR})
+	cert, err := o.s.ca.Sign(csr, r.Instance())
+	if errors.Is(err, pki.ErrLeft) { // a person that left joins again (the desk checked it is no replay)
+		if err = o.s.ca.Release(r.Instance()); err == nil {
+			cert, err = o.s.ca.Sign(csr, r.Instance())
+		}
+	}
+	if err != nil {
+		return "", err
+	}
+	return string(cert), nil
+}
+
+func (o *ovpnPeople) drop(_ context.Context, name string) error {
+	inst := name + PeopleSuffix
+	if _, err := o.s.ca.RevokeInstance(inst); err != nil {
+		return err
+	}
+	o.p.files[path.Join(o.p.cfg.CCDDir(), inst)] = RenderCCDDisabled()
+	o.p.toKill = append(o.p.toKill, inst)
+	return nil
+}
+
+// ccds writes every current person's ccd entry (its fixed addresses).
+func (o *ovpnPeople) ccds() {
+	for name := range o.s.desk.st.People {
+		if as, ok := o.s.alloc.Get(name + PeopleSuffix); ok {
+			o.p.files[path.Join(o.p.cfg.CCDDir(), name+PeopleSuffix)] = RenderCCD(o.p.cfg, as)
+		}
+	}
 }

@@ -68,11 +68,12 @@ var ErrBadCSR = errors.New("invalid certificate request")
 // Issued is one certificate the CA signed for a client.
 type Issued struct {
 	Instance  string    `json:"instance"`
-	Serial    string    `json:"serial"`     // decimal
-	KeyID     string    `json:"key_id"`     // hex SHA-256 of the subject public key info
-	CertPEM   string    `json:"cert_pem"`   // the certificate, to hand out again
-	Revoked   bool      `json:"revoked"`    // listed in the CRL
-	RevokedAt time.Time `json:"revoked_at"` // when it was revoked
+	Serial    string    `json:"serial"`             // decimal
+	KeyID     string    `json:"key_id"`             // hex SHA-256 of the subject public key info
+	CertPEM   string    `json:"cert_pem"`           // the certificate, to hand out again
+	Revoked   bool      `json:"revoked"`            // listed in the CRL
+	RevokedAt time.Time `json:"revoked_at"`         // when it was revoked
+	Released  bool      `json:"released,omitempty"` // its key no longer pins the name (Release)
 }
 
 type state struct {
@@ -362,7 +363,7 @@ func (ca *CA) Sign(csrPEM []byte, instance string) (certPEM []byte, err error) {
 		return nil, fmt.Errorf("pki: %s: %w: its name is never signed again (a new instance of the node gets a new name)", instance, ErrLeft)
 	}
 	for _, is := range ca.st.Issued {
-		if is.Instance != instance {
+		if is.Instance != instance || is.Released {
 			continue
 		}
 		if is.KeyID != kidHex {
@@ -429,6 +430,26 @@ func (ca *CA) Active() []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// Release lets a name that left be signed again, for a new key too: its certificates stay
+// revoked (and in the CRL) but no longer pin it. For people (cnsmo-role join), whose leave the
+// server verified and who may join again; never for instances.
+func (ca *CA) Release(instance string) error {
+	ca.mu.Lock()
+	defer ca.mu.Unlock()
+	for _, is := range ca.st.Issued {
+		if is.Instance == instance && !is.Revoked {
+			return fmt.Errorf("pki: release %s: it holds a certificate not revoked", instance)
+		}
+	}
+	for _, is := range ca.st.Issued {
+		if is.Instance == instance {
+			is.Released = true
+		}
+	}
+	ca.st.Left = slices.DeleteFunc(ca.st.Left, func(s string) bool { return s == instance })
+	return writeJSON(filepath.Join(ca.dir, stateFile), ca.st)
 }
 
 // Revoke revokes the certificate with serial (decimal) and re-issues the CRL. Revoking an
