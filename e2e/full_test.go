@@ -52,7 +52,7 @@ func TestFullDeployment(t *testing.T) {
 			defer cancel()
 			before := state(t, ctx, tb)
 			var progress strings.Builder
-			report, d, err := deploy.RunScenario(ctx, tb, deploy.Config{Driver: drv, Progress: &progress, Throughput: true})
+			report, d, err := deploy.RunScenario(ctx, tb, deploy.Config{Driver: drv, Progress: &progress, Throughput: true, People: drv == "docker"})
 			if d != nil {
 				defer d.Close(ctx)
 			}

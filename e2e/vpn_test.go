@@ -69,6 +69,21 @@ type vpnLab struct {
 
 func (l *vpnLab) param(key string) string { return l.d.Param(key) }
 
+// requireNameGone: after a scale in, no member's hosts file names the instance any more (the
+// others are still named).
+func (l *vpnLab) requireNameGone(ctx context.Context, name string, members ...string) {
+	l.t.Helper()
+	for _, m := range members {
+		var hosts string
+		require.Eventually(l.t, func() bool {
+			hosts, _, _ = l.d.VMOf(m).Exec(ctx, "cat", "/etc/hosts")
+			return !strings.Contains(hosts, "\t"+name+".")
+		}, time.Minute, 200*time.Millisecond, "%s still names %s:\n%s", m, name, hosts)
+		require.Contains(l.t, hosts, "\tweb-1.cnsmo.internal web-1\n", "%s names the others", m)
+	}
+	require.Empty(l.t, l.d.CheckNames(ctx, members, members))
+}
+
 // ping pings addr from the VM of instance, once, with a 2 s deadline.
 func (l *vpnLab) ping(ctx context.Context, from, addr string) error {
 	_, _, err := l.d.VMOf(from).Exec(ctx, "ping", "-n", "-c", "1", "-W", "2", addr)
@@ -297,6 +312,7 @@ func TestVPNAppendixA(t *testing.T) {
 	require.NoError(t, l.ping(ctx, "web.1", a3), "the others still reach each other")
 	require.Eventually(t, func() bool { return l.param("cnsmo.1:"+params.VPNReady) == "true" }, time.Minute, 200*time.Millisecond,
 		"the server is ready again with the remaining clients")
+	l.requireNameGone(ctx, "web-2", "cnsmo.1", "web.1", third)
 	for _, id := range l.functions(ctx, "web.2", vpn.ClientFunction) { // the "destroyed" VM's leftover
 		_, err := hoststate.Host(ctx, "docker", "rm", "-f", id)
 		require.NoError(t, err)

@@ -34,7 +34,7 @@ func TestWireGuardDeployment(t *testing.T) {
 			defer cancel()
 			before := state(t, ctx, tb)
 			var progress strings.Builder
-			report, d, err := deploy.RunScenario(ctx, tb, deploy.Config{Driver: drv, Progress: &progress, Engine: vpn.EngineWireGuard})
+			report, d, err := deploy.RunScenario(ctx, tb, deploy.Config{Driver: drv, Progress: &progress, Engine: vpn.EngineWireGuard, People: drv == "docker"})
 			if d != nil {
 				defer d.Close(ctx)
 			}
@@ -138,6 +138,7 @@ func TestWireGuardLifecycle(t *testing.T) {
 	}
 	require.NoError(t, l.ping(ctx, "web.1", l.param(third+":"+params.VPNAddress)), "the others still reach each other")
 	require.Eventually(t, func() bool { return l.param("cnsmo.1:"+params.VPNReady) == "true" }, time.Minute, 200*time.Millisecond)
+	l.requireNameGone(ctx, "web-2", rest...)
 	for _, id := range l.functions(ctx, "web.2", vpn.WGFunction) { // the "destroyed" VM's leftover
 		_, err := hoststate.Host(ctx, "docker", "rm", "-f", id)
 		require.NoError(t, err)

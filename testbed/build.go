@@ -82,10 +82,11 @@ func (tb *Testbed) create(ctx context.Context, b box) error {
 		Sysctls: map[string]string{"net.ipv6.conf.all.disable_ipv6": "0", "net.ipv6.conf.default.disable_ipv6": "0",
 			// No duplicate address detection on links that are ours alone: addresses work at once.
 			"net.ipv6.conf.all.accept_dad": "0", "net.ipv6.conf.default.accept_dad": "0"}}
-	if b.vm == nil { // a router: it forwards
-		hc.Sysctls["net.ipv4.ip_forward"] = "1"
-		hc.Sysctls["net.ipv6.conf.all.forwarding"] = "1"
-	} else {
+	// Routers forward; so may a VM (the CNSMO server routes between people and members): a role
+	// on a real VM turns it on itself, a container's /proc/sys is read-only.
+	hc.Sysctls["net.ipv4.ip_forward"] = "1"
+	hc.Sysctls["net.ipv6.conf.all.forwarding"] = "1"
+	if b.vm != nil {
 		labels[LabelVM] = b.vm.Name
 		cfg.Env = append(cfg.Env, "CNSMO_DOCKER_NETWORK=container:"+b.name)
 		hc.Devices = []container.DeviceMapping{{PathOnHost: "/dev/net/tun", PathInContainer: "/dev/net/tun", CgroupPermissions: "rwm"}}

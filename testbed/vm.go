@@ -132,3 +132,16 @@ func (vm *VM) setLink(ctx context.Context, up bool) error {
 		return nil
 	})
 }
+
+// HostsFileOnHost is where the VM's /etc/hosts is on the host (Docker's file for the container): a
+// container that writes the VM's names (a member's role container) mounts it.
+func (vm *VM) HostsFileOnHost(ctx context.Context) (string, error) {
+	info, err := vm.tb.cli.ContainerInspect(ctx, vm.Container)
+	if err != nil {
+		return "", fmt.Errorf("testbed: inspect %s: %w", vm.Name, err)
+	}
+	if info.HostsPath == "" {
+		return "", fmt.Errorf("testbed: %s has no hosts file", vm.Name)
+	}
+	return info.HostsPath, nil
+}

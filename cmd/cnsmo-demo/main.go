@@ -92,7 +92,7 @@ func run(ctx context.Context, driver, api, engine string) (bool, error) {
 		return false, err
 	}
 	report, d, runErr := deploy.RunScenario(ctx, tb, deploy.Config{Driver: driver, API: api, Compose: api == "nuvla2", Progress: os.Stdout,
-		Engine: engine, Throughput: true})
+		Engine: engine, Throughput: true, People: api != "nuvla2"})
 	report.Print(os.Stdout)
 	if runErr != nil && d != nil {
 		for _, in := range d.Instances() {
@@ -142,7 +142,7 @@ func run(ctx context.Context, driver, api, engine string) (bool, error) {
 			fmt.Printf("  FAIL  the VMs are NOT as before the run:\n%s", diff)
 			clean = false
 		} else {
-			fmt.Println("  ok    every VM as before the run: iptables, ip6tables, links, namespaces, no function left")
+			fmt.Println("  ok    every VM as before the run: iptables, ip6tables, links, namespaces, /etc/hosts byte for byte, no function left")
 		}
 	}
 	if err := tb.Close(); err != nil {

@@ -55,7 +55,7 @@ func ServeName(ctx context.Context, vm *testbed.VM, name string, ports ...int) e
 	for _, p := range ports {
 		// Read the request (up to its blank line) before answering: a server that closes with the
 		// request unread sends a reset that can beat its answer ("Empty reply from server").
-		if _, err := vm.Start(ctx, nil, "socat", "TCP-LISTEN:"+strconv.Itoa(p)+",fork,reuseaddr",
+		if _, err := vm.Start(ctx, nil, "socat", "TCP6-LISTEN:"+strconv.Itoa(p)+",fork,reuseaddr,ipv6only=0", // both families
 			`SYSTEM:sed -n '/^\r$/q'; cat /srv/cnsmo-name.http`); err != nil {
 			return fmt.Errorf("serve %s:%d: %w", vm.Name, p, err)
 		}
@@ -144,7 +144,9 @@ func (d *Deployment) KeyLeaks(ctx context.Context) (leaks []string, scanned int,
 // Secrets reads the WireGuard and signing keys from every VM's state dir (the member's container
 // on Nuvla 2 with compose).
 func (d *Deployment) Secrets(ctx context.Context) []string {
-	var secrets []string
+	d.mu.Lock()
+	secrets := append([]string(nil), d.extraSecrets...)
+	d.mu.Unlock()
 	for _, in := range d.Instances() {
 		vm := d.VMOf(in)
 		if vm == nil {

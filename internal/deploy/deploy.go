@@ -4,6 +4,8 @@
 package deploy
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"context"
 	"errors"
 	"fmt"
@@ -59,6 +61,9 @@ type Config struct {
 	Engine string
 	// Throughput: the scenario measures web.1 -> web.2 TCP throughput through the VPN (3 s).
 	Throughput bool
+	// People: the scenario plays a person who joins with cnsmo-role join, reaches members by
+	// name and leaves (UserAccess; needs PersonVM in the testbed).
+	People bool
 }
 
 // Deployment is a running run on the testbed.
@@ -78,6 +83,9 @@ type Deployment struct {
 	members    map[string]mocknuvla.Nuvla2Member
 	hub        string
 	composeDir string // the compose files, written on the host
+	// The person's password (PersonUser), and keys the parameter scan also looks for.
+	personPW     string
+	extraSecrets []string
 }
 
 // Start serves mocknuvla on the testbed's host address, creates the run, records every
@@ -90,12 +98,16 @@ func Start(ctx context.Context, tb *testbed.Testbed, cfg Config) (*Deployment, e
 	if cfg.Progress == nil {
 		cfg.Progress = io.Discard
 	}
-	mock := mocknuvla.New(mocknuvla.Options{Logger: zerolog.Nop(), API: cfg.API})
+	pw := make([]byte, 12)
+	if _, err := rand.Read(pw); err != nil {
+		return nil, err
+	}
+	mock := mocknuvla.New(mocknuvla.Options{Logger: zerolog.Nop(), API: cfg.API, Users: map[string]string{PersonUser: hex.EncodeToString(pw)}})
 	ln, err := net.Listen("tcp", net.JoinHostPort(tb.HostAddr(), "0"))
 	if err != nil {
 		return nil, fmt.Errorf("deploy: listen for mocknuvla on the testbed's host address: %w", err)
 	}
-	d := &Deployment{TB: tb, Mock: mock, URL: "http://" + ln.Addr().String(), cfg: cfg,
+	d := &Deployment{TB: tb, Mock: mock, URL: "http://" + ln.Addr().String(), cfg: cfg, personPW: hex.EncodeToString(pw),
 		srv: &http.Server{Handler: mock, ReadHeaderTimeout: 10 * time.Second}, place: map[string]*testbed.VM{},
 		creds: map[string]mocknuvla.InstanceInfo{}, members: map[string]mocknuvla.Nuvla2Member{}}
 	go d.srv.Serve(ln) //nolint:errcheck // ends with Close

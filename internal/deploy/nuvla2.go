@@ -260,6 +260,11 @@ func (d *Deployment) compose(ctx context.Context, instance string, args ...strin
 		return "", err
 	}
 	env["CNSMO_WG_RUN_DIR"] = wg
+	hosts, err := vm.HostsFileOnHost(ctx)
+	if err != nil {
+		return "", err
+	}
+	env["CNSMO_HOSTS_FILE_ON_HOST"] = hosts
 	cmd := exec.CommandContext(ctx, "docker-compose", append([]string{"-f", file, "-p", d.project(instance)}, args...)...)
 	cmd.Env = os.Environ()
 	for k, v := range env {

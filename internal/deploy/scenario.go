@@ -36,6 +36,7 @@ var FullClouds = []testbed.CloudSpec{
 	{Name: "cloud-b", VMs: []string{"web1", "web4"}},
 	{Name: "cloud-c", VMs: []string{"web2"}},
 	{Name: "cloud-d", VMs: []string{"web3"}},
+	{Name: "home", VMs: []string{PersonVM}}, // the person's computer: in no run, behind its own NAT
 }
 
 // FullPlacement places the run's instances on FullClouds' VMs.
@@ -94,6 +95,8 @@ type Report struct {
 	Trust     []string     // what a VM of the run tried against another, and what came of it
 	Capture   *MeshCapture // WireGuard: what the internet router saw of a ping between two clouds
 	Mbps      float64      // client-to-client TCP throughput through the VPN (when measured)
+	User      *UserReport  // the person's access (Config.People)
+	Names     []string     // what the names checks found missing or wrong
 	Scanned   int          // parameters scanned for private keys
 	Leaks     []string     // parameters holding private key material (must be none)
 	Failures  []string
@@ -161,6 +164,7 @@ func RunScenario(ctx context.Context, tb *testbed.Testbed, cfg Config) (*Report,
 		r.Addresses[in] = [2]string{d.Param(in + ":" + params.VPNAddress), d.Param(in + ":" + params.VPNAddress6)}
 	}
 	if VPN() {
+		r.namesCheck(ctx, d, all, "start")
 		r.Pings = d.PingMatrix(ctx, all, false)
 		r.Pings6 = d.PingMatrix(ctx, all, true)
 		for _, p := range append(append([]Ping{}, r.Pings...), r.Pings6...) {
@@ -266,6 +270,10 @@ func RunScenario(ctx context.Context, tb *testbed.Testbed, cfg Config) (*Report,
 		r.fail("scale-out: the load balancer never sent a request to %s", r.Joined)
 	}
 	if VPN() {
+		r.namesCheck(ctx, d, append(all, r.Joined), "scale out")
+		if cfg.People {
+			d.UserAccess(ctx, r, append(all, r.Joined))
+		}
 		if r.Engine == vpn.EngineWireGuard {
 			r.meshChecks(ctx, d)
 		}
@@ -289,6 +297,20 @@ func RunScenario(ctx context.Context, tb *testbed.Testbed, cfg Config) (*Report,
 		}
 	}
 	return r, d, nil
+}
+
+// namesCheck waits (bounded: one steady poll and a little) until every member's hosts file
+// names every member with its overlay addresses.
+func (r *Report) namesCheck(ctx context.Context, d *Deployment, members []string, when string) {
+	var bad []string
+	start := time.Now()
+	_ = pollUntil(ctx, 30*time.Second, func() bool { bad = d.CheckNames(ctx, members, members); return len(bad) == 0 })
+	for _, b := range bad {
+		r.fail("names (%s): %s", when, b)
+	}
+	if len(bad) == 0 {
+		r.Names = append(r.Names, fmt.Sprintf("%s: %d members name each other (/etc/hosts), after %s", when, len(members), time.Since(start).Round(100*time.Millisecond)))
+	}
 }
 
 // trust plays a VM of the run that writes another VM's parameters: web.3 publishes a
@@ -427,6 +449,30 @@ func (r *Report) Print(w io.Writer) {
 	}
 	if r.Mbps > 0 {
 		fmt.Fprintf(w, "\n== throughput web.1 -> web.2 through the VPN (%s): %.0f Mbit/s\n", r.Engine, r.Mbps)
+	}
+	if len(r.Names) > 0 {
+		fmt.Fprintf(w, "\n== names (<node>-<i>.<vpn.domain> in every member's /etc/hosts, from the server's signed entries)\n")
+		for _, l := range r.Names {
+			fmt.Fprintf(w, "  %s\n", l)
+		}
+	}
+	if u := r.User; u != nil {
+		fmt.Fprintf(w, "\n== user access: %s joins from %s (outside every cloud, behind NAT) with cnsmo-role join --up\n", u.Name, PersonVM)
+		fmt.Fprintf(w, "  granted %s and %s (the people's block) in %s\n", u.V4, u.V6, u.Granted.Round(time.Millisecond))
+		var names []string
+		for n := range u.Reached {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		for _, n := range names {
+			fmt.Fprintf(w, "  ping %-32s %s\n", n, map[bool]string{true: "ok", false: "FAIL"}[u.Reached[n]])
+		}
+		fmt.Fprintf(w, "  curl web-1:%d by name: %q; web-3 (rule dropping the people's block): %s\n", WebPort, u.TCP, word(!u.Blocked))
+		fmt.Fprintf(w, "  named in %d members' /etc/hosts as %s.users\n", u.Names, u.Name)
+		for _, l := range u.Trust {
+			fmt.Fprintf(w, "  trust: %s\n", l)
+		}
+		fmt.Fprintf(w, "  cnsmo-role leave: cut off from every member after %s\n", u.CutOff.Round(time.Millisecond))
 	}
 	if len(r.Trust) > 0 {
 		fmt.Fprintf(w, "\n== trust: a VM of the run writes another VM's parameters\n")

@@ -11,8 +11,8 @@ import (
 )
 
 // VMState is what a role could leave behind inside a simulated VM: its iptables and ip6tables
-// rules, links and namespaces, and its network functions run as host processes (the exec
-// driver; the Docker driver's containers are in State's "host" entry).
+// rules, links and namespaces, its network functions run as host processes (the exec driver;
+// the Docker driver's containers are in State's "host" entry), and /etc/hosts byte for byte.
 func VMState(ctx context.Context, vm *testbed.VM) (hoststate.Snapshot, error) {
 	s, err := hoststate.Take(ctx, func(ctx context.Context, argv ...string) (string, error) {
 		out, _, err := vm.Exec(ctx, argv...)
@@ -33,6 +33,12 @@ func VMState(ctx context.Context, vm *testbed.VM) (hoststate.Snapshot, error) {
 	}
 	sort.Strings(fns)
 	s["processes"] = strings.Join(fns, "\n")
+	// The hosts file byte for byte: the VPN's names are a block the role removes exactly.
+	hosts, _, err := vm.Exec(ctx, "cat", "/etc/hosts")
+	if err != nil {
+		return nil, fmt.Errorf("%s: /etc/hosts: %w", vm.Name, err)
+	}
+	s["hosts"] = hosts
 	return s, nil
 }
 
