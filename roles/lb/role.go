@@ -223,11 +223,11 @@ func (r *Role) backends(s role.Snapshot, cfg Config) []Backend {
 	for _, node := range cfg.Nodes {
 		for _, inst := range s.Instances(node) {
 			a, key, v, why := r.address(s, inst)
-			if why != "" {
-				if v != "" {
-					r.warnOnce(inst, key+"="+v, func(e *zerolog.Event) *zerolog.Event { return e.Str("param", key).Str("value", v) }, "backend left out: "+why)
-				}
-				continue // no address yet: it joins on a later pass
+			if why != "" && v != "" {
+				r.warnOnce(inst, key+"="+v, func(e *zerolog.Event) *zerolog.Event { return e.Str("param", key).Str("value", v) }, "backend left out: "+why)
+			}
+			if why != "" || !a.IsValid() {
+				continue // no address yet (rendered it would be "invalid AddrPort"): it joins on a later pass
 			}
 			out = append(out, Backend{Instance: inst, Addr: a})
 		}

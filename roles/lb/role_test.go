@@ -306,9 +306,12 @@ func TestBackendsAtAssignedVPNAddresses(t *testing.T) {
 		"web.1": {"198.18.0.11", "198.19.0.2"},
 		"web.2": {"198.18.0.21", "127.0.0.1"},       // claims loopback
 		"web.3": {"198.18.0.31", "169.254.169.254"}, // never assigned
+		"web.4": {"198.18.0.41", ""},                // its tunnel is not up yet
 	}))
 	require.NoError(t, err)
 	conf := drv.files[ConfigPath]
+	require.NotContains(t, conf, "web.4", "no address yet: left out (it was rendered as 'invalid AddrPort', which haproxy -c rejected)")
+	require.NotContains(t, conf, "invalid")
 	require.Contains(t, conf, "server web.1 198.19.0.2:8080 check")
 	require.Contains(t, conf, "server web.2 198.19.0.3:8080 check")
 	require.NotContains(t, conf, "127.0.0.1:8080")
