@@ -21,7 +21,7 @@ func TestDigestFollowsWhatAgentsRead(t *testing.T) {
 	for k, moves := range map[string]bool{
 		"web.1:" + params.VPNMember:         true,
 		"web.1:" + params.FWRules:           true,
-		"cnsmo.1:" + params.VPNSigner:     true,
+		"cnsmo.1:" + params.VPNSigner:       true,
 		"cnsmo.1:" + params.VPNReady:        true,
 		"cnsmo.1:" + params.Statecustom:     false,
 		"cnsmo.1:" + params.VPNWGHandshakes: false,

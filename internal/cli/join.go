@@ -26,8 +26,8 @@ import (
 // joinOpts are the flags of cnsmo-role join and leave.
 type joinOpts struct {
 	dir, out, server, endpoint, run, username, ifname string
-	up                                               bool
-	timeout                                          time.Duration
+	up                                                bool
+	timeout                                           time.Duration
 }
 
 // joinCmd is `cnsmo-role join` (leave: `cnsmo-role leave`), run by a person on their own computer.
@@ -176,6 +176,14 @@ func up(ctx context.Context, w io.Writer, p *vpn.Person, j *vpn.Joined, file, if
 			return fmt.Errorf("up: %w", err)
 		}
 		down = func() { _ = c.Wait() }
+		wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		err = vpn.WaitAddr(wctx, ifname, j.Self.V4)
+		cancel()
+		if err != nil {
+			_ = c.Process.Signal(syscall.SIGTERM)
+			down()
+			return err
+		}
 	}
 	defer down()
 	d4, d6 := vpn.ServerAddrs(j.Inputs)

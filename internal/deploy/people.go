@@ -41,14 +41,14 @@ func (d *Deployment) PersonEnv() []string {
 type UserReport struct {
 	Name     string
 	V4, V6   string
-	Granted  time.Duration       // from cnsmo-role join to the tunnel up
-	Reached  map[string]bool     // member name -> pinged by name through the overlay
-	TCP      string              // the body web-1 answered by name
-	Blocked  bool                // web-3's rule naming the people's block stopped the person
-	Trust    []string            // forged writes and what came of them
-	CutOff   time.Duration       // from cnsmo-role leave to no member answering
-	Names    int                 // members whose hosts file named the person while it was in
-	Messages []string            // what join printed
+	Granted  time.Duration   // from cnsmo-role join to the tunnel up
+	Reached  map[string]bool // member name -> pinged by name through the overlay
+	TCP      string          // the body web-1 answered by name
+	Blocked  bool            // web-3's rule naming the people's block stopped the person
+	Trust    []string        // forged writes and what came of them
+	CutOff   time.Duration   // from cnsmo-role leave to no member answering
+	Names    int             // members whose hosts file named the person while it was in
+	Messages []string        // what join printed
 }
 
 // UserAccess plays a person on PersonVM: join with --up, reach every member by name (ping) and
@@ -99,7 +99,9 @@ func (d *Deployment) UserAccess(ctx context.Context, r *Report, members []string
 		_ = join.Wait(wctx)
 		cancel()
 	}()
-	if err := pollUntil(ctx, 3*time.Minute, func() bool { return strings.Contains(join.Output(), "\nup: ") || strings.HasPrefix(join.Output(), "up: ") }); err != nil {
+	if err := pollUntil(ctx, 3*time.Minute, func() bool {
+		return strings.Contains(join.Output(), "\nup: ") || strings.HasPrefix(join.Output(), "up: ")
+	}); err != nil {
 		r.fail("people: cnsmo-role join did not bring the tunnel up: %s", tailOf(join.Output(), 1500))
 		return
 	}
@@ -235,7 +237,7 @@ func (d *Deployment) personTrust(ctx context.Context, r *Report, u *UserReport, 
 		return
 	}
 	_, id, _ := ed25519.GenerateKey(rand.Reader)
-	forged := vpn.Request{Name: PersonName, ID: id.Public().(ed25519.PublicKey), T: time.Now().Unix()}
+	forged := vpn.Request{Name: PersonName, ID: id.Public().(ed25519.PublicKey), T: time.Now().UnixMilli()}
 	if in.Engine == vpn.EngineWireGuard {
 		k, _ := wgtypes.GeneratePrivateKey()
 		forged.Key = k.PublicKey()
@@ -266,7 +268,7 @@ func (d *Deployment) personTrust(ctx context.Context, r *Report, u *UserReport, 
 
 	// A leave of the person signed by another identity, in the person's own slot.
 	req := d.Param(srv + ":" + params.UserSlot(mine))
-	leave := vpn.Request{Leave: true, Name: PersonName, ID: id.Public().(ed25519.PublicKey), T: time.Now().Unix() + 60}
+	leave := vpn.Request{Leave: true, Name: PersonName, ID: id.Public().(ed25519.PublicKey), T: time.Now().UnixMilli() + 60000}
 	gen := d.Param(srv + ":" + params.Generation)
 	_ = d.Mock.SetParam(d.Run.UUID, srv+":"+params.UserSlot(mine), leave.Sign(id))
 	// The server bumps the generation once it has seen the change: then a pass ran after it.

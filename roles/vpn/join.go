@@ -137,7 +137,7 @@ func (p *Person) server(s role.Snapshot) (string, ed25519.PublicKey, error) {
 
 // request returns the person's signed join (kept, so that running join again sends the same).
 func (p *Person) request(in Inputs, id ed25519.PrivateKey) (string, any, error) {
-	r := Request{Name: p.Name, ID: id.Public().(ed25519.PublicKey), T: p.clock().Unix()}
+	r := Request{Name: p.Name, ID: id.Public().(ed25519.PublicKey), T: p.clock().UnixMilli()}
 	var secret any
 	if in.Engine == EngineWireGuard {
 		k, err := LoadOrCreateWGKey(p.file(personWGKey))
@@ -211,7 +211,7 @@ func (p *Person) Join(ctx context.Context) (*Joined, error) {
 		for i := 1; i <= params.UserSlots; i++ {
 			if g, ok := p.granted(s.Get(srv, params.UserGrant(i)), signer, r); ok {
 				g.Engine, g.Inputs, g.Slot = in.Engine, in, i
-				if err := p.complete(s, srv, signer, g); err != nil {
+				if err := p.complete(s, srv, signer, g, r); err != nil {
 					return false, err
 				}
 				j = g
@@ -285,7 +285,7 @@ func (p *Person) granted(v string, signer ed25519.PublicKey, r Request) (*Joined
 
 // complete adds what the configuration needs from the server: its entry (WireGuard) or its CA
 // and endpoint (OpenVPN).
-func (p *Person) complete(s role.Snapshot, srv string, signer ed25519.PublicKey, g *Joined) error {
+func (p *Person) complete(s role.Snapshot, srv string, signer ed25519.PublicKey, g *Joined, r Request) error {
 	if g.Engine == EngineWireGuard {
 		e, err := ParseEntry(s.Get(srv, params.VPNMember), signer)
 		if err != nil || e.Instance != srv || e.Key == (wgtypes.Key{}) || e.Endpoint == "" {
@@ -295,10 +295,13 @@ func (p *Person) complete(s role.Snapshot, srv string, signer ed25519.PublicKey,
 		return nil
 	}
 	g.CA = s.Get(srv, params.VPNCACert)
-	if _, err := pki.VerifyClientCert([]byte(g.Cert), []byte(g.CA), g.Self.Instance, nil); err != nil {
+	csr, err := x509.ParseCertificateRequest(r.CSR)
+	if err != nil {
+		return fmt.Errorf("join: %w", err)
+	}
+	if _, err := pki.VerifyClientCert([]byte(g.Cert), []byte(g.CA), g.Self.Instance, csr.PublicKey); err != nil {
 		return fmt.Errorf("join: the certificate does not verify with the run's CA: %w", err)
 	}
-	var err error
 	g.Host, g.Port, err = ParseEndpoint(s.Get(srv, params.VPNEndpoint))
 	return err
 }
@@ -381,7 +384,7 @@ func (p *Person) Leave(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("leave: %s: %w", p.file(personRequest), err)
 	}
-	t := p.clock().Unix()
+	t := p.clock().UnixMilli()
 	if t <= join.T {
 		t = join.T + 1
 	}
@@ -435,4 +438,3 @@ func (p *Person) Leave(ctx context.Context) error {
 	_ = os.Remove(p.Dir)
 	return nil
 }
-

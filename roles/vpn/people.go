@@ -18,14 +18,14 @@ import (
 // (WireGuard) or key and certificate request (OpenVPN) and writes a request signed by the
 // identity into a free slot vpn.user.<i> of the CNSMO server's instance:
 //
-//	cnsmo-join1 name=<label> id=<base64> key=<base64|-> csr=<base64 DER|-> t=<unix seconds> sig=<base64>
+//	cnsmo-join1 name=<label> id=<base64> key=<base64|-> csr=<base64 DER|-> t=<unix milliseconds> sig=<base64>
 //
 // The server pins the name to the identity (and the VPN key) on first use, assigns addresses from
 // the people's block and answers in vpn.user.<i>.grant with a signed entry (inst=<name>.users,
 // ep=-), followed for OpenVPN by the certificate (PEM, on the next lines). A leave is the same
 // slot holding
 //
-//	cnsmo-leave1 name=<label> id=<base64> t=<unix seconds> sig=<base64>
+//	cnsmo-leave1 name=<label> id=<base64> t=<unix milliseconds> sig=<base64>
 //
 // signed by the pinned identity, newer than the join: so no VM of the run can evict a person or
 // take its name. A refusal is "refused: <name>: <reason>" in the grant (unsigned: it only ends a
@@ -45,7 +45,7 @@ type Request struct {
 	ID    ed25519.PublicKey
 	Key   wgtypes.Key // WireGuard: the person's public key (zero: none)
 	CSR   []byte      // OpenVPN: the certificate request (DER; nil: none)
-	T     int64       // when it was made (unix seconds): a leave must be newer than the join
+	T     int64       // when it was made (unix milliseconds): a leave must be newer than the join
 }
 
 // Instance is the person's instance name in entries and the ledger: <name>.users.

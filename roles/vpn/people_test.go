@@ -8,6 +8,7 @@ import (
 	"encoding/pem"
 	"net/netip"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -184,7 +185,7 @@ func TestPersonJoinsAndLeavesWireGuard(t *testing.T) {
 	_, err = mallory.Join(context.Background())
 	require.ErrorContains(t, err, "the name is taken")
 	// A leave not signed by alice's identity: ignored.
-	forged := Request{Leave: true, Name: "alice", ID: newID(t).Public().(ed25519.PublicKey), T: time.Now().Unix() + 100}
+	forged := Request{Leave: true, Name: "alice", ID: newID(t).Public().(ed25519.PublicKey), T: time.Now().UnixMilli() + 100000}
 	l.st.Edit(func(s *roletest.Snapshot) { s.Put("cnsmo.1:"+params.UserSlot(j.Slot), forged.Sign(newID(t))) })
 	mid := newID(t)
 	forged.ID = mid.Public().(ed25519.PublicKey)
@@ -278,7 +279,7 @@ func TestPersonKeyOfAMemberIsRefused(t *testing.T) {
 	id := newID(t)
 	memberKey, err := wgtypes.ParseKey(l.st.Value("web.1:" + params.VPNWGKey))
 	require.NoError(t, err)
-	r := Request{Name: "eve", ID: id.Public().(ed25519.PublicKey), Key: memberKey, T: time.Now().Unix()}
+	r := Request{Name: "eve", ID: id.Public().(ed25519.PublicKey), Key: memberKey, T: time.Now().UnixMilli()}
 	l.st.Edit(func(s *roletest.Snapshot) { s.Put("cnsmo.1:"+params.UserSlot(1), r.Sign(id)) })
 	require.Eventually(t, func() bool { return strings.HasPrefix(l.grant(1), grantRefused) }, 5*time.Second, 5*time.Millisecond)
 	assert.Contains(t, l.grant(1), "another member's")
@@ -375,3 +376,99 @@ func TestRecordsFirstGrantWins(t *testing.T) {
 }
 
 func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+// The OpenVPN engine's side of a person: a certificate for <name>.users with its ccd entry; a
+// proven leave revokes it and closes the connection; the person may join again.
+func TestPersonJoinsAndLeavesOpenVPN(t *testing.T) {
+	st := roletest.NewStore("cnsmo.1", nil)
+	st.Edit(func(s *roletest.Snapshot) {
+		s.AddNode("cnsmo", "cnsmo.1").AddNode("web", "web.1")
+		s.Put("cnsmo.1:"+params.VPNSubnet, "198.19.200.0/24").Put("cnsmo.1:"+params.VPNSubnet6, "2001:db8:c5e0::/64").
+			Put("cnsmo.1:"+params.Hostname, "198.19.1.10")
+	})
+	env := role.Env{Params: st, Instance: "cnsmo.1", StateDir: t.TempDir(), Log: zerolog.Nop()}
+	s := newServer(env)
+	snap, err := st.Read(context.Background())
+	require.NoError(t, err)
+	in, err := ParseInputs(func(k string) string { return snap.Get("cnsmo.1", k) })
+	require.NoError(t, err)
+	require.NoError(t, s.open(in))
+	st.Edit(func(x *roletest.Snapshot) {
+		x.Put("cnsmo.1:"+params.VPNServerInstanceID, "cnsmo.1").Put("cnsmo.1:"+params.VPNSigner, FormatSigner(s.led.signer.Public().(ed25519.PublicKey))).
+			Put("cnsmo.1:"+params.VPNCACert, string(s.ca.CertPEM())).Put("cnsmo.1:"+params.VPNEndpoint, Endpoint("198.19.1.10", 1194))
+	})
+	var mu sync.Mutex
+	var last *serverPass
+	pass := func() {
+		snap, err := st.Read(context.Background())
+		require.NoError(t, err)
+		p := &serverPass{in: in, cfg: s.config(in), files: map[string]string{}}
+		op := &ovpnPeople{s: s, p: p}
+		require.NoError(t, s.desk.pass(context.Background(), env, snap, s.alloc, s.led, op))
+		op.ccds()
+		mu.Lock()
+		last = p
+		mu.Unlock()
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(5 * time.Millisecond):
+				pass()
+			}
+		}
+	}()
+	halt := func() { close(stop); <-done }
+	alice := &Person{Name: "alice", Dir: filepath.Join(t.TempDir(), "alice"), Store: st,
+		Poll: wait.Backoff{Min: time.Millisecond, Max: 5 * time.Millisecond, Limit: 10 * time.Second}}
+	j, err := alice.Join(context.Background())
+	require.NoError(t, err)
+	assert.Equal(t, EngineOpenVPN, j.Engine)
+	for _, want := range []string{"client\n", "dev cnsmo0\n", "dev-type tap\n", "remote 198.19.1.10 1194\n", "<ca>\n-----BEGIN CERTIFICATE-----", "<cert>\n-----BEGIN CERTIFICATE-----", "<key>\n-----BEGIN"} {
+		assert.Contains(t, j.Config, want)
+	}
+	assert.NotContains(t, j.Config, "user nobody")
+	for _, v := range st.Sets() {
+		assert.NotContains(t, v, "PRIVATE KEY", "no private key in the run")
+	}
+	issued := s.ca.IssuedTo("alice.users")
+	require.Len(t, issued, 1)
+	mu.Lock()
+	ccd := last.files[path.Join(last.cfg.CCDDir(), "alice.users")]
+	mu.Unlock()
+	assert.Contains(t, ccd, "ifconfig-push "+j.Self.V4.String()+" ")
+
+	require.NoError(t, alice.Leave(context.Background()))
+	halt()
+	issued = s.ca.IssuedTo("alice.users")
+	require.True(t, issued[0].Revoked, "the certificate is revoked")
+	crl, err := s.ca.CRLPEM()
+	require.NoError(t, err)
+	serials, err := s.ca.RevokedSerials(crl)
+	require.NoError(t, err)
+	assert.Contains(t, serials, issued[0].Serial)
+
+	// Joining again (a new key, a new identity: the old ones were deleted) works.
+	stop, done = make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(5 * time.Millisecond):
+				pass()
+			}
+		}
+	}()
+	j2, err := alice.Join(context.Background())
+	require.NoError(t, err)
+	halt()
+	assert.Len(t, s.ca.IssuedTo("alice.users"), 2)
+	assert.NotEqual(t, j.Cert, j2.Cert)
+}

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -112,4 +113,25 @@ func DefaultPersonDir() string {
 		return filepath.Join(h, ".config", "cnsmo")
 	}
 	return ".cnsmo"
+}
+
+// WaitAddr waits until the interface holds addr (OpenVPN applies what the server pushed once
+// connected), polling every 200 ms until ctx ends.
+func WaitAddr(ctx context.Context, ifname string, addr netip.Addr) error {
+	for {
+		if l, err := netlink.LinkByName(ifname); err == nil {
+			if as, err := netlink.AddrList(l, netlink.FAMILY_ALL); err == nil {
+				for _, a := range as {
+					if ip, ok := netip.AddrFromSlice(a.IP); ok && ip.Unmap() == addr {
+						return nil
+					}
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("up: %s never got %s: %w", ifname, addr, ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }

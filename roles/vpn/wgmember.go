@@ -399,7 +399,10 @@ func unique(list []Entry, env role.Env) []Entry {
 	seen := map[string]bool{}
 	out := list[:0]
 	for _, e := range list {
-		ids := []string{"k" + e.Key.String(), "a" + e.V4.String(), "a" + e.V6.String()}
+		ids := []string{"a" + e.V4.String(), "a" + e.V6.String()}
+		if e.Key != (wgtypes.Key{}) { // OpenVPN's entries have no key
+			ids = append(ids, "k"+e.Key.String())
+		}
 		if slices.ContainsFunc(ids, func(id string) bool { return seen[id] }) {
 			env.Log.Warn().Str("instance", e.Instance).Msg("vpn: membership entry with a key or an address already granted to another member: left out")
 			continue
