@@ -39,7 +39,7 @@ func TestNuvla2Deployment(t *testing.T) {
 			defer cancel()
 			before := state(t, ctx, tb)
 			var progress strings.Builder
-			report, d, err := deploy.RunScenario(ctx, tb, deploy.Config{Driver: drv, API: "nuvla2", Compose: true, Progress: &progress, Engine: c.engine})
+			report, d, err := deploy.RunScenario(ctx, tb, deploy.Config{Driver: drv, API: "nuvla2", Compose: true, Progress: &progress, Engine: c.engine, People: drv == "docker" && c.engine == "openvpn"})
 			if d != nil {
 				defer d.Close(ctx)
 			}

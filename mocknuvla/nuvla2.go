@@ -39,6 +39,7 @@ type n2deployment struct {
 	group      string // deployment-set/<uuid>
 	userRights bool   // the application has requires-user-rights: its key acts with its group's rights
 	key        string // credential/<uuid>
+	owner      string // user/<name>: who started it (the ACL's owner; the user's own key sees it)
 }
 
 type n2acl struct {
@@ -67,7 +68,8 @@ type n2state struct {
 	staleness   time.Duration
 }
 
-type n2cred struct{ secret, deployment string }
+// n2cred is an API key: a deployment's (made at its start), or a user's own (user set).
+type n2cred struct{ secret, deployment, user string }
 
 func newN2State(staleness time.Duration) *n2state {
 	return &n2state{deployments: map[string]*n2deployment{}, groups: map[string][]string{}, params: map[string]*n2param{},
@@ -97,10 +99,14 @@ func (s *Server) CreateGroup(d *Deployment, userRights bool) (*Nuvla2Group, erro
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	g := &Nuvla2Group{ID: "deployment-set/" + newUUID()}
+	owner := "user/" + d.Username
+	if d.Username == "" {
+		owner = "user/mocknuvla"
+	}
 	for _, n := range d.Nodes {
 		for i := 1; i <= n.Multiplicity; i++ {
 			dep := &n2deployment{id: "deployment/" + newUUID(), name: fmt.Sprintf("%s.%d", n.Name, i), node: n.Name,
-				state: "STARTED", group: g.ID, userRights: userRights, key: "credential/" + newUUID()}
+				state: "STARTED", group: g.ID, userRights: userRights, key: "credential/" + newUUID(), owner: owner}
 			secret := randomHex(16)
 			s.n2.deployments[dep.id] = dep
 			s.n2.groups[g.ID] = append(s.n2.groups[g.ID], dep.id)
@@ -227,7 +233,8 @@ func hasAny(claims []string, lists ...[]string) bool {
 }
 
 func (st *n2state) canViewDeployment(claims []string, d *n2deployment) bool {
-	return slices.Contains(claims, "group/nuvla-admin") || slices.Contains(claims, d.id) || d.group != "" && slices.Contains(claims, d.group)
+	return slices.Contains(claims, "group/nuvla-admin") || slices.Contains(claims, d.id) || d.group != "" && slices.Contains(claims, d.group) ||
+		d.owner != "" && slices.Contains(claims, d.owner)
 }
 
 func (st *n2state) canView(claims []string, p *n2param) bool {
@@ -294,14 +301,20 @@ func (s *Server) serveN2Session(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	c, found := s.n2.creds[t.Key]
 	d := s.n2.deployments[c.deployment]
-	if t.Href != "session-template/api-key" || !found || t.Secret == "" || c.secret != t.Secret || d == nil {
+	if t.Href != "session-template/api-key" || !found || t.Secret == "" || c.secret != t.Secret || d == nil && c.user == "" {
 		s.mu.Unlock()
 		n2error(w, http.StatusForbidden, "invalid API key/secret credentials", "")
 		return
 	}
-	claims := []string{d.id, "group/nuvla-user", "group/nuvla-anon"}
-	if d.userRights && d.group != "" {
-		claims = append(claims, d.group)
+	var claims []string
+	switch {
+	case c.user != "": // a user's own key: the user's rights
+		claims = []string{c.user, "group/nuvla-user", "group/nuvla-anon"}
+	default:
+		claims = []string{d.id, "group/nuvla-user", "group/nuvla-anon"}
+		if d.userRights && d.group != "" {
+			claims = append(claims, d.group)
+		}
 	}
 	token := randomHex(24)
 	s.n2.sessions[token] = claims
@@ -565,6 +578,9 @@ func (s *Server) n2deployment(w http.ResponseWriter, r *http.Request, claims []s
 	switch {
 	case action == "" && r.Method == http.MethodGet:
 		m := map[string]any{"id": d.id, "resource-type": "deployment", "state": d.state}
+		if d.owner != "" {
+			m["acl"] = map[string]any{"owners": []string{d.owner}}
+		}
 		if d.group != "" {
 			m["deployment-set"] = d.group
 		}
@@ -584,6 +600,16 @@ func (s *Server) n2deployment(w http.ResponseWriter, r *http.Request, claims []s
 	}
 }
 
+// AddNuvla2UserKey makes an API key of user (user/<name>): it acts with that user's rights (the
+// deployments the user started, the parameters whose ACL names the user), as a person's own key.
+func (s *Server) AddNuvla2UserKey(user string) (key, secret string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	key, secret = "credential/"+newUUID(), randomHex(16)
+	s.n2.creds[key] = n2cred{secret: secret, user: user}
+	return key, secret
+}
+
 // AddMember adds a STARTED deployment of node to a group (a scale out: a new target or edge), as
 // the group's bulk job does.
 func (s *Server) AddMember(group, node string) (Nuvla2Member, error) {
@@ -593,15 +619,17 @@ func (s *Server) AddMember(group, node string) (Nuvla2Member, error) {
 	if !ok {
 		return Nuvla2Member{}, &StatusError{Code: http.StatusNotFound, Detail: group + " not found"}
 	}
-	n, userRights := 0, true
+	n, userRights, owner := 0, true, ""
 	for _, id := range members {
-		if d := s.n2.deployments[id]; d.node == node {
+		d := s.n2.deployments[id]
+		owner = d.owner
+		if d.node == node {
 			n++
 			userRights = d.userRights
 		}
 	}
 	dep := &n2deployment{id: "deployment/" + newUUID(), name: fmt.Sprintf("%s.%d", node, n+1), node: node, state: "STARTED",
-		group: group, userRights: userRights, key: "credential/" + newUUID()}
+		group: group, userRights: userRights, key: "credential/" + newUUID(), owner: owner}
 	secret := randomHex(16)
 	s.n2.deployments[dep.id] = dep
 	s.n2.groups[group] = append(members, dep.id)

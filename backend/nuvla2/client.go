@@ -405,6 +405,30 @@ func (c *Client) DeploymentState(ctx context.Context, id string) (string, error)
 	return d.State, nil
 }
 
+// DeploymentOwners returns the users that own a deployment (its ACL's owners of the form
+// user/<id>): the person who started the group.
+func (c *Client) DeploymentOwners(ctx context.Context, id string) ([]string, error) {
+	res, err := c.do(ctx, request{method: http.MethodGet, path: "/api/" + id + "?select=acl", ok: []int{http.StatusOK}})
+	if err != nil {
+		return nil, err
+	}
+	var d struct {
+		ACL struct {
+			Owners []string `json:"owners"`
+		} `json:"acl"`
+	}
+	if err := json.Unmarshal(res.Body(), &d); err != nil {
+		return nil, fmt.Errorf("GET %s: %w", id, err)
+	}
+	var out []string
+	for _, o := range d.ACL.Owners {
+		if strings.HasPrefix(o, "user/") && validToken(o) {
+			out = append(out, o)
+		}
+	}
+	return out, nil
+}
+
 // GroupVisible reports (nil) that the key can read its deployment group: it acts with the group's
 // rights (the application requires user rights); ErrForbidden otherwise.
 func (c *Client) GroupVisible(ctx context.Context) error {

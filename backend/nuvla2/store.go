@@ -52,6 +52,7 @@ type Store struct {
 	states   map[string]string // member deployment -> its state ("gone" when deleted)
 	statesAt time.Time
 	pinned   map[string]string // member name -> the deployment it was first seen with (server)
+	users    []string          // the users owning the hub (who started the group): they may read and write too (cnsmo-role join)
 }
 
 // MemberName is a member's name: its node and the first 8 hex digits of its deployment's uuid.
@@ -86,6 +87,7 @@ func Open(ctx context.Context, c *Client, server bool) (*Store, error) {
 	if err != nil {
 		return nil, s.rights(err)
 	}
+	s.users, _ = c.DeploymentOwners(ctx, s.hub) // best effort: without them a person cannot join
 	// A member restarted (its container's restart policy) once its deployment is stopping, or once
 	// the deployment was aborted, does not join again.
 	if own, err := c.DeploymentState(ctx, cfg.Deployment); err == nil && (own == "STOPPING" || own == "STOPPED") {
@@ -140,7 +142,7 @@ func (s *Store) serverACL() ACL {
 	if who == "" {
 		who = s.hub
 	}
-	return ACL{Owners: []string{s.hub}, ViewData: []string{who}}
+	return ACL{Owners: []string{s.hub}, ViewData: append([]string{who}, s.users...)}
 }
 
 // findHub finds the server's cnsmo.hub through the group, waiting for the server to publish it
@@ -207,7 +209,21 @@ func (s *Store) acl() ACL {
 	if who == "" {
 		who = s.c.Config().Deployment
 	}
-	return ACL{Owners: []string{"group/nuvla-admin"}, ViewData: []string{who}, EditData: []string{who}}
+	return ACL{Owners: []string{"group/nuvla-admin"}, ViewData: append([]string{who}, s.users...), EditData: append([]string{who}, s.users...)}
+}
+
+// OpenPerson reads and writes the hub's parameters with a person's own key (cnsmo-role join): it
+// joins nothing and writes nothing by itself.
+func OpenPerson(ctx context.Context, c *Client, hub string) (*Store, error) {
+	s := &Store{c: c, self: "person", hub: hub, pinned: map[string]string{}}
+	if _, err := c.DeploymentState(ctx, hub); err != nil {
+		return nil, fmt.Errorf("%s: %w (is it the CNSMO server's deployment, and your own API key?)", hub, err)
+	}
+	var err error
+	if s.users, err = c.DeploymentOwners(ctx, hub); err != nil {
+		return nil, err
+	}
+	return s, nil
 }
 
 // Hub is the CNSMO server's deployment.

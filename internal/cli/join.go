@@ -9,11 +9,13 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/cnsmo/cnsmo/backend/nuvla2"
 	"github.com/cnsmo/cnsmo/backend/slipstream"
 	"github.com/cnsmo/cnsmo/internal/atomicfile"
 	"github.com/cnsmo/cnsmo/internal/wait"
@@ -47,7 +49,8 @@ inside this process (no kernel module needed), OpenVPN runs the openvpn program.
 Credentials are the ss-* tools': slipstream.context or SLIPSTREAM_SERVICEURL, SLIPSTREAM_DIID,
 SLIPSTREAM_USERNAME with SLIPSTREAM_PASSWORD (or SLIPSTREAM_API_KEY and SLIPSTREAM_API_SECRET);
 --endpoint, --run and --username override them. The password is read from the environment
-only. Names: every member is <node>-<i>.<vpn.domain> and people <name>.users.<vpn.domain>.`,
+only. On Nuvla 2 (NUVLA_ENDPOINT set): your own API key in NUVLA_API_KEY and NUVLA_API_SECRET, and
+the CNSMO server's deployment (deployment/<uuid>) in --run or NUVLA_DEPLOYMENT_ID. Names: every member is <node>-<i>.<vpn.domain> and people <name>.users.<vpn.domain>.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error { return runJoin(cmd, o, args[0]) },
 	}
@@ -74,8 +77,32 @@ then the slot is cleared and the keys are deleted from this computer. Same crede
 	return c
 }
 
-// personStore opens the run with the person's own credentials.
-func (o *joinOpts) personStore() (role.Store, string, error) {
+// personStore opens the run with the person's own credentials: SlipStream's, or on Nuvla 2 (when
+// NUVLA_ENDPOINT is set) the person's API key and the CNSMO server's deployment.
+func (o *joinOpts) personStore(ctx context.Context) (role.Store, string, error) {
+	if os.Getenv("NUVLA_ENDPOINT") != "" {
+		hub := o.run
+		if hub == "" {
+			hub = os.Getenv("NUVLA_DEPLOYMENT_ID")
+		}
+		if hub != "" && !strings.HasPrefix(hub, "deployment/") {
+			hub = "deployment/" + hub
+		}
+		cfg := nuvla2.Config{Endpoint: strings.TrimSuffix(os.Getenv("NUVLA_ENDPOINT"), "/"), Deployment: hub,
+			APIKey: os.Getenv("NUVLA_API_KEY"), APISecret: os.Getenv("NUVLA_API_SECRET"), Node: "person"}
+		if err := cfg.Validate(); err != nil {
+			return nil, "", fmt.Errorf("join: Nuvla 2 (--run or NUVLA_DEPLOYMENT_ID is the CNSMO server's deployment; NUVLA_API_KEY/_SECRET your own key): %w", err)
+		}
+		c, err := nuvla2.New(cfg)
+		if err != nil {
+			return nil, "", err
+		}
+		st, err := nuvla2.OpenPerson(ctx, c, hub)
+		if err != nil {
+			return nil, "", err
+		}
+		return st, strings.TrimPrefix(hub, "deployment/"), nil
+	}
 	over := map[string]string{"SLIPSTREAM_SERVICEURL": o.endpoint, "SLIPSTREAM_DIID": o.run, "SLIPSTREAM_USERNAME": o.username}
 	cfg, err := ssclient.LoadConfigFrom(ssclient.ContextSearchPath(), func(k string) string {
 		if v := over[k]; v != "" {
@@ -100,7 +127,7 @@ func (o *joinOpts) person(cmd *cobra.Command, name string) (*vpn.Person, error) 
 	if err := vpn.ValidPersonName(name); err != nil {
 		return nil, Usagef("NAME %v", err)
 	}
-	st, run, err := o.personStore()
+	st, run, err := o.personStore(cmd.Context())
 	if err != nil {
 		return nil, err
 	}

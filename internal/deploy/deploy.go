@@ -85,6 +85,7 @@ type Deployment struct {
 	composeDir string // the compose files, written on the host
 	// The person's password (PersonUser), and keys the parameter scan also looks for.
 	personPW     string
+	personKey    string // Nuvla 2: the person's API key (personPW its secret)
 	extraSecrets []string
 }
 

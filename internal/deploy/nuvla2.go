@@ -33,6 +33,12 @@ func (d *Deployment) startGroup() error {
 			d.hub = m.Deployment
 		}
 	}
+	// The person (cnsmo-role join) is the user who started the group, with an API key of their own.
+	owner := "user/mocknuvla"
+	if d.cfg.Definition.Username != "" {
+		owner = "user/" + d.cfg.Definition.Username
+	}
+	d.personKey, d.personPW = d.Mock.AddNuvla2UserKey(owner)
 	// The functions' owner is the hub's uuid, as cnsmo-role names the run on Nuvla 2.
 	d.Run = &mocknuvla.RunInfo{UUID: strings.TrimPrefix(d.hub, "deployment/")}
 	d.progress("mocknuvla (Nuvla 2 API) on %s, group %s, CNSMO server deployment %s", d.URL, g.ID, d.hub)

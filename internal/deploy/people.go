@@ -31,8 +31,12 @@ const (
 	personDir  = "/root/.config/cnsmo"
 )
 
-// PersonEnv is the person's credentials for cnsmo-role join and leave (SlipStream).
+// PersonEnv is the person's credentials for cnsmo-role join and leave: on SlipStream the user's
+// login and the run; on Nuvla 2 the user's own API key and the CNSMO server's deployment.
 func (d *Deployment) PersonEnv() []string {
+	if d.Nuvla2() {
+		return []string{"NUVLA_ENDPOINT=" + d.URL, "NUVLA_DEPLOYMENT_ID=" + d.hub, "NUVLA_API_KEY=" + d.personKey, "NUVLA_API_SECRET=" + d.personPW}
+	}
 	return []string{"SLIPSTREAM_SERVICEURL=" + d.URL, "SLIPSTREAM_DIID=" + d.Run.UUID,
 		"SLIPSTREAM_USERNAME=" + PersonUser, "SLIPSTREAM_PASSWORD=" + d.personPW}
 }
@@ -118,7 +122,7 @@ func (d *Deployment) UserAccess(ctx context.Context, r *Report, members []string
 		return
 	}
 	defer laptop.Exec(context.WithoutCancel(ctx), "sh", "-c", `printf %s "$0" > /etc/resolv.conf`, resolv) //nolint:errcheck
-	name := func(inst string) string { return vpn.NameOf(inst) + "." + in.Domain }
+	name := func(inst string) string { return d.NameOf(inst) + "." + in.Domain }
 	for _, m := range members {
 		for _, fam := range []string{"-4", "-6"} {
 			err := pollUntil(ctx, 30*time.Second, func() bool {
@@ -349,7 +353,7 @@ func (d *Deployment) CheckNames(ctx context.Context, on, instances []string) []s
 			continue
 		}
 		for _, in := range instances {
-			n := vpn.NameOf(in)
+			n := d.NameOf(in)
 			for _, a := range []string{d.Param(in + ":" + params.VPNAddress), d.Param(in + ":" + params.VPNAddress6)} {
 				if !strings.Contains(hosts, a+"\t"+n+"."+domain+" "+n+"\n") {
 					bad = append(bad, fmt.Sprintf("%s does not name %s %s", vmi, n, a))
@@ -375,4 +379,13 @@ func newCSR(cn string) ([]byte, error) {
 		return nil, errors.New("people: certificate request: not PEM")
 	}
 	return b.Bytes, nil
+}
+
+// NameOf is an instance's name in the overlay (web.1 -> web-1; on Nuvla 2 after the member's name,
+// web-3f2a9c01).
+func (d *Deployment) NameOf(instance string) string {
+	if d.Nuvla2() {
+		return vpn.NameOf(d.MemberName(instance))
+	}
+	return vpn.NameOf(instance)
 }

@@ -103,6 +103,9 @@ func (p *Person) server(s role.Snapshot) (string, ed25519.PublicKey, error) {
 	}
 	srv := p.Server
 	if srv == "" {
+		srv = s.Get(s.Self(), params.ServerInstanceID) // a platform's anchor (Nuvla 2: only the server writes it)
+	}
+	if srv == "" {
 		var found []string
 		for _, n := range s.Nodes() {
 			for _, inst := range s.Instances(n) {
