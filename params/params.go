@@ -40,6 +40,7 @@ const (
 	VPNMember           = "vpn.member"
 	VPNWGHandshakes     = "vpn.wg.handshakes"
 	VPNDomain           = "vpn.domain"
+	VPNRoster           = "vpn.roster"
 )
 
 // People in the overlay (cnsmo-role join): UserSlots declared slots on the CNSMO server's
@@ -110,6 +111,7 @@ var Table = []Spec{
 	{VPNSigner, "VPN server", "VPN members and people (pinned on first use)", "Ed25519 public key (base64) that signs the membership entries"},
 	{VPNMember, "VPN server, on each member's instance and its own", "every VPN member (wireguard: its peers; both engines: the names)", "signed entry: `cnsmo-vpn1 gen=… inst=… key=… ep=host:port v4=… v6=… sig=…` (key and ep `-` with openvpn)"},
 	{VPNDomain, "developer (input of the CNSMO server component)", "VPN server and members", "DNS suffix of the members' names (`web-1.<domain>`, people `<name>.users.<domain>`); default `cnsmo.internal`"},
+	{VPNRoster, "VPN server, on its own instance", "every VPN member (the people it names), people (cnsmo-role join)", "signed: `cnsmo-roster1 gen=… srv=… eng=… dev=… v4=… v6=… domain=… ca=<sha256>|- ep=<host:port>|- people=<names>|- sig=…`"},
 	{"vpn.user.<i>", "a person (cnsmo-role join / leave), on the CNSMO server's instance; slots 1 to 8", "VPN server", "signed request: `cnsmo-join1 name=… id=… key=… csr=… t=… sig=…`, later `cnsmo-leave1 name=… id=… t=… sig=…` (public keys only)"},
 	{"vpn.user.<i>.grant", "VPN server, on its own instance", "the person, every VPN member (names)", "the person's signed entry (`inst=<name>.users`, `ep=-`; OpenVPN: then its certificate), or `refused: <name>: <reason>`"},
 	{VPNWGHandshakes, "every VPN member (wireguard)", "operators", "`<n>/<peers>`: peers with a handshake in the last 3 minutes"},

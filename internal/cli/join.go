@@ -27,7 +27,7 @@ import (
 
 // joinOpts are the flags of cnsmo-role join and leave.
 type joinOpts struct {
-	dir, out, server, endpoint, run, username, ifname string
+	dir, out, server, signer, endpoint, run, username, ifname string
 	up                                                bool
 	timeout                                           time.Duration
 }
@@ -65,6 +65,7 @@ then the slot is cleared and the keys are deleted from this computer. Same crede
 	f := c.Flags()
 	f.StringVar(&o.dir, "dir", o.dir, "where this computer keeps the person's keys and pins (one subdirectory per run and name)")
 	f.StringVar(&o.server, "server", "", "the CNSMO server's instance (default: the instance that publishes itself as the VPN server)")
+	f.StringVar(&o.signer, "signer", "", "the VPN server's signing key (vpn.signer, as its log prints it), checked at the first join instead of trusting the first one seen")
 	f.StringVar(&o.endpoint, "endpoint", "", "the platform's URL (default: the context's serviceurl / SLIPSTREAM_SERVICEURL)")
 	f.StringVar(&o.run, "run", "", "the run's id (default: the context's diid / SLIPSTREAM_DIID)")
 	f.StringVar(&o.username, "username", "", "your user name (default: SLIPSTREAM_USERNAME); the password comes from SLIPSTREAM_PASSWORD")
@@ -132,7 +133,7 @@ func (o *joinOpts) person(cmd *cobra.Command, name string) (*vpn.Person, error) 
 		return nil, err
 	}
 	out := cmd.ErrOrStderr()
-	return &vpn.Person{Name: name, Dir: filepath.Join(o.dir, run, name), Server: o.server, Store: st,
+	return &vpn.Person{Name: name, Dir: filepath.Join(o.dir, run, name), Server: o.server, Signer: o.signer, Store: st,
 		Say:  func(msg string) { fmt.Fprintf(out, "%s: %s\n", time.Now().Format("15:04:05"), msg) },
 		Poll: wait.Backoff{Min: 500 * time.Millisecond, Max: 3 * time.Second}}, nil
 }

@@ -18,7 +18,9 @@ import (
 // desk is the VPN server's side of cnsmo-role join: it reads the slots, pins each person's name to
 // its identity and VPN key, assigns addresses from the people's block, and publishes the grants.
 // Its state (people.json) is the truth: a slot's request is only a mailbox, so a VM that
-// overwrites a slot cannot remove anyone (a leave must be signed by the pinned identity).
+// overwrites a slot cannot remove anyone (a leave must be signed by the pinned identity). A grant
+// follows its request: it is published in the slot that holds the person's join (a VM that blanks
+// the slot hides the person's name, and the person's next join shows it again; the person stays).
 type desk struct {
 	file jsonFile
 	st   deskState
@@ -27,7 +29,22 @@ type desk struct {
 
 type deskState struct {
 	People map[string]personRecord `json:"people"` // name -> what was granted
-	Left   map[string]int64        `json:"left"`   // name -> time of its last leave (older joins are replays)
+	Left   map[string]leftRecord   `json:"left"`   // name -> its last leave (older joins are replays)
+	// The roster last signed (its body without the generation) and its generation.
+	Roster    string `json:"roster,omitempty"`
+	RosterGen uint64 `json:"roster_gen,omitempty"`
+}
+
+type leftRecord struct {
+	T  int64  `json:"t"`
+	ID string `json:"id"`
+}
+
+// rosterInfo is what the running engine puts into the roster besides the people.
+type rosterInfo struct {
+	in Inputs
+	ca string // CA fingerprint (OpenVPN)
+	ep string // OpenVPN's endpoint host:port
 }
 
 type personRecord struct {
@@ -36,7 +53,6 @@ type personRecord struct {
 	CSR   string `json:"csr,omitempty"`   // OpenVPN: the request's public key (base64 DER): the pin
 	Extra string `json:"extra,omitempty"` // after the entry in the grant (OpenVPN: the certificate)
 	T     int64  `json:"t"`               // the join's time
-	Slot  int    `json:"slot"`            // the slot whose grant holds it
 }
 
 // personEngine is what the running engine does for a person.
@@ -51,7 +67,7 @@ type personEngine interface {
 const deskFile = "people.json"
 
 func openDesk(dir string) (*desk, error) {
-	d := &desk{file: jsonFile(filepath.Join(dir, deskFile)), st: deskState{People: map[string]personRecord{}, Left: map[string]int64{}}}
+	d := &desk{file: jsonFile(filepath.Join(dir, deskFile)), st: deskState{People: map[string]personRecord{}, Left: map[string]leftRecord{}}}
 	if err := d.file.load(&d.st); err != nil {
 		return nil, err
 	}
@@ -59,19 +75,9 @@ func openDesk(dir string) (*desk, error) {
 		d.st.People = map[string]personRecord{}
 	}
 	if d.st.Left == nil {
-		d.st.Left = map[string]int64{}
+		d.st.Left = map[string]leftRecord{}
 	}
 	return d, nil
-}
-
-// holder is the name of the person whose grant is in slot i ("" none).
-func (d *desk) holder(i int) string {
-	for n, p := range d.st.People {
-		if p.Slot == i {
-			return n
-		}
-	}
-	return ""
 }
 
 // say logs msg once per subject.
@@ -86,9 +92,10 @@ func (d *desk) say(env role.Env, subject, msg string) {
 	env.Log.Warn().Str("slot", subject).Msg("vpn: people: " + msg)
 }
 
-// pass handles every slot once: proven leaves first, then joins, then publishes every grant.
+// pass handles every slot once: proven leaves first, then joins; then it publishes every grant
+// (a person's signed entry, the signed record of a finished leave, or a refusal) and the roster.
 // People (entries in the ledger under <name>.users) stay until a proven leave.
-func (d *desk) pass(ctx context.Context, env role.Env, snap role.Snapshot, alloc *Allocator, led *ledger, eng personEngine) error {
+func (d *desk) pass(ctx context.Context, env role.Env, snap role.Snapshot, alloc *Allocator, led *ledger, eng personEngine, info rosterInfo) error {
 	me := env.Instance
 	reqs := map[int]Request{}
 	refusals := map[int]string{}
@@ -99,38 +106,48 @@ func (d *desk) pass(ctx context.Context, env role.Env, snap role.Snapshot, alloc
 		}
 		r, err := ParseRequest(v)
 		if err != nil {
-			if d.holder(i) == "" {
-				refusals[i] = Refusal(requestName(v), err.Error())
-			}
+			refusals[i] = Refusal(requestName(v), err.Error())
 			d.say(env, params.UserSlot(i), fmt.Sprintf("%s: %v", params.UserSlot(i), err))
 			continue
 		}
 		reqs[i] = r
 	}
 	changed := false
+	byes := map[int]string{}
+	joined := map[int]string{} // slot -> the person whose join is in it (its grant follows its request)
 	for _, i := range sortedSlots(reqs) {
 		r := reqs[i]
 		if !r.Leave {
 			continue
 		}
+		id := PersonID(r.ID)
 		p, ok := d.st.People[r.Name]
 		if !ok {
-			continue // already gone
+			if l := d.st.Left[r.Name]; l.ID == id && l.T == r.T { // done: say so again
+				byes[i] = LeftRecord(r.Name, id, r.T, led.signer)
+			}
+			continue
 		}
-		if p.ID != base64.StdEncoding.EncodeToString(r.ID) || r.T <= p.T {
+		if p.ID != id || r.T <= p.T {
 			d.say(env, "leave "+r.Name, fmt.Sprintf("a leave of %s not signed by its identity, or older than its join: ignored", r.Name))
+			joined[i] = r.Name // and the person's grant stays where it was
 			continue
 		}
 		if err := eng.drop(ctx, r.Name); err != nil {
+			return err
+		}
+		// The person's record goes first: a crash after it leaves an address to free again, never
+		// a person without an address that nobody can remove.
+		delete(d.st.People, r.Name)
+		d.st.Left[r.Name] = leftRecord{T: r.T, ID: id}
+		if err := d.file.save(d.st); err != nil {
 			return err
 		}
 		led.forget(r.Instance())
 		if err := alloc.Free(r.Instance()); err != nil {
 			return err
 		}
-		delete(d.st.People, r.Name)
-		d.st.Left[r.Name] = r.T
-		changed = true
+		byes[i] = LeftRecord(r.Name, id, r.T, led.signer)
 		env.Log.Info().Str("person", r.Name).Msg("vpn: people: left (proven by its identity): removed everywhere")
 	}
 	for _, i := range sortedSlots(reqs) {
@@ -138,24 +155,17 @@ func (d *desk) pass(ctx context.Context, env role.Env, snap role.Snapshot, alloc
 		if r.Leave {
 			continue
 		}
-		if h := d.holder(i); h != "" && h != r.Name {
-			d.say(env, params.UserSlot(i), fmt.Sprintf("%s holds %s's grant: the request of %s there is ignored (its join moves to a free slot)", params.UserSlot(i), h, r.Name))
-			continue
-		}
-		id := base64.StdEncoding.EncodeToString(r.ID)
+		id := PersonID(r.ID)
 		if p, ok := d.st.People[r.Name]; ok {
 			if p.ID != id || p.Key != keyString(r.Key) || p.CSR != csrKey(r.CSR) {
 				refusals[i] = Refusal(r.Name, "the name is taken: pinned to another key until that person leaves")
 				d.say(env, "join "+r.Name, refusals[i])
 				continue
 			}
-			if p.Slot != i && d.holder(p.Slot) == r.Name && snap.Get(me, params.UserSlot(p.Slot)) == "" {
-				p.Slot = i // its request moved (another join took the slot first): the grant follows
-				d.st.People[r.Name], changed = p, true
-			}
+			joined[i] = r.Name
 			continue
 		}
-		if r.T <= d.st.Left[r.Name] {
+		if r.T <= d.st.Left[r.Name].T {
 			refusals[i] = Refusal(r.Name, "older than the name's last leave (a replay)")
 			continue
 		}
@@ -174,26 +184,43 @@ func (d *desk) pass(ctx context.Context, env role.Env, snap role.Snapshot, alloc
 			refusals[i] = Refusal(r.Name, err.Error())
 			continue
 		}
-		d.st.People[r.Name] = personRecord{ID: id, Key: keyString(r.Key), CSR: csrKey(r.CSR), Extra: extra, T: r.T, Slot: i}
+		d.st.People[r.Name] = personRecord{ID: id, Key: keyString(r.Key), CSR: csrKey(r.CSR), Extra: extra, T: r.T}
+		joined[i] = r.Name
 		changed = true
 		env.Log.Info().Str("person", r.Name).Int("slot", i).Str("address", as.V4.String()).Str("address6", as.V6.String()).Msg("vpn: people: joined")
 	}
-	grants := map[int]string{}
+	signed := map[string]string{}
+	var names []string
 	for name, p := range d.st.People {
 		as, ok := alloc.Get(name + PeopleSuffix)
 		if !ok {
 			continue
 		}
+		names = append(names, name)
 		e := Entry{Instance: name + PeopleSuffix, V4: as.V4, V6: as.V6}
 		if p.Key != "" {
 			e.Key, _ = wgtypes.ParseKey(p.Key)
 		}
-		_, signed := led.grant(e)
+		_, signed[name] = led.grant(e)
 		if p.Extra != "" {
-			signed += "\n" + p.Extra
+			signed[name] += "\n" + p.Extra
 		}
-		grants[p.Slot] = signed
 	}
+	grants := map[int]string{}
+	for i, name := range joined {
+		if v, ok := signed[name]; ok {
+			grants[i] = v
+		}
+	}
+	slices.Sort(names)
+	ro := Roster{Server: me, Engine: info.in.Engine, Device: info.in.Device, V4: info.in.V4, V6: info.in.V6, Domain: info.in.Domain,
+		CA: info.ca, Endpoint: info.ep, People: names}
+	if body := ro.body(); body != d.st.Roster || d.st.RosterGen == 0 {
+		led.st.Counter++ // one counter with the entries: never two meanings for one generation
+		led.dirty = true
+		d.st.Roster, d.st.RosterGen, changed = body, led.st.Counter, true
+	}
+	ro.Gen = d.st.RosterGen
 	if changed {
 		if err := d.file.save(d.st); err != nil {
 			return err
@@ -205,11 +232,16 @@ func (d *desk) pass(ctx context.Context, env role.Env, snap role.Snapshot, alloc
 	for i := 1; i <= params.UserSlots; i++ {
 		want, ok := grants[i]
 		if !ok {
-			want = refusals[i]
+			if want, ok = byes[i]; !ok {
+				want = refusals[i]
+			}
 		}
 		if err := role.Publish(ctx, env.Params, snap, me, params.UserGrant(i), want); err != nil {
 			return fmt.Errorf("vpn: people: %w", err)
 		}
+	}
+	if err := role.Publish(ctx, env.Params, snap, me, params.VPNRoster, ro.Sign(led.signer)); err != nil {
+		return fmt.Errorf("vpn: people: %w", err)
 	}
 	return nil
 }

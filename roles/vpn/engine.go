@@ -94,6 +94,7 @@ func (v *ServerService) Reconcile(ctx context.Context, s role.Snapshot) (bool, e
 	if was != "" && was != in.Engine { // the other engine assigned addresses meanwhile: read them again
 		v.OpenVPN.alloc, v.WG.alloc = nil, nil
 		v.OpenVPN.led, v.WG.led = nil, nil
+		v.OpenVPN.desk, v.WG.desk = nil, nil // one people.json: the other engine's copy is stale
 	}
 	ok, err := v.engine(in.Engine).Reconcile(ctx, s)
 	led, alloc := v.OpenVPN.led, v.OpenVPN.alloc

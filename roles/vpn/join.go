@@ -9,9 +9,11 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -31,6 +33,7 @@ type Person struct {
 	Name   string
 	Dir    string     // 0700: identity.key, wg.key or openvpn.key, server.pin, request
 	Server string     // the CNSMO server's instance; "" finds it (the instance naming itself the VPN server)
+	Signer string     // the server's signing key (base64), learnt out of band; "" trusts the first one seen
 	Store  role.Store // the run, with the person's own credentials
 	Say    func(msg string)
 	Poll   wait.Backoff
@@ -48,6 +51,7 @@ type Joined struct {
 	Host   string // OpenVPN: the server's endpoint
 	Port   int
 	Slot   int
+	Roster Roster // what the server signed about the overlay
 	Config string // the configuration file (wg-quick or .ovpn), holding the private key
 }
 
@@ -58,6 +62,7 @@ const (
 	personOVPNKey  = "openvpn.key"
 	personPin      = "server.pin"
 	personRequest  = "request"
+	personSlot     = "slot" // the slot last written (a leave goes there when no grant is found)
 )
 
 func (p *Person) say(format string, a ...any) {
@@ -131,10 +136,13 @@ func (p *Person) server(s role.Snapshot) (string, ed25519.PublicKey, error) {
 	if err != nil {
 		return "", nil, fmt.Errorf("join: %s:%s: %w", srv, params.VPNSigner, err)
 	}
+	if p.Signer != "" && strings.TrimSpace(p.Signer) != v {
+		return "", nil, fmt.Errorf("join: %s publishes the signing key %s, not the one given with --signer: refused (is a VM of the run posing as the server?)", srv, v)
+	}
 	if err := atomicfile.Write(p.file(personPin), []byte(srv+" "+v+"\n"), 0o600); err != nil {
 		return "", nil, err
 	}
-	p.say("the VPN server %s and its signing key pinned (first join)", srv)
+	p.say("the VPN server %s and its signing key %s pinned (first join; compare it with the server's log, or give it with --signer)", srv, v)
 	return srv, k, nil
 }
 
@@ -200,20 +208,29 @@ func (p *Person) Join(ctx context.Context) (*Joined, error) {
 			}
 			return false, err
 		}
-		in, err := ParseInputs(func(k string) string { return s.Get(srv, k) })
-		if err != nil {
-			return false, fmt.Errorf("join: the server's inputs: %w", err)
+		// The overlay as the server signed it (not the inputs, which any VM can rewrite).
+		ro, err := ParseRoster(s.Get(srv, params.VPNRoster), signer)
+		if err != nil || ro.Server != srv {
+			if waiting != "roster" {
+				waiting = "roster"
+				p.say("waiting for the server's signed roster (%s:%s)", srv, params.VPNRoster)
+			}
+			return false, nil
 		}
+		in := Inputs{Engine: ro.Engine, Device: ro.Device, V4: ro.V4, V6: ro.V6, Domain: ro.Domain}
 		if req == "" {
 			if req, secret, err = p.request(in, id); err != nil {
 				return false, err
 			}
 		}
 		r, _ := ParseRequest(req)
-		// Granted in some slot (wherever the request went)?
+		// Granted in the slot that holds this request (a grant follows its request)?
 		for i := 1; i <= params.UserSlots; i++ {
+			if s.Get(srv, params.UserSlot(i)) != req {
+				continue
+			}
 			if g, ok := p.granted(s.Get(srv, params.UserGrant(i)), signer, r); ok {
-				g.Engine, g.Inputs, g.Slot = in.Engine, in, i
+				g.Engine, g.Inputs, g.Slot, g.Roster = in.Engine, in, i, ro
 				if err := p.complete(s, srv, signer, g, r); err != nil {
 					return false, err
 				}
@@ -222,7 +239,8 @@ func (p *Person) Join(ctx context.Context) (*Joined, error) {
 			}
 		}
 		if slot > 0 && s.Get(srv, params.UserSlot(slot)) == req {
-			if name, reason, ok := ParseRefusal(s.Get(srv, params.UserGrant(slot))); ok && name == p.Name {
+			g := s.Get(srv, params.UserGrant(slot))
+			if name, reason, ok := ParseRefusal(g); ok && name == p.Name {
 				return false, fmt.Errorf("join: refused by the VPN server: %s", reason)
 			}
 			if waiting != "grant" {
@@ -236,7 +254,7 @@ func (p *Person) Join(ctx context.Context) (*Joined, error) {
 		}
 		slot = 0
 		for i := 1; i <= params.UserSlots; i++ {
-			if v := s.Get(srv, params.UserSlot(i)); v == req || v == "" && s.Get(srv, params.UserGrant(i)) == "" {
+			if v := s.Get(srv, params.UserSlot(i)); v == req || v == "" {
 				slot = i
 				break
 			}
@@ -251,7 +269,7 @@ func (p *Person) Join(ctx context.Context) (*Joined, error) {
 		if err := p.Store.Set(ctx, srv, params.UserSlot(slot), req); err != nil {
 			return false, fmt.Errorf("join: write %s:%s: %w", srv, params.UserSlot(slot), err)
 		}
-		return false, nil
+		return false, atomicfile.Write(p.file(personSlot), []byte(strconv.Itoa(slot)+"\n"), 0o600)
 	})
 	if err != nil {
 		return nil, err
@@ -286,8 +304,9 @@ func (p *Person) granted(v string, signer ed25519.PublicKey, r Request) (*Joined
 	return g, true
 }
 
-// complete adds what the configuration needs from the server: its entry (WireGuard) or its CA
-// and endpoint (OpenVPN).
+// complete adds what the configuration needs from the server: its entry (WireGuard), or the CA
+// whose fingerprint the roster signed and the endpoint it names (OpenVPN). Certificates are
+// written out re-encoded from what was verified, never as the text read.
 func (p *Person) complete(s role.Snapshot, srv string, signer ed25519.PublicKey, g *Joined, r Request) error {
 	if g.Engine == EngineWireGuard {
 		e, err := ParseEntry(s.Get(srv, params.VPNMember), signer)
@@ -297,16 +316,41 @@ func (p *Person) complete(s role.Snapshot, srv string, signer ed25519.PublicKey,
 		g.Server = e
 		return nil
 	}
-	g.CA = s.Get(srv, params.VPNCACert)
+	ca, err := onePEM(s.Get(srv, params.VPNCACert))
+	if err != nil || CAFingerprint([]byte(ca)) != g.Roster.CA || g.Roster.CA == "" {
+		return fmt.Errorf("join: the run's CA (%s:%s) is not the one the server's roster vouches for", srv, params.VPNCACert)
+	}
+	cert, err := onePEM(g.Cert)
+	if err != nil {
+		return fmt.Errorf("join: the certificate: %w", err)
+	}
 	csr, err := x509.ParseCertificateRequest(r.CSR)
 	if err != nil {
 		return fmt.Errorf("join: %w", err)
 	}
-	if _, err := pki.VerifyClientCert([]byte(g.Cert), []byte(g.CA), g.Self.Instance, csr.PublicKey); err != nil {
+	if _, err := pki.VerifyClientCert([]byte(cert), []byte(ca), g.Self.Instance, csr.PublicKey); err != nil {
 		return fmt.Errorf("join: the certificate does not verify with the run's CA: %w", err)
 	}
-	g.Host, g.Port, err = ParseEndpoint(s.Get(srv, params.VPNEndpoint))
+	g.CA, g.Cert = ca, cert
+	if g.Roster.Endpoint == "" {
+		return errors.New("join: the server's roster names no OpenVPN endpoint")
+	}
+	host, port, _ := net.SplitHostPort(g.Roster.Endpoint)
+	g.Host = host
+	g.Port, err = strconv.Atoi(port)
 	return err
+}
+
+// onePEM is the first PEM block of v, alone, re-encoded: nothing else of v goes into a file.
+func onePEM(v string) (string, error) {
+	b, _ := pem.Decode([]byte(v))
+	if b == nil || b.Type != "CERTIFICATE" {
+		return "", errors.New("not a PEM certificate")
+	}
+	if _, err := x509.ParseCertificate(b.Bytes); err != nil {
+		return "", err
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: b.Bytes})), nil
 }
 
 // render writes the configuration text for the grant.
@@ -372,8 +416,9 @@ func ensureNL(s string) string {
 }
 
 // Leave removes the person from the run: a leave signed by its identity goes into the slot of its
-// grant; once the server has dropped the grant, the slot is cleared and the person's keys are
-// deleted from Dir.
+// grant; once the server answers there with its signed record of the leave, the slot is cleared
+// and the person's keys are deleted from Dir (never before: a grant that merely vanished proves
+// nothing).
 func (p *Person) Leave(ctx context.Context) error {
 	id, err := p.identity()
 	if err != nil {
@@ -387,11 +432,16 @@ func (p *Person) Leave(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("leave: %s: %w", p.file(personRequest), err)
 	}
+	last := 0
+	if sb, err := os.ReadFile(p.file(personSlot)); err == nil {
+		last, _ = strconv.Atoi(strings.TrimSpace(string(sb)))
+	}
 	t := p.clock().UnixMilli()
 	if t <= join.T {
 		t = join.T + 1
 	}
-	leave := Request{Leave: true, Name: p.Name, ID: id.Public().(ed25519.PublicKey), T: t}.Sign(id)
+	lr := Request{Leave: true, Name: p.Name, ID: id.Public().(ed25519.PublicKey), T: t}
+	leave := lr.Sign(id)
 	said := false
 	err = p.Poll.Until(ctx, func(ctx context.Context) (bool, error) {
 		s, err := p.Store.Read(ctx)
@@ -405,19 +455,22 @@ func (p *Person) Leave(ctx context.Context) error {
 		}
 		slot := 0
 		for i := 1; i <= params.UserSlots; i++ {
-			if _, ok := p.granted(s.Get(srv, params.UserGrant(i)), signer, join); ok {
-				slot = i
+			v, g := s.Get(srv, params.UserSlot(i)), s.Get(srv, params.UserGrant(i))
+			if v == leave && IsLeftRecord(g, lr, signer) { // done: free the slot
+				if err := p.Store.Set(ctx, srv, params.UserSlot(i), ""); err != nil {
+					return false, fmt.Errorf("leave: clear %s: %w", params.UserSlot(i), err)
+				}
+				return true, nil
+			}
+			if v == leave || v == strings.TrimSpace(string(b)) {
+				slot = i // the slot holding this person's join (or its leave already)
 			}
 		}
-		if slot == 0 { // no grant any more: clear the slots holding this person's requests
-			for i := 1; i <= params.UserSlots; i++ {
-				if v := s.Get(srv, params.UserSlot(i)); v == leave || v == string(bytes.TrimSpace(b)) {
-					if err := p.Store.Set(ctx, srv, params.UserSlot(i), ""); err != nil {
-						return false, fmt.Errorf("leave: clear %s: %w", params.UserSlot(i), err)
-					}
-				}
-			}
-			return true, nil
+		if slot == 0 {
+			slot = last
+		}
+		if slot < 1 || slot > params.UserSlots {
+			return false, fmt.Errorf("leave: no grant of %s in the run and no slot recorded in %s", p.Name, p.Dir)
 		}
 		if s.Get(srv, params.UserSlot(slot)) != leave {
 			if err := p.Store.Set(ctx, srv, params.UserSlot(slot), leave); err != nil {
@@ -426,14 +479,14 @@ func (p *Person) Leave(ctx context.Context) error {
 		}
 		if !said {
 			said = true
-			p.say("leave in %s:%s; waiting for the server to remove %s", srv, params.UserSlot(slot), p.Name)
+			p.say("leave in %s:%s; waiting for the server's signed record of it", srv, params.UserSlot(slot))
 		}
 		return false, nil
 	})
 	if err != nil {
 		return err
 	}
-	for _, f := range []string{personWGKey, personOVPNKey, personRequest, personPin, personIdentity} {
+	for _, f := range []string{personWGKey, personOVPNKey, personRequest, personSlot, personPin, personIdentity} {
 		if err := os.Remove(p.file(f)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("leave: %w", err)
 		}

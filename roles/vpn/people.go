@@ -2,10 +2,15 @@ package vpn
 
 import (
 	"crypto/ed25519"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/hex"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 
@@ -180,4 +185,156 @@ func csrPublicKey(der []byte) ([]byte, error) {
 		return nil, err
 	}
 	return x509.MarshalPKIXPublicKey(csr.PublicKey)
+}
+
+// The roster: what the server vouches for besides the entries, signed with its key, in its own
+// vpn.roster. Members take the people they name from it (a person that left is in no newer
+// roster, so an old grant replayed in a slot names nobody); a person takes the overlay's prefixes,
+// domain, engine and device, the CA's fingerprint and OpenVPN's endpoint from it (none of the
+// unsigned inputs).
+//
+//	cnsmo-roster1 gen=<n> srv=<instance> eng=<engine> dev=<tap|tun> v4=<prefix> v6=<prefix> domain=<d> ca=<sha256 hex|-> ep=<host:port|-> people=<a,b|-> sig=<base64>
+const rosterMagic = "cnsmo-roster1"
+
+// Roster is the server's signed description of the overlay.
+type Roster struct {
+	Gen      uint64
+	Server   string
+	Engine   string
+	Device   string
+	V4, V6   netip.Prefix
+	Domain   string
+	CA       string // hex SHA-256 of the CA certificate's DER (OpenVPN); "" none
+	Endpoint string // OpenVPN's host:port; "" none
+	People   []string
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func (r Roster) body() string {
+	return fmt.Sprintf("%s gen=%d srv=%s eng=%s dev=%s v4=%s v6=%s domain=%s ca=%s ep=%s people=%s", rosterMagic, r.Gen, r.Server,
+		r.Engine, r.Device, r.V4, r.V6, r.Domain, dash(r.CA), dash(r.Endpoint), dash(strings.Join(r.People, ",")))
+}
+
+// Sign renders the roster signed with key.
+func (r Roster) Sign(key ed25519.PrivateKey) string {
+	b := r.body()
+	return b + " sig=" + base64.StdEncoding.EncodeToString(ed25519.Sign(key, []byte(b)))
+}
+
+// ErrBadRoster is wrapped by every refusal of ParseRoster.
+var ErrBadRoster = errors.New("not a valid roster")
+
+// ParseRoster parses a signed roster and checks its signature with signer.
+func ParseRoster(v string, signer ed25519.PublicKey) (Roster, error) {
+	bad := func(format string, a ...any) (Roster, error) {
+		return Roster{}, fmt.Errorf("%w: %s", ErrBadRoster, fmt.Sprintf(format, a...))
+	}
+	if len(v) > role.MaxValueLen {
+		return bad("%d characters", len(v))
+	}
+	body, sig, ok := strings.Cut(v, " sig=")
+	if !ok {
+		return bad("no signature")
+	}
+	names := []string{"", "gen", "srv", "eng", "dev", "v4", "v6", "domain", "ca", "ep", "people"}
+	f := strings.Split(body, " ")
+	if len(f) != len(names) || f[0] != rosterMagic {
+		return bad("not %s with %d fields", rosterMagic, len(names)-1)
+	}
+	vals := map[string]string{}
+	for i := 1; i < len(f); i++ {
+		k, val, ok := strings.Cut(f[i], "=")
+		if !ok || k != names[i] || val == "" {
+			return bad("field %d is not %s=…", i, names[i])
+		}
+		vals[k] = val
+	}
+	var r Roster
+	var err error
+	if r.Gen, err = strconv.ParseUint(vals["gen"], 10, 64); err != nil || r.Gen == 0 {
+		return bad("gen %q", vals["gen"])
+	}
+	if r.Server = vals["srv"]; !validInstance(r.Server) {
+		return bad("srv %q", r.Server)
+	}
+	if r.Engine = vals["eng"]; r.Engine != EngineOpenVPN && r.Engine != EngineWireGuard {
+		return bad("eng %q", r.Engine)
+	}
+	if r.Device = vals["dev"]; r.Device != "tap" && r.Device != "tun" {
+		return bad("dev %q", r.Device)
+	}
+	if r.V4, r.V6, err = ParsePrefixes(vals["v4"], vals["v6"]); err != nil {
+		return bad("%v", err)
+	}
+	if r.Domain, err = ParseDomain(vals["domain"]); err != nil {
+		return bad("%v", err)
+	}
+	if c := vals["ca"]; c != "-" {
+		if b, err := hex.DecodeString(c); err != nil || len(b) != sha256.Size {
+			return bad("ca %q", c)
+		}
+		r.CA = c
+	}
+	if e := vals["ep"]; e != "-" {
+		host, port, err := net.SplitHostPort(e)
+		if err != nil || validHost(host) != nil {
+			return bad("ep %q", e)
+		}
+		if _, err := role.Port(port); err != nil {
+			return bad("ep %q", e)
+		}
+		r.Endpoint = e
+	}
+	if p := vals["people"]; p != "-" {
+		r.People = strings.Split(p, ",")
+		for i, n := range r.People {
+			if ValidPersonName(n) != nil || i > 0 && r.People[i-1] >= n {
+				return bad("people %q: names sorted, once each", p)
+			}
+		}
+	}
+	if r.body() != body {
+		return bad("not in canonical form")
+	}
+	raw, err := base64.StdEncoding.DecodeString(sig)
+	if err != nil || len(raw) != ed25519.SignatureSize || len(signer) != ed25519.PublicKeySize || !ed25519.Verify(signer, []byte(body), raw) {
+		return bad("the signature does not verify with the pinned server key")
+	}
+	return r, nil
+}
+
+// CAFingerprint is the roster's form of a CA certificate (PEM): hex SHA-256 of its DER.
+func CAFingerprint(caPEM []byte) string {
+	b, _ := pem.Decode(caPEM)
+	if b == nil {
+		return ""
+	}
+	sum := sha256.Sum256(b.Bytes)
+	return hex.EncodeToString(sum[:])
+}
+
+// A left record: the server's signed word that a person's proven leave is done (the person's
+// tool deletes its keys only then).
+const leftMagic = "cnsmo-left1"
+
+// LeftRecord is the signed record of name's leave made at t by identity id.
+func LeftRecord(name, id string, t int64, key ed25519.PrivateKey) string {
+	b := fmt.Sprintf("%s name=%s id=%s t=%d", leftMagic, name, id, t)
+	return b + " sig=" + base64.StdEncoding.EncodeToString(ed25519.Sign(key, []byte(b)))
+}
+
+// IsLeftRecord reports whether v is the signed record of r's leave.
+func IsLeftRecord(v string, r Request, signer ed25519.PublicKey) bool {
+	body, sig, ok := strings.Cut(v, " sig=")
+	if !ok || body != fmt.Sprintf("%s name=%s id=%s t=%d", leftMagic, r.Name, PersonID(r.ID), r.T) {
+		return false
+	}
+	raw, err := base64.StdEncoding.DecodeString(sig)
+	return err == nil && len(raw) == ed25519.SignatureSize && len(signer) == ed25519.PublicKeySize && ed25519.Verify(signer, []byte(body), raw)
 }

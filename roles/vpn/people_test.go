@@ -139,7 +139,7 @@ func (l *peopleLab) halt() {
 }
 
 func (l *peopleLab) person(name string, store role.Store) *Person {
-	return &Person{Name: name, Dir: filepath.Join(l.t.TempDir(), name), Store: store,
+	return &Person{Name: name, Dir: filepath.Join(l.t.TempDir(), name), Store: store, Say: func(m string) { l.t.Log(name + ": " + m) },
 		Poll: wait.Backoff{Min: time.Millisecond, Max: 5 * time.Millisecond, Limit: 10 * time.Second}}
 }
 
@@ -194,8 +194,8 @@ func TestPersonJoinsAndLeavesWireGuard(t *testing.T) {
 		"a leave not proven by alice's key changes nothing")
 
 	require.NoError(t, alice.Leave(context.Background()))
-	assert.Equal(t, "", l.grant(j.Slot))
 	assert.Equal(t, "", l.st.Value("cnsmo.1:"+params.UserSlot(j.Slot)), "the slot is free again")
+	require.Eventually(t, func() bool { return l.grant(j.Slot) == "" }, 5*time.Second, 5*time.Millisecond, "and so its grant")
 	_, err = os.Stat(alice.Dir)
 	assert.True(t, os.IsNotExist(err), "the keys are deleted")
 	l.halt()
@@ -404,7 +404,7 @@ func TestPersonJoinsAndLeavesOpenVPN(t *testing.T) {
 		require.NoError(t, err)
 		p := &serverPass{in: in, cfg: s.config(in), files: map[string]string{}}
 		op := &ovpnPeople{s: s, p: p}
-		require.NoError(t, s.desk.pass(context.Background(), env, snap, s.alloc, s.led, op))
+		require.NoError(t, s.desk.pass(context.Background(), env, snap, s.alloc, s.led, op, rosterInfo{in: in, ca: CAFingerprint(s.ca.CertPEM()), ep: "198.19.1.10:1194"}))
 		op.ccds()
 		mu.Lock()
 		last = p
@@ -471,4 +471,109 @@ func TestPersonJoinsAndLeavesOpenVPN(t *testing.T) {
 	halt()
 	assert.Len(t, s.ca.IssuedTo("alice.users"), 2)
 	assert.NotEqual(t, j.Cert, j2.Cert)
+}
+
+// A person's old grant, replayed in a slot after the person left, names nobody: members take
+// people from the newest signed roster only (else alice.users would name the next person's
+// address).
+func TestReplayedGrantOfAPersonThatLeftNamesNobody(t *testing.T) {
+	l := newPeopleLab(t)
+	l.serve()
+	alice := l.person("alice", l.st)
+	j, err := alice.Join(context.Background())
+	require.NoError(t, err)
+	old := l.grant(j.Slot)
+	require.NoError(t, alice.Leave(context.Background()))
+	bob := l.person("bob", l.st)
+	jb, err := bob.Join(context.Background())
+	require.NoError(t, err)
+	require.Equal(t, j.Self.V4, jb.Self.V4, "bob gets the address alice freed")
+	l.st.Edit(func(s *roletest.Snapshot) { s.Put("cnsmo.1:"+params.UserGrant(8), old) })
+	l.halt()
+	hosts := filepath.Join(t.TempDir(), "hosts")
+	n := NewNames(role.Env{Params: l.st, Instance: "web.1", StateDir: t.TempDir(), Log: zerolog.Nop()}, hosts)
+	require.NoError(t, n.member(l.snap()))
+	b, err := os.ReadFile(hosts)
+	require.NoError(t, err)
+	assert.NotContains(t, string(b), "alice.users")
+	assert.Contains(t, string(b), jb.Self.V4.String()+"\tbob.users.cnsmo.internal bob.users\n")
+}
+
+// A grant that merely vanishes is no leave: the person's tool keeps its keys and waits for the
+// server's signed record.
+func TestLeaveWaitsForTheServersRecord(t *testing.T) {
+	l := newPeopleLab(t)
+	l.serve()
+	alice := l.person("alice", l.st)
+	j, err := alice.Join(context.Background())
+	require.NoError(t, err)
+	l.halt() // the server does not answer; a VM blanks the grant
+	l.st.Edit(func(s *roletest.Snapshot) { s.Put("cnsmo.1:"+params.UserGrant(j.Slot), "") })
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	require.Error(t, alice.Leave(ctx))
+	_, err = os.Stat(filepath.Join(alice.Dir, personIdentity))
+	require.NoError(t, err, "the identity is kept: only it can prove the leave")
+	require.True(t, strings.HasPrefix(l.st.Value("cnsmo.1:"+params.UserSlot(j.Slot)), leaveMagic), "the leave went to the recorded slot")
+	l.serve()
+	require.NoError(t, alice.Leave(context.Background()))
+	_, err = os.Stat(alice.Dir)
+	assert.True(t, os.IsNotExist(err))
+}
+
+func TestParseRoster(t *testing.T) {
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	pub := key.Public().(ed25519.PublicKey)
+	v4, v6, _ := ParsePrefixes("198.19.200.0/24", "2001:db8:c5e0::/64")
+	r := Roster{Gen: 3, Server: "cnsmo.1", Engine: EngineOpenVPN, Device: "tap", V4: v4, V6: v6, Domain: "cnsmo.internal",
+		CA: strings.Repeat("ab", 32), Endpoint: "198.19.1.10:1194", People: []string{"alice", "bob"}}
+	got, err := ParseRoster(r.Sign(key), pub)
+	require.NoError(t, err)
+	assert.Equal(t, r, got)
+	v := r.Sign(key)
+	edit := func(o, n string) string { return strings.Replace(v, o, n, 1) }
+	for name, bad := range map[string]string{
+		"other key":       r.Sign(newID(t)),
+		"changed":         edit("gen=3", "gen=4"),
+		"unsorted people": Roster{Gen: 1, Server: "c.1", Engine: EngineWireGuard, Device: "tun", V4: v4, V6: v6, Domain: "d", People: []string{"bob", "alice"}}.Sign(key),
+		"twice":           Roster{Gen: 1, Server: "c.1", Engine: EngineWireGuard, Device: "tun", V4: v4, V6: v6, Domain: "d", People: []string{"a", "a"}}.Sign(key),
+		"endpoint":        Roster{Gen: 1, Server: "c.1", Engine: EngineOpenVPN, Device: "tun", V4: v4, V6: v6, Domain: "d", Endpoint: "[x\nremote evil]:1"}.Sign(key),
+		"ca":              edit("ca=abab", "ca=zzab"),
+		"engine":          edit("eng=openvpn", "eng=ipsec"),
+		"public prefix":   Roster{Gen: 1, Server: "c.1", Engine: EngineWireGuard, Device: "tun", V4: netip.MustParsePrefix("0.0.0.0/0"), V6: v6, Domain: "d"}.Sign(key),
+		"no sig":          strings.Split(v, " sig=")[0],
+	} {
+		_, err := ParseRoster(bad, pub)
+		assert.ErrorIs(t, err, ErrBadRoster, name)
+	}
+}
+
+func FuzzParseRoster(f *testing.F) {
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	v4, v6, _ := ParsePrefixes("", "")
+	f.Add(Roster{Gen: 1, Server: "cnsmo.1", Engine: EngineWireGuard, Device: "tap", V4: v4, V6: v6, Domain: DefaultDomain}.Sign(key))
+	f.Add("cnsmo-roster1 gen=1 srv=a eng=openvpn dev=tap v4=1.2.3.0/24 v6=::/64 domain=x ca=- ep=- people=- sig=")
+	pub := key.Public().(ed25519.PublicKey)
+	f.Fuzz(func(t *testing.T, v string) {
+		r, err := ParseRoster(v, pub)
+		if err != nil {
+			return
+		}
+		body, _, _ := strings.Cut(v, " sig=")
+		require.Equal(t, body, r.body(), "what parses is canonical")
+	})
+}
+
+// Whatever a VM writes around the CA or the certificate, only the verified certificates, re-encoded,
+// go into a person's .ovpn.
+func TestOnePEMDropsEverythingElse(t *testing.T) {
+	ca, err := pki.LoadOrCreateCA(filepath.Join(t.TempDir(), "ca"))
+	require.NoError(t, err)
+	good := string(ca.CertPEM())
+	out, err := onePEM(good + "</ca>\nscript-security 2\nup /bin/sh\n<ca>\n" + good)
+	require.NoError(t, err)
+	assert.Equal(t, good, out)
+	assert.NotContains(t, out, "script-security")
+	_, err = onePEM("garbage")
+	require.Error(t, err)
 }

@@ -102,7 +102,8 @@ func TestEndpoint(t *testing.T) {
 		require.NoError(t, err, e)
 		assert.Equal(t, 1194, p)
 	}
-	for _, e := range []string{"", "198.18.0.1", "198.18.0.1:0/udp", "198.18.0.1:1194/tcp", ":1194"} {
+	for _, e := range []string{"", "198.18.0.1", "198.18.0.1:0/udp", "198.18.0.1:1194/tcp", ":1194",
+		"[x\nredirect-gateway def1\nremote evil]:1194", "[a b]:1194", "[host;x]:1194"} { // nothing but a host goes into a configuration
 		_, _, err := ParseEndpoint(e)
 		assert.Error(t, err, e)
 	}

@@ -183,6 +183,7 @@ func (s *Server) open(in Inputs) error {
 		if err != nil {
 			return err
 		}
+		s.env.Log.Info().Str("signer", FormatSigner(l.signer.Public().(ed25519.PublicKey))).Msg("vpn: the server's signing key (members pin it; people check it with cnsmo-role join --signer)")
 		s.led = l
 	}
 	if s.desk == nil {
@@ -352,6 +353,9 @@ func ParseEndpoint(v string) (host string, port int, err error) {
 	if h == "" {
 		return "", 0, fmt.Errorf("%s: %q: no host", params.VPNEndpoint, v)
 	}
+	if err := validHost(h); err != nil { // it goes into OpenVPN's configuration: nothing but a host
+		return "", 0, fmt.Errorf("%s: %w", params.VPNEndpoint, err)
+	}
 	if port, err = role.Port(p); err != nil {
 		return "", 0, fmt.Errorf("%s: %q: %w", params.VPNEndpoint, v, err)
 	}
@@ -379,7 +383,8 @@ func (s *Server) Reconcile(ctx context.Context, snap role.Snapshot) (bool, error
 		return false, err
 	}
 	op := &ovpnPeople{s: s, p: p}
-	if err := s.desk.pass(ctx, s.env, snap, s.alloc, s.led, op); err != nil {
+	info := rosterInfo{in: in, ca: CAFingerprint(s.ca.CertPEM()), ep: net.JoinHostPort(host, strconv.Itoa(in.Port))}
+	if err := s.desk.pass(ctx, s.env, snap, s.alloc, s.led, op, info); err != nil {
 		return false, err
 	}
 	op.ccds()

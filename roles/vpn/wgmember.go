@@ -298,6 +298,10 @@ type membership struct {
 	last     map[string]Entry  // instance -> last entry accepted
 	raw      map[string]string // instance -> the value last looked at
 	dirty    bool              // seen changed since it was saved
+
+	ros       Roster // the newest roster accepted
+	hasRos    bool
+	rawRoster string
 }
 
 // flush keeps the generations seen (once per pass).
@@ -347,23 +351,56 @@ func (ms *membership) check(inst, v string, env role.Env) (Entry, bool) {
 	return e, ok
 }
 
-// people returns the entries of the people the server srv granted (in its slots' grants).
+// people returns the entries of the people the server srv granted (in its slots' grants) that its
+// newest roster names, one per person (the newest): a person's old grant replayed in a slot after
+// it left names nobody.
 func (ms *membership) people(s role.Snapshot, srv string, env role.Env) []Entry {
-	var out []Entry
+	ro, ok := ms.roster(s, srv, env)
+	if !ok {
+		return nil
+	}
+	best := map[string]Entry{}
 	for i := 1; i <= params.UserSlots; i++ {
 		v, _, _ := strings.Cut(s.Get(srv, params.UserGrant(i)), "\n")
 		if v == "" || strings.HasPrefix(v, grantRefused) {
 			continue
 		}
 		e, err := ParseEntry(v, ms.signer)
-		if err != nil || !strings.HasSuffix(e.Instance, PeopleSuffix) {
+		name, isPerson := strings.CutSuffix(e.Instance, PeopleSuffix)
+		if err != nil || !isPerson || !slices.Contains(ro.People, name) {
 			continue
 		}
-		if e, ok := ms.check(e.Instance, v, env); ok {
-			out = append(out, e)
+		if e, ok := ms.check(e.Instance, v, env); ok && e.Gen >= best[e.Instance].Gen {
+			best[e.Instance] = e
 		}
 	}
+	var out []Entry
+	for _, e := range best {
+		out = append(out, e)
+	}
 	return out
+}
+
+// roster returns the newest roster of srv that verifies (kept across a rewrite, as entries are).
+func (ms *membership) roster(s role.Snapshot, srv string, env role.Env) (Roster, bool) {
+	const key = "~roster"
+	v := s.Get(srv, params.VPNRoster)
+	if v != "" && v != ms.rawRoster {
+		ms.rawRoster = v
+		r, err := ParseRoster(v, ms.signer)
+		switch {
+		case err != nil:
+			env.Log.Warn().Err(err).Msg("vpn: roster refused; the last one accepted stays")
+		case r.Server != srv || r.Gen < ms.seen[key]:
+			env.Log.Warn().Uint64("gen", r.Gen).Msg("vpn: an older roster or another server's refused (replayed)")
+		default:
+			ms.ros, ms.hasRos = r, true
+			if r.Gen > ms.seen[key] {
+				ms.seen[key], ms.dirty = r.Gen, true
+			}
+		}
+	}
+	return ms.ros, ms.hasRos
 }
 
 // peers returns the entries of every current instance of the deployment but me.

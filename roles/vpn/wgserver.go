@@ -65,6 +65,7 @@ func (s *WGServer) open(in Inputs) error {
 		if err != nil {
 			return err
 		}
+		s.env.Log.Info().Str("signer", FormatSigner(l.signer.Public().(ed25519.PublicKey))).Msg("vpn: the server's signing key (members pin it; people check it with cnsmo-role join --signer)")
 		d, err := openDesk(s.env.StateDir)
 		if err != nil {
 			return err
@@ -105,7 +106,7 @@ func (s *WGServer) Reconcile(ctx context.Context, snap role.Snapshot) (bool, err
 	if err := s.leave(snap, current); err != nil {
 		return false, err
 	}
-	if err := s.desk.pass(ctx, s.env, snap, s.alloc, s.led, wgPeople{}); err != nil {
+	if err := s.desk.pass(ctx, s.env, snap, s.alloc, s.led, wgPeople{}, rosterInfo{in: in}); err != nil {
 		return false, err
 	}
 	s.forwarding()
