@@ -113,7 +113,7 @@ var Table = []Spec{
 	{VPNDomain, "developer (input of the CNSMO server component)", "VPN server and members", "DNS suffix of the members' names (`web-1.<domain>`, people `<name>.users.<domain>`); default `cnsmo.internal`"},
 	{VPNRoster, "VPN server, on its own instance", "every VPN member (the people it names), people (cnsmo-role join)", "signed: `cnsmo-roster1 gen=… srv=… eng=… dev=… v4=… v6=… domain=… ca=<sha256>|- ep=<host:port>|- people=<names>|- sig=…`"},
 	{"vpn.user.<i>", "a person (cnsmo-role join / leave), on the CNSMO server's instance; slots 1 to 8", "VPN server", "signed request: `cnsmo-join1 name=… id=… key=… csr=… t=… sig=…`, later `cnsmo-leave1 name=… id=… t=… sig=…` (public keys only)"},
-	{"vpn.user.<i>.grant", "VPN server, on its own instance", "the person, every VPN member (names)", "the person's signed entry (`inst=<name>.users`, `ep=-`; OpenVPN: then its certificate), or `refused: <name>: <reason>`"},
+	{"vpn.user.<i>.grant", "VPN server, on its own instance", "the person, every VPN member (names)", "the person's signed entry (`inst=<name>.users`, `ep=-`; OpenVPN: then its certificate), `cnsmo-left1 …` (signed) once a proven leave is done, or `refused: <name>: <reason>`"},
 	{VPNWGHandshakes, "every VPN member (wireguard)", "operators", "`<n>/<peers>`: peers with a handshake in the last 3 minutes"},
 	{FWRules, "developer (input of each application component)", "agent", "JSON list of rules (see Firewall)"},
 	{FWLockoutOK, "developer (input of each application component)", "agent", "`true` to waive the anti-lockout rules"},

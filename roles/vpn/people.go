@@ -72,10 +72,7 @@ func (r Request) body() string {
 }
 
 // Sign renders the request signed with the person's identity key.
-func (r Request) Sign(id ed25519.PrivateKey) string {
-	b := r.body()
-	return b + " sig=" + base64.StdEncoding.EncodeToString(ed25519.Sign(id, []byte(b)))
-}
+func (r Request) Sign(id ed25519.PrivateKey) string { return sign(r.body(), id) }
 
 // ErrBadRequest is wrapped by every refusal of ParseRequest.
 var ErrBadRequest = errors.New("not a valid join or leave request")
@@ -95,35 +92,14 @@ func ParseRequest(v string) (Request, error) {
 	bad := func(format string, a ...any) (Request, error) {
 		return Request{}, fmt.Errorf("%w: %s", ErrBadRequest, fmt.Sprintf(format, a...))
 	}
-	if len(v) > role.MaxValueLen {
-		return bad("%d characters", len(v))
-	}
-	body, sig, ok := strings.Cut(v, " sig=")
-	if !ok {
-		return bad("no signature")
-	}
-	f := strings.Split(body, " ")
 	var r Request
-	var names []string
-	switch {
-	case len(f) > 0 && f[0] == joinMagic:
-		names = []string{"", "name", "id", "key", "csr", "t"}
-	case len(f) > 0 && f[0] == leaveMagic:
-		r.Leave = true
-		names = []string{"", "name", "id", "t"}
-	default:
-		return bad("not %s or %s", joinMagic, leaveMagic)
+	magic, names := joinMagic, []string{"name", "id", "key", "csr", "t"}
+	if strings.HasPrefix(v, leaveMagic+" ") {
+		r.Leave, magic, names = true, leaveMagic, []string{"name", "id", "t"}
 	}
-	if len(f) != len(names) {
-		return bad("%d fields, want %d", len(f)-1, len(names)-1)
-	}
-	vals := map[string]string{}
-	for i := 1; i < len(f); i++ {
-		k, val, ok := strings.Cut(f[i], "=")
-		if !ok || k != names[i] || val == "" {
-			return bad("field %d is not %s=…", i, names[i])
-		}
-		vals[k] = val
+	body, vals, sig, err := splitSigned(v, magic, names...)
+	if err != nil {
+		return bad("%v", err)
 	}
 	if err := ValidPersonName(vals["name"]); err != nil {
 		return bad("%v", err)
@@ -159,8 +135,7 @@ func ParseRequest(v string) (Request, error) {
 	if r.body() != body {
 		return bad("not in canonical form")
 	}
-	raw, err := base64.StdEncoding.DecodeString(sig)
-	if err != nil || len(raw) != ed25519.SignatureSize || !ed25519.Verify(r.ID, []byte(body), raw) {
+	if !verifySigned(r.ID, body, sig) {
 		return bad("the signature does not verify with the request's id")
 	}
 	return r, nil
@@ -222,10 +197,7 @@ func (r Roster) body() string {
 }
 
 // Sign renders the roster signed with key.
-func (r Roster) Sign(key ed25519.PrivateKey) string {
-	b := r.body()
-	return b + " sig=" + base64.StdEncoding.EncodeToString(ed25519.Sign(key, []byte(b)))
-}
+func (r Roster) Sign(key ed25519.PrivateKey) string { return sign(r.body(), key) }
 
 // ErrBadRoster is wrapped by every refusal of ParseRoster.
 var ErrBadRoster = errors.New("not a valid roster")
@@ -235,28 +207,11 @@ func ParseRoster(v string, signer ed25519.PublicKey) (Roster, error) {
 	bad := func(format string, a ...any) (Roster, error) {
 		return Roster{}, fmt.Errorf("%w: %s", ErrBadRoster, fmt.Sprintf(format, a...))
 	}
-	if len(v) > role.MaxValueLen {
-		return bad("%d characters", len(v))
-	}
-	body, sig, ok := strings.Cut(v, " sig=")
-	if !ok {
-		return bad("no signature")
-	}
-	names := []string{"", "gen", "srv", "eng", "dev", "v4", "v6", "domain", "ca", "ep", "people"}
-	f := strings.Split(body, " ")
-	if len(f) != len(names) || f[0] != rosterMagic {
-		return bad("not %s with %d fields", rosterMagic, len(names)-1)
-	}
-	vals := map[string]string{}
-	for i := 1; i < len(f); i++ {
-		k, val, ok := strings.Cut(f[i], "=")
-		if !ok || k != names[i] || val == "" {
-			return bad("field %d is not %s=…", i, names[i])
-		}
-		vals[k] = val
+	body, vals, sig, err := splitSigned(v, rosterMagic, "gen", "srv", "eng", "dev", "v4", "v6", "domain", "ca", "ep", "people")
+	if err != nil {
+		return bad("%v", err)
 	}
 	var r Roster
-	var err error
 	if r.Gen, err = strconv.ParseUint(vals["gen"], 10, 64); err != nil || r.Gen == 0 {
 		return bad("gen %q", vals["gen"])
 	}
@@ -302,8 +257,7 @@ func ParseRoster(v string, signer ed25519.PublicKey) (Roster, error) {
 	if r.body() != body {
 		return bad("not in canonical form")
 	}
-	raw, err := base64.StdEncoding.DecodeString(sig)
-	if err != nil || len(raw) != ed25519.SignatureSize || len(signer) != ed25519.PublicKeySize || !ed25519.Verify(signer, []byte(body), raw) {
+	if !verifySigned(signer, body, sig) {
 		return bad("the signature does not verify with the pinned server key")
 	}
 	return r, nil
@@ -325,16 +279,11 @@ const leftMagic = "cnsmo-left1"
 
 // LeftRecord is the signed record of name's leave made at t by identity id.
 func LeftRecord(name, id string, t int64, key ed25519.PrivateKey) string {
-	b := fmt.Sprintf("%s name=%s id=%s t=%d", leftMagic, name, id, t)
-	return b + " sig=" + base64.StdEncoding.EncodeToString(ed25519.Sign(key, []byte(b)))
+	return sign(fmt.Sprintf("%s name=%s id=%s t=%d", leftMagic, name, id, t), key)
 }
 
 // IsLeftRecord reports whether v is the signed record of r's leave.
 func IsLeftRecord(v string, r Request, signer ed25519.PublicKey) bool {
-	body, sig, ok := strings.Cut(v, " sig=")
-	if !ok || body != fmt.Sprintf("%s name=%s id=%s t=%d", leftMagic, r.Name, PersonID(r.ID), r.T) {
-		return false
-	}
-	raw, err := base64.StdEncoding.DecodeString(sig)
-	return err == nil && len(raw) == ed25519.SignatureSize && len(signer) == ed25519.PublicKeySize && ed25519.Verify(signer, []byte(body), raw)
+	body, _, sig, err := splitSigned(v, leftMagic, "name", "id", "t")
+	return err == nil && body == fmt.Sprintf("%s name=%s id=%s t=%d", leftMagic, r.Name, PersonID(r.ID), r.T) && verifySigned(signer, body, sig)
 }

@@ -108,32 +108,36 @@ func FuzzParseRequest(f *testing.F) {
 // peopleLab is a WireGuard mesh (fakes) with people joining through Person against the same store.
 type peopleLab struct {
 	*meshLab
-	stop chan struct{}
-	done sync.WaitGroup
+	stop func()
 }
 
-// serve runs the server's passes in the background until stop.
-func (l *peopleLab) serve() {
-	l.stop = make(chan struct{})
-	l.done.Add(1)
+// every runs pass every 5 ms in the background until the returned halt is called.
+func every(pass func()) (halt func()) {
+	stop, done := make(chan struct{}), make(chan struct{})
 	go func() {
-		defer l.done.Done()
+		defer close(done)
 		for {
 			select {
-			case <-l.stop:
+			case <-stop:
 				return
 			case <-time.After(5 * time.Millisecond):
+				pass()
 			}
-			_, _ = l.srv.Reconcile(context.Background(), l.snap())
 		}
 	}()
+	var once sync.Once
+	return func() { once.Do(func() { close(stop); <-done }) }
+}
+
+// serve runs the server's passes in the background until halt.
+func (l *peopleLab) serve() {
+	l.stop = every(func() { _, _ = l.srv.Reconcile(context.Background(), l.snap()) })
 	l.t.Cleanup(l.halt)
 }
 
 func (l *peopleLab) halt() {
 	if l.stop != nil {
-		close(l.stop)
-		l.done.Wait()
+		l.stop()
 		l.stop = nil
 	}
 }
@@ -410,20 +414,7 @@ func TestPersonJoinsAndLeavesOpenVPN(t *testing.T) {
 		last = p
 		mu.Unlock()
 	}
-	stop := make(chan struct{})
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(5 * time.Millisecond):
-				pass()
-			}
-		}
-	}()
-	halt := func() { close(stop); <-done }
+	halt := every(pass)
 	alice := &Person{Name: "alice", Dir: filepath.Join(t.TempDir(), "alice"), Store: st,
 		Poll: wait.Backoff{Min: time.Millisecond, Max: 5 * time.Millisecond, Limit: 10 * time.Second}}
 	j, err := alice.Join(context.Background())
@@ -454,18 +445,7 @@ func TestPersonJoinsAndLeavesOpenVPN(t *testing.T) {
 	assert.Contains(t, serials, issued[0].Serial)
 
 	// Joining again (a new key, a new identity: the old ones were deleted) works.
-	stop, done = make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(5 * time.Millisecond):
-				pass()
-			}
-		}
-	}()
+	halt = every(pass)
 	j2, err := alice.Join(context.Background())
 	require.NoError(t, err)
 	halt()

@@ -60,10 +60,7 @@ func (e Entry) Same(o Entry) bool {
 }
 
 // Sign renders the entry signed with key.
-func (e Entry) Sign(key ed25519.PrivateKey) string {
-	b := e.body()
-	return b + " sig=" + base64.StdEncoding.EncodeToString(ed25519.Sign(key, []byte(b)))
-}
+func (e Entry) Sign(key ed25519.PrivateKey) string { return sign(e.body(), key) }
 
 // ErrBadEntry is wrapped by every refusal of ParseEntry.
 var ErrBadEntry = errors.New("not a valid membership entry")
@@ -75,27 +72,11 @@ func ParseEntry(v string, signer ed25519.PublicKey) (Entry, error) {
 	bad := func(format string, a ...any) (Entry, error) {
 		return Entry{}, fmt.Errorf("%w: %s", ErrBadEntry, fmt.Sprintf(format, a...))
 	}
-	if len(v) > role.MaxValueLen {
-		return bad("%d characters", len(v))
+	body, m, sig, err := splitSigned(v, entryMagic, "gen", "inst", "key", "ep", "v4", "v6")
+	if err != nil {
+		return bad("%v", err)
 	}
-	body, sig, ok := strings.Cut(v, " sig=")
-	if !ok {
-		return bad("no signature")
-	}
-	f := strings.Split(body, " ")
-	names := []string{"", "gen", "inst", "key", "ep", "v4", "v6"}
-	if len(f) != len(names) || f[0] != entryMagic {
-		return bad("not %s with %d fields", entryMagic, len(names)-1)
-	}
-	vals := make([]string, len(names))
-	for i := 1; i < len(f); i++ {
-		k, val, ok := strings.Cut(f[i], "=")
-		if !ok || k != names[i] || val == "" {
-			return bad("field %d is not %s=…", i, names[i])
-		}
-		vals[i] = val
-	}
-	var err error
+	vals := []string{"", m["gen"], m["inst"], m["key"], m["ep"], m["v4"], m["v6"]}
 	if e.Gen, err = strconv.ParseUint(vals[1], 10, 64); err != nil || e.Gen == 0 {
 		return bad("gen %q", vals[1])
 	}
@@ -130,11 +111,7 @@ func ParseEntry(v string, signer ed25519.PublicKey) (Entry, error) {
 	if e.body() != body {
 		return bad("not in canonical form") // one text per meaning: 0::0 is written ::, gen=01 gen=1
 	}
-	raw, err := base64.StdEncoding.DecodeString(sig)
-	if err != nil || len(raw) != ed25519.SignatureSize {
-		return bad("signature encoding")
-	}
-	if len(signer) != ed25519.PublicKeySize || !ed25519.Verify(signer, []byte(body), raw) {
+	if !verifySigned(signer, body, sig) {
 		return bad("signature does not verify with the pinned server key")
 	}
 	return e, nil
