@@ -28,8 +28,8 @@ import (
 // joinOpts are the flags of cnsmo-role join and leave.
 type joinOpts struct {
 	dir, out, server, signer, endpoint, run, username, ifname string
-	up                                                bool
-	timeout                                           time.Duration
+	up                                                        bool
+	timeout                                                   time.Duration
 }
 
 // joinCmd is `cnsmo-role join` (leave: `cnsmo-role leave`), run by a person on their own computer.
