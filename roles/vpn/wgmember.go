@@ -419,7 +419,7 @@ func (ms *membership) peers(s role.Snapshot, me string, env role.Env) []Entry {
 		}
 	}
 	for inst := range ms.last { // instances that left: forgotten (their generation stays)
-		if !current[inst] {
+		if !current[inst] && !strings.HasSuffix(inst, PeopleSuffix) { // people follow the roster
 			delete(ms.last, inst)
 			delete(ms.raw, inst)
 		}
