@@ -92,7 +92,7 @@ func run(ctx context.Context, driver, api, engine string) (bool, error) {
 		return false, err
 	}
 	report, d, runErr := deploy.RunScenario(ctx, tb, deploy.Config{Driver: driver, API: api, Compose: api == "nuvla2", Progress: os.Stdout,
-		Engine: engine, Throughput: true, People: api != "nuvla2"})
+		Engine: engine, Throughput: true, People: true})
 	report.Print(os.Stdout)
 	if runErr != nil && d != nil {
 		for _, in := range d.Instances() {
