@@ -35,6 +35,7 @@ test: deps images build role-image
 	$(GO) test -run '^$$' -fuzz FuzzParseEntry -fuzztime 10s ./roles/vpn
 	$(GO) test -run '^$$' -fuzz FuzzParseRequest -fuzztime 10s ./roles/vpn
 	$(GO) test -run '^$$' -fuzz FuzzDNSAnswer -fuzztime 10s ./roles/vpn
+	$(GO) test -run '^$$' -fuzz FuzzParseRoster -fuzztime 10s ./roles/vpn
 
 # Unit tests only (no root, Docker or packages needed).
 test-unit:

@@ -411,6 +411,9 @@ func TestVPNOffAndOnUnderLoad(t *testing.T) {
 		}
 	}
 	require.GreaterOrEqual(t, sent, 250)
+	if failed > 0 {
+		t.Log(d.Logs(ctx, "cnsmo.1"))
+	}
 	require.Zero(t, failed, "requests through the load balancer failed while the VPN was switched: %d of %d", failed, sent)
 	require.Empty(t, d.Param("ss:abort"), "the run is not aborted")
 }

@@ -472,7 +472,7 @@ func (r *Report) Print(w io.Writer) {
 		for _, l := range u.Trust {
 			fmt.Fprintf(w, "  trust: %s\n", l)
 		}
-		fmt.Fprintf(w, "  cnsmo-role leave: cut off from every member after %s\n", u.CutOff.Round(time.Millisecond))
+		fmt.Fprintf(w, "  cnsmo-role leave: cut off from every member within two server passes (%s)\n", u.CutOff.Round(time.Millisecond))
 	}
 	if len(r.Trust) > 0 {
 		fmt.Fprintf(w, "\n== trust: a VM of the run writes another VM's parameters\n")

@@ -76,6 +76,7 @@ type Role struct {
 	down     bool   // the last pass found every backend known down
 	// backendsApplied are the backends of the configuration applied.
 	backendsApplied []Backend
+	pendingTunnels  int // served backends whose overlay address is not known yet (this pass)
 	// beforeReload are HAProxy's processes just before the last reload.
 	beforeReload map[string]bool
 	warned       map[string]string // backend -> what was last warned about it (warned once)
@@ -124,13 +125,25 @@ func (r *Role) Reconcile(ctx context.Context, s role.Snapshot) (bool, error) {
 	}
 	cfg.SocketPath, cfg.StatePath = r.path(socketFile), r.path(stateFile)
 	r.waiting, r.down = "", false // said again below when still so
-	backends := r.backends(s, cfg)
-	conf := Render(cfg, backends)
-
 	st, err := r.Driver.Status(ctx, FunctionName)
 	if err != nil {
 		return false, fmt.Errorf("lb: status of haproxy: %w", err)
 	}
+	if r.backendsApplied == nil && st.State == driver.StateRunning {
+		// A role that starts again (or that the services' change re-created) finds HAProxy
+		// serving: what it serves is where a backend stays until its tunnel is up.
+		r.backendsApplied = r.served(ctx, cfg.StatsPort)
+	}
+	r.pendingTunnels = 0
+	backends := r.backends(s, cfg)
+	conf := Render(cfg, backends)
+	if r.pendingTunnels > 0 && r.applied != "" {
+		// A served backend's tunnel is not up yet (the VPN was just turned on): the pool moves to
+		// the overlay in one reload once every tunnel is, not one reload per backend.
+		r.Log.Debug().Int("waiting", r.pendingTunnels).Msg("lb: waiting for the backends' tunnels before moving them")
+		conf = r.applied
+	}
+
 	if conf != r.applied || st.State != driver.StateRunning {
 		if err := r.check(ctx, conf); err != nil {
 			// The old configuration keeps serving; say why in the UI and the logs.
@@ -226,13 +239,53 @@ func (r *Role) backends(s role.Snapshot, cfg Config) []Backend {
 			if why != "" && v != "" {
 				r.warnOnce(inst, key+"="+v, func(e *zerolog.Event) *zerolog.Event { return e.Str("param", key).Str("value", v) }, "backend left out: "+why)
 			}
-			if why != "" || !a.IsValid() {
-				continue // no address yet (rendered it would be "invalid AddrPort"): it joins on a later pass
+			if why == "" && !a.IsValid() {
+				// No overlay address yet (the VPN was just turned on, or the instance is new): it
+				// stays where the configuration applied serves it, if it does, until its tunnel is up;
+				// a new one joins on a later pass (rendered, it would be "invalid AddrPort").
+				if b, ok := r.appliedBackend(inst); ok {
+					out = append(out, b)
+					r.pendingTunnels++
+				}
+				continue
+			}
+			if why != "" {
+				continue
 			}
 			out = append(out, Backend{Instance: inst, Addr: a})
 		}
 	}
 	return out
+}
+
+// served reads the backends the running HAProxy serves (its runtime API's `show servers state`):
+// none when it does not answer.
+func (r *Role) served(ctx context.Context, statsPort int) []Backend {
+	out, err := r.runtimeAPI(ctx, statsPort, "show servers state")
+	if err != nil {
+		return nil
+	}
+	var list []Backend
+	for _, l := range strings.Split(out, "\n") {
+		f := strings.Fields(l)
+		if len(f) < 5 || strings.HasPrefix(l, "#") || f[1] != "cnsmo_backends" {
+			continue
+		}
+		if a, err := netip.ParseAddr(f[4]); err == nil {
+			list = append(list, Backend{Instance: f[3], Addr: a})
+		}
+	}
+	return list
+}
+
+// appliedBackend is inst as the configuration applied serves it.
+func (r *Role) appliedBackend(inst string) (Backend, bool) {
+	for _, b := range r.backendsApplied {
+		if b.Instance == inst {
+			return b, true
+		}
+	}
+	return Backend{}, false
 }
 
 // address returns the address inst is served at, or why it is not (with the parameter and value

@@ -318,6 +318,37 @@ func TestBackendsAtAssignedVPNAddresses(t *testing.T) {
 	require.NotContains(t, conf, "web.3")
 }
 
+// The VPN turned on under load: a backend whose tunnel is not up yet stays where HAProxy serves it
+// (its public address) instead of leaving the pool, and the pool moves to the overlay in one reload
+// once every tunnel is up.
+func TestBackendsStayServedUntilTheirTunnelIsUp(t *testing.T) {
+	assigned := map[string]netip.Addr{"web.1": netip.MustParseAddr("198.19.0.2"), "web.2": netip.MustParseAddr("198.19.0.3")}
+	drv := &fakeDriver{files: map[string]string{}}
+	r := &Role{Params: &fakeParams{set: map[string]string{}}, Driver: drv, Log: zerolog.Nop(), Dial: runtimeAPI,
+		Assigned: func(inst string) (netip.Addr, bool) { a, ok := assigned[inst]; return a, ok }}
+	_, err := r.Reconcile(context.Background(), runWith(map[string][2]string{"web.1": {"198.18.0.11", ""}, "web.2": {"198.18.0.21", ""}}))
+	require.NoError(t, err)
+	require.Contains(t, drv.files[ConfigPath], "server web.2 198.18.0.21:8080 check")
+	r.UseVPN = true
+	_, err = r.Reconcile(context.Background(), runWith(map[string][2]string{"web.1": {"198.18.0.11", "198.19.0.2"}, "web.2": {"198.18.0.21", ""}}))
+	require.NoError(t, err)
+	conf := drv.files[ConfigPath]
+	require.Contains(t, conf, "server web.1 198.18.0.11:8080 check", "the pool moves at once: one reload, not one per backend")
+	require.Contains(t, conf, "server web.2 198.18.0.21:8080 check", "still served where it was")
+	_, err = r.Reconcile(context.Background(), runWith(map[string][2]string{"web.1": {"198.18.0.11", "198.19.0.2"}, "web.2": {"198.18.0.21", "198.19.0.3"}}))
+	require.NoError(t, err)
+	require.Contains(t, drv.files[ConfigPath], "server web.1 198.19.0.2:8080 check")
+	require.Contains(t, drv.files[ConfigPath], "server web.2 198.19.0.3:8080 check")
+
+	// A role made anew (the enabled services changed) while HAProxy serves web.1 at its public
+	// address (what the runtime API says): web.1 stays there until its tunnel is up.
+	fresh := &Role{Params: &fakeParams{set: map[string]string{}}, Driver: drv, Log: zerolog.Nop(), Dial: runtimeAPI, UseVPN: true,
+		Assigned: r.Assigned}
+	_, err = fresh.Reconcile(context.Background(), runWith(map[string][2]string{"web.1": {"198.18.0.11", ""}}))
+	require.NoError(t, err)
+	require.Contains(t, drv.files[ConfigPath], "server web.1 198.18.0.11:8080 check", "not dropped from the pool")
+}
+
 // HAProxy's runtime API is no TCP listener at admin level.
 func TestRuntimeAPINotAdminOverTCP(t *testing.T) {
 	conf := Render(Config{Port: 8080, BackendPort: 8080, Mode: "roundrobin", StatsPort: DefaultStatsPort, CheckInter: 2000, Fall: 2, Rise: 2}, nil)
