@@ -146,6 +146,17 @@ func (p *Person) server(s role.Snapshot) (string, ed25519.PublicKey, error) {
 	return srv, k, nil
 }
 
+// look reads the run and finds the pinned server: srv "" (and no error) while either is not there
+// yet (a failed read is said and retried; s is nil then).
+func (p *Person) look(ctx context.Context) (s role.Snapshot, srv string, signer ed25519.PublicKey, err error) {
+	if s, err = p.Store.Read(ctx); err != nil {
+		p.say("reading the run: %v (retrying)", err)
+		return nil, "", nil, nil
+	}
+	srv, signer, err = p.server(s)
+	return s, srv, signer, err
+}
+
 // request returns the person's signed join (kept, so that running join again sends the same).
 func (p *Person) request(in Inputs, id ed25519.PrivateKey) (string, any, error) {
 	r := Request{Name: p.Name, ID: id.Public().(ed25519.PublicKey), T: p.clock().UnixMilli()}
@@ -195,14 +206,9 @@ func (p *Person) Join(ctx context.Context) (*Joined, error) {
 		waiting string
 	)
 	err = p.Poll.Until(ctx, func(ctx context.Context) (bool, error) {
-		s, err := p.Store.Read(ctx)
-		if err != nil {
-			p.say("reading the run: %v (retrying)", err)
-			return false, nil
-		}
-		srv, signer, err := p.server(s)
+		s, srv, signer, err := p.look(ctx)
 		if err != nil || srv == "" {
-			if err == nil && waiting != "server" {
+			if err == nil && s != nil && waiting != "server" {
 				waiting = "server"
 				p.say("waiting for the CNSMO server to publish its VPN")
 			}
@@ -444,12 +450,7 @@ func (p *Person) Leave(ctx context.Context) error {
 	leave := lr.Sign(id)
 	said := false
 	err = p.Poll.Until(ctx, func(ctx context.Context) (bool, error) {
-		s, err := p.Store.Read(ctx)
-		if err != nil {
-			p.say("reading the run: %v (retrying)", err)
-			return false, nil
-		}
-		srv, signer, err := p.server(s)
+		s, srv, signer, err := p.look(ctx)
 		if err != nil || srv == "" {
 			return false, err
 		}
